@@ -1,0 +1,53 @@
+"""Test, lint and layout sessions for the imagen monorepo.
+
+Each package is tested in its own virtual environment that holds only that package, what it
+declares, and the internal packages it depends on (installed from their local folders), so an
+undeclared import fails. torch is installed first, pinned through ``constraints.txt``, so pip
+never resolves an unpinned torch and its CUDA packages.
+
+    nox                                  # every session
+    nox -s "tests(package='diffusion')"  # one package
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nox
+
+sys.path.insert(0, str(Path(__file__).parent / "tools"))
+from layout import PACKAGES, internal_closure
+
+nox.options.sessions = ["layout", "lint", "tests"]
+nox.options.default_venv_backend = "venv"
+
+CONSTRAINTS = "constraints.txt"
+
+
+def install_pinned(session: nox.Session, *args: str) -> None:
+    session.install("-c", CONSTRAINTS, *args)
+
+
+@nox.session
+@nox.parametrize("package", PACKAGES)
+def tests(session: nox.Session, package: str) -> None:
+    """Installs one package (with its internal dependencies from local folders) and runs its tests."""
+    install_pinned(session, "torch==2.13.0")
+    local = [f"./packages/{name}" for name in internal_closure(package) if name != package]
+    install_pinned(session, *local, f"./packages/{package}[test]")
+    session.run("pytest", f"packages/{package}/tests", *session.posargs)
+
+
+@nox.session
+def layout(session: nox.Session) -> None:
+    """Checks that dependencies point only downward and that no imagen/__init__.py exists."""
+    install_pinned(session, "pytest")
+    session.run("pytest", "tests", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Runs ruff over the whole tree."""
+    install_pinned(session, "ruff")
+    session.run("ruff", "check", ".")

@@ -1,0 +1,41 @@
+"""The package plan holds: no imagen/__init__.py, dependencies point down, imports are declared."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+
+import layout
+
+
+def test_layout_has_no_breaches():
+    assert layout.layout_errors() == []
+
+
+def test_internal_dependencies_point_only_downward():
+    for package in layout.PACKAGES:
+        position = layout.PACKAGES.index(package)
+        for dependency in layout.internal_dependencies(package):
+            assert layout.PACKAGES.index(dependency) < position, (package, dependency)
+
+
+def test_checker_catches_a_namespace_init(tmp_path, monkeypatch):
+    fake = tmp_path / "packages" / "unets" / "src" / "imagen"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    monkeypatch.setattr(layout, "ROOT", tmp_path)
+    monkeypatch.setattr(layout, "PACKAGES", [])
+    assert any("breaks the imagen namespace" in e for e in layout.layout_errors())
+
+
+def test_checker_catches_an_upward_import(tmp_path, monkeypatch):
+    package = tmp_path / "packages" / "unets"
+    (package / "src" / "imagen" / "unets").mkdir(parents=True)
+    (package / "tests").mkdir()
+    (package / "pyproject.toml").write_text('[project]\nname = "imagen-unets"\ndependencies = ["torch"]\n')
+    (package / "src" / "imagen" / "unets" / "bad.py").write_text("from imagen.cascade import Imagen\nimport numpy\n")
+    monkeypatch.setattr(layout, "ROOT", tmp_path)
+    monkeypatch.setattr(layout, "PACKAGES", ["unets"])
+    errors = layout.layout_errors()
+    assert any("imports imagen.cascade" in e for e in errors)
+    assert any("imports numpy" in e for e in errors)

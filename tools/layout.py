@@ -1,0 +1,116 @@
+"""The package plan, read by ``noxfile.py`` and checked by ``tests/test_layout.py``.
+
+Packages are listed bottom-up. Each may import only the internal packages named in ``ALLOWED``
+(and only their public top level, ``imagen.<name>``), and must declare in its ``pyproject.toml``
+every distribution it imports.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+
+import tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PACKAGES = ["unets", "diffusion", "text", "cascade", "trainer", "cli"]
+
+ALLOWED: dict[str, set[str]] = {
+    "unets": set(),
+    "diffusion": set(),
+    "text": set(),
+    "cascade": {"unets", "diffusion", "text"},
+    "trainer": {"cascade", "unets", "diffusion", "text"},
+    "cli": {"trainer", "cascade", "unets", "diffusion", "text"},
+}
+
+# Public modules below the top level that other packages may import.
+PUBLIC_SUBMODULES = {"imagen.diffusion.testing", "imagen.text.testing"}
+
+# Import name -> distribution name, where they differ.
+DISTRIBUTION_OF = {"PIL": "pillow", "ema_pytorch": "ema-pytorch", "yaml": "pyyaml"}
+
+
+def pyproject(package: str) -> dict:
+    return tomllib.loads((ROOT / "packages" / package / "pyproject.toml").read_text())
+
+
+def requirement_name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower()
+
+
+def declared(package: str, extra: str | None = None) -> set[str]:
+    project = pyproject(package)["project"]
+    requirements = project.get("dependencies", [])
+    if extra is not None:
+        requirements = requirements + project.get("optional-dependencies", {}).get(extra, [])
+    return {requirement_name(r) for r in requirements}
+
+
+def internal_dependencies(package: str) -> set[str]:
+    return {d.removeprefix("imagen-") for d in declared(package) if d.startswith("imagen-")}
+
+
+def internal_closure(package: str) -> list[str]:
+    """The package and every internal package it needs, bottom-up."""
+    needed, todo = set(), [package]
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo.extend(internal_dependencies(name))
+    return [name for name in PACKAGES if name in needed]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Absolute module names imported by one Python file."""
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.add(node.module)
+    return modules
+
+
+def layout_errors() -> list[str]:
+    """Every breach of the package plan, as readable lines (empty when all is well)."""
+    errors = []
+    for init in sorted(ROOT.glob("packages/*/src/imagen/__init__.py")):
+        errors.append(f"{init.relative_to(ROOT)} breaks the imagen namespace: remove it")
+    for package in PACKAGES:
+        internal = internal_dependencies(package)
+        if not internal <= ALLOWED[package]:
+            errors.append(f"imagen-{package} declares upward dependencies {sorted(internal - ALLOWED[package])}")
+        for folder, extra in (("src", None), ("tests", "test")):
+            allowed_dists = declared(package, extra)
+            for path in sorted((ROOT / "packages" / package / folder).rglob("*.py")):
+                where = path.relative_to(ROOT)
+                for module in sorted(imported_modules(path)):
+                    top = module.split(".")[0]
+                    if top == "imagen":
+                        parts = module.split(".")
+                        if len(parts) < 2:
+                            errors.append(f"{where}: imports the bare imagen namespace")
+                            continue
+                        target = parts[1]
+                        if target == package:
+                            continue
+                        if target not in internal:
+                            errors.append(f"{where}: imports imagen.{target}, which imagen-{package} does not declare")
+                        elif len(parts) > 2 and module not in PUBLIC_SUBMODULES:
+                            errors.append(f"{where}: imports the private module {module}")
+                    elif top not in sys.stdlib_module_names and top not in {"conftest", "_helpers"}:
+                        dist = DISTRIBUTION_OF.get(top, top).lower().replace("_", "-")
+                        if dist not in allowed_dists:
+                            errors.append(f"{where}: imports {top}, which imagen-{package} does not declare")
+    return errors
+
+
+if __name__ == "__main__":
+    problems = layout_errors()
+    print("\n".join(problems) or "layout ok")
+    sys.exit(1 if problems else 0)
