@@ -42,7 +42,7 @@ def tests(session: nox.Session, package: str) -> None:
 @nox.session
 def layout(session: nox.Session) -> None:
     """Checks that dependencies point only downward and that no imagen/__init__.py exists."""
-    install_pinned(session, "pytest")
+    install_pinned(session, "pytest", "hypothesis")
     session.run("pytest", "tests", *session.posargs)
 
 
