@@ -1,6 +1,34 @@
-"""imagen.cascade: not built yet.
+"""imagen.cascade: Imagen and ElucidatedImagen, cascades of U-Nets for text-to-image and text-to-video.
 
-This package is a placeholder with its pyproject; it exports nothing yet.
+    from imagen.cascade import Imagen
+    from imagen.unets import Unet
+
+    imagen = Imagen(unets=(Unet(dim=32), Unet(dim=32)), image_sizes=(64, 256))
+    loss = imagen(images, text_embeds=text_embeds, unet_number=1)
+    images = imagen.sample(texts=["a whale breaching from afar"], cond_scale=3.0)
 """
 
-__all__: list[str] = []
+from .cascade import Cascade, ElucidatedImagen, Imagen, build_unet
+from .config import CascadeConfig, ElucidatedImagenConfig, ImagenConfig
+from .images import to_pil_images
+from .persistence import (
+    atomic_write,
+    imagen_from_config_json,
+    load_imagen_from_checkpoint,
+    read_safetensors,
+)
+
+__all__ = [
+    "Cascade",
+    "CascadeConfig",
+    "ElucidatedImagen",
+    "ElucidatedImagenConfig",
+    "Imagen",
+    "ImagenConfig",
+    "atomic_write",
+    "build_unet",
+    "imagen_from_config_json",
+    "load_imagen_from_checkpoint",
+    "read_safetensors",
+    "to_pil_images",
+]

@@ -1,0 +1,527 @@
+"""``Imagen`` and ``ElucidatedImagen``: cascades of U-Nets, trained stage by stage, sampled through all.
+
+Stage 1 generates at the smallest size; every later stage is a super-resolution U-Net conditioned on
+the previous stage's output (resized, and noised by noise-conditioning augmentation). Both kinds share
+this module and differ only in their stages (``stages.py``): Gaussian (VP) diffusion or EDM.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from imagen.diffusion import (
+    classifier_free_guidance,
+    dynamic_thresholding,
+    get_noise_schedule,
+    get_sampler,
+    q_sample,
+    randn_like,
+    sample_repaint,
+    static_clipping,
+)
+from imagen.text import T5Encoder, get_encoded_dim
+from imagen.unets import Unet, Unet3D, unet_from_config
+
+from . import persistence
+from .conditioning import (
+    batch_size_of,
+    check_text_embeds,
+    check_texts,
+    make_generators,
+)
+from .config import CascadeConfig, ElucidatedImagenConfig, ImagenConfig, per_unet
+from .images import normalize, random_crop, resize, to_pil_images, unnormalize
+from .stages import ElucidatedStage, GaussianStage
+
+
+def build_unet(config: dict, *, video: bool = False) -> nn.Module:
+    """A U-Net from its config dict; a dict without ``type`` is a ``Unet`` (``Unet3D`` for video)."""
+    config = dict(config)
+    config.setdefault("type", (Unet3D if video else Unet).__name__)
+    return unet_from_config(config)
+
+
+class Cascade(nn.Module):
+    """The machinery shared by ``Imagen`` and ``ElucidatedImagen``; use one of those."""
+
+    config_class: ClassVar[type[CascadeConfig]]
+
+    def __init__(self, unets, **settings):
+        super().__init__()
+        unets = [unets] if isinstance(unets, nn.Module) else list(unets)
+        for i, unet in enumerate(unets):
+            if not isinstance(unet, nn.Module) or not hasattr(unet, "config"):
+                raise TypeError(f"unets[{i}] must be a U-Net of imagen.unets, got {type(unet).__name__}")
+        kinds = {unet.is_video for unet in unets if not unet.is_null}
+        if len(kinds) > 1:
+            raise ValueError("unets mix image U-Nets and video U-Nets (Unet3D); use one kind for every stage")
+        settings.setdefault("video", kinds == {True})
+        config = self.config_class(unets=[unet.config for unet in unets], **settings)
+        num_unets = len(unets)
+        per_unet(config.image_sizes, num_unets, "image_sizes")
+        self._config = config
+        self.text_embed_dim = None
+        if config.condition_on_text:
+            self.text_embed_dim = config.text_embed_dim or get_encoded_dim(config.text_encoder_name)
+        self.unets = nn.ModuleList(self._fit_unet(unet, i) for i, unet in enumerate(unets))
+        self.stages = [self._make_stage(i) for i in range(num_unets)]
+        self._check_sizes()
+        self._text_encoders: dict[str, object] = {}
+
+    # ----------------------------------------------------------------------------------- set-up
+
+    def _setting(self, name: str, index: int):
+        """One stage's value of a setting that may be given per unet."""
+        return per_unet(getattr(self._config, name), self.num_unets, name)[index]
+
+    def _fit_unet(self, unet: nn.Module, index: int) -> nn.Module:
+        """The unet, rebuilt where the cascade needs other settings (lowres conditioning, text width)."""
+        if unet.is_null:
+            return unet
+        changes = dict(
+            lowres_cond=index > 0, channels=self._config.channels, cond_on_text=self._config.condition_on_text
+        )
+        if self.text_embed_dim is not None:
+            changes["text_embed_dim"] = self.text_embed_dim
+        return unet.recast(**changes)
+
+    def _check_sizes(self) -> None:
+        crops = self._config.random_crop_sizes or (None,) * self.num_unets
+        for number, (unet, size, crop) in enumerate(zip(self.unets, self.image_sizes, crops), start=1):
+            for name, value in (("image_sizes", size), ("random_crop_sizes", crop)):
+                if value is not None and value % unet.downsample_factor:
+                    raise ValueError(
+                        f"{name} gives {value} for unet {number}, which must be divisible by its total "
+                        f"downsampling factor {unet.downsample_factor}"
+                    )
+
+    def _make_stage(self, index: int):
+        raise NotImplementedError
+
+    @property
+    def config(self) -> CascadeConfig:
+        """The cascade's config, with each unet's current config: ``config.create()`` rebuilds it."""
+        import attrs
+
+        return attrs.evolve(self._config, unets=[unet.config for unet in self.unets])
+
+    @property
+    def num_unets(self) -> int:
+        return len(self.unets)
+
+    @property
+    def image_sizes(self) -> tuple[int, ...]:
+        return self._config.image_sizes
+
+    @property
+    def channels(self) -> int:
+        return self._config.channels
+
+    @property
+    def is_video(self) -> bool:
+        return self._config.video
+
+    @property
+    def condition_on_text(self) -> bool:
+        return self._config.condition_on_text
+
+    @property
+    def cond_drop_prob(self) -> float:
+        return self._config.cond_drop_prob
+
+    @property
+    def only_train_unet_number(self) -> int | None:
+        return self._config.only_train_unet_number
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def get_unet(self, unet_number: int) -> nn.Module:
+        """The U-Net of stage ``unet_number`` (counted from 1)."""
+        return self.unets[self._index(unet_number)]
+
+    def _index(self, unet_number) -> int:
+        if isinstance(unet_number, bool) or not isinstance(unet_number, int) or not 1 <= unet_number <= self.num_unets:
+            raise ValueError(f"unet_number must be an integer in [1, {self.num_unets}], got {unet_number!r}")
+        return unet_number - 1
+
+    # ------------------------------------------------------------------------------------ text
+
+    @property
+    def text_encoder(self):
+        """The text encoder for ``texts`` (a lazily loaded ``T5Encoder`` of ``text_encoder_name``)."""
+        device = str(self.device)
+        if device not in self._text_encoders:
+            self._text_encoders[device] = T5Encoder(self._config.text_encoder_name, device=self.device)
+        return self._text_encoders[device]
+
+    @text_encoder.setter
+    def text_encoder(self, encoder) -> None:
+        self._text_encoders = {str(self.device): encoder}
+
+    def _text_condition(self, texts, text_embeds, text_masks, batch: int | None):
+        """(text_embeds, text_mask) on the cascade's device, or (None, None) for an unconditional cascade."""
+        if not self.condition_on_text:
+            if texts is not None or text_embeds is not None:
+                raise ValueError("this cascade has condition_on_text=False; it takes no texts or text_embeds")
+            return None, None
+        if texts is not None and text_embeds is not None:
+            raise ValueError("give texts or text_embeds, not both")
+        if texts is not None:
+            batch_size_of("texts", check_texts(texts), batch)
+            text_embeds, text_masks = self.text_encoder.encode(list(texts))
+        elif text_embeds is None:
+            raise ValueError("this cascade conditions on text: give texts or text_embeds (or condition_on_text=False)")
+        batch_size_of("text_embeds", text_embeds, batch)
+        text_masks = check_text_embeds(text_embeds, text_masks, self.text_embed_dim)
+        return text_embeds.to(self.device, torch.float32), text_masks.to(self.device)
+
+    # -------------------------------------------------------------------------------- shapes
+
+    def _frames(self, index: int, frames: int | None) -> int | None:
+        """Frames seen by stage ``index`` for a video of ``frames`` frames (temporal downsampling)."""
+        if not self.is_video or frames is None:
+            return None
+        factor = self._setting("temporal_downsample_factor", index)
+        if frames % factor:
+            raise ValueError(
+                f"video of {frames} frames is not divisible by unet {index + 1}'s temporal_downsample_factor {factor}"
+            )
+        return frames // factor
+
+    def _check_pixels(self, name: str, x: torch.Tensor, index: int) -> torch.Tensor:
+        expected = "(B, C, F, H, W) videos or (B, C, H, W) images" if self.is_video else "(B, C, H, W) images"
+        if x.ndim not in ((4, 5) if self.is_video else (4,)):
+            raise ValueError(f"{name} must be {expected}, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.channels:
+            raise ValueError(f"{name} have {x.shape[1]} channels, but the cascade has channels={self.channels}")
+        size = self.image_sizes[index]
+        if min(x.shape[-2:]) < size:
+            raise ValueError(
+                f"{name} of size {tuple(x.shape[-2:])} are smaller than unet {index + 1}'s image size {size}"
+            )
+        return x
+
+    def _resize(self, x: torch.Tensor, index: int, frames: int | None) -> torch.Tensor:
+        return resize(x, self.image_sizes[index], frames=frames, mode=self._setting("resize_mode", 0))
+
+    def _lowres_augmentation(self, lowres: torch.Tensor, times: torch.Tensor, generators):
+        """Noise-conditioning augmentation: the low-res image noised to ``times`` of the lowres schedule."""
+        log_snr = get_noise_schedule(self._config.lowres_noise_schedule).log_snr(times)
+        return q_sample(lowres, log_snr, randn_like(lowres, generators))
+
+    # ------------------------------------------------------------------------------- training
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        *,
+        unet_number: int | None = None,
+        texts=None,
+        text_embeds: torch.Tensor | None = None,
+        text_masks: torch.Tensor | None = None,
+        cond_images: torch.Tensor | None = None,
+        ignore_time: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The training loss of stage ``unet_number`` for a batch of images (B, C, H, W) or videos
+        (B, C, F, H, W) with values in [0, 1] (any size at least the stage's; they are resized).
+
+        The low-res conditioning of a super-resolution stage is made from the same images at the
+        previous stage's size, then noised (noise-conditioning augmentation).
+        """
+        if unet_number is None:
+            if self.num_unets > 1 and self.only_train_unet_number is None:
+                raise ValueError(f"unet_number is required: this cascade has {self.num_unets} unets")
+            unet_number = self.only_train_unet_number or 1
+        index = self._index(unet_number)
+        if self.only_train_unet_number not in (None, unet_number):
+            raise ValueError(
+                f"this cascade only trains unet {self.only_train_unet_number} (only_train_unet_number), "
+                f"got unet_number={unet_number}"
+            )
+        unet = self.unets[index]
+        if unet.is_null:
+            raise ValueError(f"unet {unet_number} is a NullUnet placeholder and cannot be trained")
+        images = self._check_pixels("images", torch.as_tensor(images), index).to(self.device)
+        batch = images.shape[0]
+        text_embeds, text_masks = self._text_condition(texts, text_embeds, text_masks, batch)
+        if self.is_video and images.ndim == 4:  # images train a video U-Net as single frames
+            images, ignore_time = images.unsqueeze(2), True
+        frames = images.shape[2] if images.ndim == 5 else None
+        stage_frames = self._frames(index, frames)
+        x0 = self._resize(images, index, stage_frames)
+        lowres, lowres_times = None, None
+        if index > 0:
+            lowres = self._resize(self._resize(images, index - 1, self._frames(index - 1, frames)), index, stage_frames)
+            shape = (batch,) if self._config.per_sample_random_aug_noise_level else (1,)
+            lowres_times = torch.rand(shape, generator=generator, device=generator.device if generator else None)
+            lowres_times = lowres_times.to(self.device).expand(batch)
+            lowres = self._lowres_augmentation(normalize(lowres), lowres_times, generator)
+        if cond_images is not None:
+            batch_size_of("cond_images", cond_images, batch)
+            cond_images = self._resize(normalize(cond_images.to(self.device)), index, None)
+        crop = (self._config.random_crop_sizes or (None,) * self.num_unets)[index]
+        if crop is not None:
+            x0, lowres, cond_images = random_crop([x0, lowres, cond_images], crop, generator)
+        kwargs = dict(
+            text_embeds=text_embeds,
+            text_mask=text_masks,
+            cond_images=cond_images,
+            lowres_cond_img=lowres,
+            lowres_noise_times=lowres_times,
+            cond_drop_prob=self.cond_drop_prob if self.condition_on_text else 0.0,
+        )
+        if unet.is_video:
+            kwargs["ignore_time"] = ignore_time
+        model = functools.partial(unet, **kwargs)
+        self_condition = bool(unet.self_cond) and bool(torch.rand((), generator=generator) < 0.5)
+        x0 = normalize(x0) if self._config.auto_normalize_img else x0
+        return self.stages[index].training_loss(model, x0, generator=generator, self_condition=self_condition)
+
+    # ------------------------------------------------------------------------------- sampling
+
+    def _denoiser(self, index: int, cond_scale: float) -> Callable:
+        """Stage ``index``'s denoiser ``(x, sigma, **cond) -> x0_hat`` with self-conditioning,
+        classifier-free guidance (one batched forward) and thresholding."""
+        unet, stage = self.unets[index], self.stages[index]
+        denoiser = stage.denoiser(unet)
+        if unet.self_cond:
+            denoiser = _SelfConditioned(stage.denoiser, unet)
+        if cond_scale != 1:
+            denoiser = classifier_free_guidance(denoiser, cond_scale, {"cond_drop_mask": True})
+        if self._setting("dynamic_thresholding", index):
+            return dynamic_thresholding(denoiser, self._config.dynamic_thresholding_percentile)
+        return static_clipping(denoiser)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        texts=None,
+        text_masks: torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None,
+        video_frames: int | None = None,
+        cond_images: torch.Tensor | None = None,
+        inpaint_images: torch.Tensor | None = None,
+        inpaint_videos: torch.Tensor | None = None,
+        inpaint_masks: torch.Tensor | None = None,
+        inpaint_resample_times: int = 5,
+        init_images: torch.Tensor | None = None,
+        skip_steps: int | tuple | None = None,
+        batch_size: int = 1,
+        cond_scale: float = 1.0,
+        lowres_sample_noise_level: float | None = None,
+        start_at_unet_number: int = 1,
+        start_image_or_video: torch.Tensor | None = None,
+        stop_at_unet_number: int | None = None,
+        return_all_unet_outputs: bool = False,
+        return_pil_images: bool = False,
+        device: torch.device | str | None = None,
+        use_tqdm: bool = True,
+        sampler: str | tuple | None = None,
+        steps: int | tuple | None = None,
+        generator=None,
+        callback: Callable | None = None,
+    ):
+        """Samples through the stages ``start_at_unet_number`` .. ``stop_at_unet_number``.
+
+        Returns images (B, C, H, W) (videos (B, C, F, H, W)) in [0, 1] from the last stage, a list with
+        every stage's output (``return_all_unet_outputs``) or PIL images (``return_pil_images``).
+        Beyond the reference: per-stage ``sampler`` (any name of ``imagen.diffusion.SAMPLERS``) and
+        ``steps``; ``generator`` an int seed gives the same sample i whatever the batch size.
+        """
+        if device is not None:
+            self.to(device)
+        device = self.device
+        if not cond_scale >= 0:
+            raise ValueError(f"cond_scale must be >= 0, got {cond_scale!r}")
+        if cond_scale != 1 and not (self.condition_on_text and self.cond_drop_prob > 0):
+            raise ValueError(
+                f"cond_scale={cond_scale} needs a text-conditioned cascade trained with cond_drop_prob > 0 "
+                f"(classifier-free guidance); this one has condition_on_text={self.condition_on_text}, "
+                f"cond_drop_prob={self.cond_drop_prob}"
+            )
+        batch = None if texts is None and text_embeds is None else len(texts if texts is not None else text_embeds)
+        inpaint = inpaint_images if inpaint_images is not None else inpaint_videos
+        if inpaint is not None:
+            batch = batch_size_of("inpaint_images", inpaint, batch)
+            inpaint = normalize(self._check_pixels("inpaint_images", inpaint, self.num_unets - 1).to(device))
+            inpaint_masks = _check_inpaint_masks(inpaint_masks, inpaint).to(device)
+            if inpaint.ndim == 5:
+                video_frames = video_frames or inpaint.shape[2]
+        batch = batch or batch_size
+        text_embeds, text_masks = self._text_condition(texts, text_embeds, text_masks, batch)
+        if self.is_video and video_frames is None:
+            raise ValueError("a video cascade needs video_frames (the number of frames to sample)")
+        first = self._index(start_at_unet_number)
+        last = self._index(stop_at_unet_number or self.num_unets)
+        if last < first:
+            raise ValueError(f"stop_at_unet_number {last + 1} comes before start_at_unet_number {first + 1}")
+        previous = None
+        if first > 0:
+            if start_image_or_video is None:
+                raise ValueError(f"start_at_unet_number={first + 1} needs start_image_or_video (the low-res input)")
+            batch_size_of("start_image_or_video", start_image_or_video, batch)
+            previous = normalize(start_image_or_video.to(device))
+        generators = make_generators(generator, batch, device)
+        outputs = []
+        for index in range(first, last + 1):
+            previous = self._sample_stage(
+                index,
+                batch=batch,
+                previous=previous,
+                frames=self._frames(index, video_frames),
+                cond=self._stage_cond(index, batch, text_embeds, text_masks, cond_images),
+                cond_scale=cond_scale,
+                lowres_level=self._config.lowres_sample_noise_level
+                if lowres_sample_noise_level is None
+                else lowres_sample_noise_level,
+                init=init_images,
+                skip=per_unet(skip_steps, self.num_unets, "skip_steps")[index] if skip_steps is not None else 0,
+                inpaint=(inpaint, inpaint_masks, inpaint_resample_times) if inpaint is not None else None,
+                sampler=per_unet(sampler, self.num_unets, "sampler")[index] if sampler is not None else None,
+                steps=per_unet(steps, self.num_unets, "steps")[index] if steps is not None else None,
+                generators=generators,
+                callback=callback,
+                progress=use_tqdm,
+            )
+            outputs.append(unnormalize(previous))
+        if return_pil_images:
+            if self.is_video:
+                raise ValueError("return_pil_images is for image cascades; a video cascade returns tensors")
+            outputs = [to_pil_images(images) for images in outputs]
+        return outputs if return_all_unet_outputs else outputs[-1]
+
+    def _stage_cond(self, index, batch, text_embeds, text_masks, cond_images) -> dict:
+        cond = {}
+        if self.condition_on_text:
+            cond.update(
+                text_embeds=text_embeds,
+                text_mask=text_masks,
+                cond_drop_mask=torch.zeros(batch, dtype=torch.bool, device=self.device),
+            )
+        if cond_images is not None:
+            batch_size_of("cond_images", cond_images, batch)
+            cond["cond_images"] = self._resize(normalize(cond_images.to(self.device)), index, None)
+        return cond
+
+    def _sample_stage(self, index, *, batch, previous, frames, cond, cond_scale, lowres_level, init, skip,
+                      inpaint, sampler, steps, generators, callback, progress) -> torch.Tensor:
+        """Runs one stage's sampler; returns its output in [-1, 1]."""
+        unet, stage = self.unets[index], self.stages[index]
+        if unet.is_null:
+            raise ValueError(
+                f"unet {index + 1} is a NullUnet placeholder and cannot sample; start_at_unet_number="
+                f"{index + 2} with start_image_or_video gives the low-res input instead"
+            )
+        size = self.image_sizes[index]
+        shape = (batch, self.channels, *(() if frames is None else (frames,)), size, size)
+        if index > 0:
+            lowres = self._resize(previous, index, frames)
+            times = torch.full((batch,), float(lowres_level), device=self.device)
+            cond = dict(cond, lowres_cond_img=self._lowres_augmentation(lowres, times, generators),
+                        lowres_noise_times=times)
+        sampler = sampler or self._setting("sampler", index) or stage.default_sampler
+        options = stage.sampler_options() if sampler == stage.default_sampler else {}
+        sigmas = stage.sigmas(steps or stage.sample_steps, self.device)[skip:]
+        if len(sigmas) < 2:
+            raise ValueError(f"skip_steps={skip} leaves no step to sample for unet {index + 1}")
+        noise = randn_like(torch.zeros(shape, device=self.device), generators)
+        x = noise * sigmas[0]
+        if init is not None:
+            x = x + self._resize(normalize(init.to(self.device)), index, frames)
+        denoiser = self._denoiser(index, cond_scale)
+        common = dict(cond=cond, generator=generators, callback=callback, progress=progress)
+        if inpaint is not None:
+            known, masks, resample_times = inpaint
+            known = self._resize(known, index, frames)
+            masks = _resize_mask(masks, size, frames)
+            return sample_repaint(denoiser, x, sigmas, known=known, mask=masks, resample_times=resample_times,
+                                  **common).clamp(-1, 1)
+        return get_sampler(sampler)(denoiser, x, sigmas, **common, **options).clamp(-1, 1)
+
+    # ---------------------------------------------------------------------------- persistence
+
+    def save_pretrained(self, folder) -> None:
+        """Writes ``config.json`` and ``model.safetensors`` into ``folder`` (each atomically)."""
+        persistence.save_pretrained(self, folder)
+
+    @classmethod
+    def from_pretrained(cls, folder, *, device=None) -> Cascade:
+        """The cascade saved by ``save_pretrained`` in ``folder`` (never unpickles)."""
+        cascade = persistence.load_pretrained(folder, device=device)
+        if not isinstance(cascade, cls):
+            raise ValueError(f"{folder} holds a {type(cascade).__name__}, not a {cls.__name__}")
+        return cascade
+
+
+class _SelfConditioned:
+    """A stage denoiser for a self-conditioned unet: each call feeds the previous x0 estimate back."""
+
+    def __init__(self, make_denoiser, unet):
+        self.make_denoiser, self.unet, self.previous = make_denoiser, unet, None
+
+    def __call__(self, x, sigma, **cond):
+        if self.previous is None or self.previous.shape != x.shape:
+            self.previous = torch.zeros_like(x)
+        x0 = self.make_denoiser(functools.partial(self.unet, self_cond=self.previous))(x, sigma, **cond)
+        self.previous = x0
+        return x0
+
+
+def _check_inpaint_masks(masks: torch.Tensor | None, known: torch.Tensor) -> torch.Tensor:
+    spatial = (known.shape[0], *known.shape[-2:])
+    accepted = [spatial] + ([(known.shape[0], known.shape[2], *known.shape[-2:])] if known.ndim == 5 else [])
+    if masks is None or tuple(masks.shape) not in accepted:
+        got = None if masks is None else tuple(masks.shape)
+        raise ValueError(f"inpaint_masks must have shape {' or '.join(map(str, accepted))}, got {got}")
+    return masks.bool()
+
+
+def _resize_mask(masks: torch.Tensor, size: int, frames: int | None) -> torch.Tensor:
+    resized = resize(masks.float().unsqueeze(1), size, frames=frames if masks.ndim == 4 else None)
+    return resized.squeeze(1) > 0.5
+
+
+class Imagen(Cascade):
+    """A cascade of Gaussian diffusion stages (Saharia et al. 2022).
+
+    ``Imagen(unets, image_sizes=..., **settings)``: every keyword is a field of ``ImagenConfig``
+    (``timesteps``, ``cond_drop_prob``, ``noise_schedules``, ``pred_objectives``, ``loss_type``, ...).
+    """
+
+    config_class = ImagenConfig
+
+    def _make_stage(self, index: int) -> GaussianStage:
+        setting = functools.partial(self._setting, index=index)
+        return GaussianStage(
+            noise_schedule=setting("noise_schedules"),
+            objective=setting("pred_objectives"),
+            loss_type=setting("loss_type"),
+            min_snr_gamma=setting("min_snr_gamma") if setting("min_snr_loss_weight") else None,
+            sample_steps=setting("timesteps"),
+        )
+
+
+class ElucidatedImagen(Cascade):
+    """A cascade of EDM stages (Karras et al. 2022).
+
+    ``ElucidatedImagen(unets, image_sizes=..., **settings)``: every keyword is a field of
+    ``ElucidatedImagenConfig`` (``num_sample_steps``, ``sigma_min``, ``sigma_max``, ``P_mean``, ...).
+    """
+
+    config_class = ElucidatedImagenConfig
+
+    def _make_stage(self, index: int) -> ElucidatedStage:
+        names = ("sigma_min", "sigma_max", "sigma_data", "rho", "P_mean", "P_std",
+                 "S_churn", "S_tmin", "S_tmax", "S_noise")
+        return ElucidatedStage(
+            sample_steps=self._setting("num_sample_steps", index),
+            **{name: float(self._setting(name, index)) for name in names},
+        )

@@ -1,0 +1,253 @@
+"""Frozen, validated, JSON-serialisable configurations of a cascade.
+
+``ImagenConfig`` and ``ElucidatedImagenConfig`` hold every keyword of ``Imagen`` and
+``ElucidatedImagen`` (the cascades build their config from their keywords, so each setting is
+defined, defaulted, validated and documented once, here). Settings that the reference allows per
+U-Net accept one value for all stages or a tuple with one value per stage.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import attrs
+
+from imagen.diffusion import get_noise_schedule, get_sampler
+from imagen.text import DEFAULT_T5_NAME
+
+FORMAT = "imagen-cascade"
+FORMAT_VERSION = 1
+
+
+def _tuple_if_sequence(value: Any) -> Any:
+    """Lists (as JSON gives them back) become tuples; scalars and None stay as they are."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return tuple(value)
+    return value
+
+
+def _unet_configs(value: Any) -> tuple[dict, ...]:
+    if isinstance(value, Mapping):
+        value = (value,)
+    if not isinstance(value, Sequence) or isinstance(value, str) or not value:
+        raise ValueError(f"unets must be a non-empty sequence of U-Net config dicts, got {value!r}")
+    for i, config in enumerate(value):
+        if not isinstance(config, Mapping):
+            raise ValueError(f"unets[{i}] must be a dict of U-Net keywords, got {type(config).__name__}")
+    return tuple(dict(config) for config in value)
+
+
+def per_unet(value: Any, num_unets: int, name: str) -> tuple:
+    """``value`` expanded to one entry per U-Net (a tuple must already have that length)."""
+    if not isinstance(value, tuple):
+        return (value,) * num_unets
+    if len(value) != num_unets:
+        raise ValueError(f"{name} has {len(value)} entries {value!r}, but the cascade has {num_unets} unets")
+    return value
+
+
+def _each(check):
+    """A validator applying ``check(name, item)`` to a value or to each entry of a tuple."""
+
+    def validate(instance, attribute, value):
+        for item in value if isinstance(value, tuple) else (value,):
+            check(attribute.name, item)
+
+    return validate
+
+
+def _positive_int(name: str, item: Any) -> None:
+    if isinstance(item, bool) or not isinstance(item, int) or item < 1:
+        raise ValueError(f"{name} must be a positive integer (or one per unet), got {item!r}")
+
+
+def _positive_float(name: str, item: Any) -> None:
+    if isinstance(item, bool) or not isinstance(item, int | float) or not item > 0:
+        raise ValueError(f"{name} must be a positive number (or one per unet), got {item!r}")
+
+
+def _non_negative_float(name: str, item: Any) -> None:
+    if isinstance(item, bool) or not isinstance(item, int | float) or not item >= 0:
+        raise ValueError(f"{name} must be a number >= 0 (or one per unet), got {item!r}")
+
+
+def _one_of(*choices: str):
+    def check(name: str, item: Any) -> None:
+        if item not in choices:
+            raise ValueError(f"{name} must be one of {list(choices)} (or one per unet), got {item!r}")
+
+    return check
+
+
+def _known(lookup):
+    def check(name: str, item: Any) -> None:
+        if item is not None:
+            lookup(item)  # raises ValueError naming the unknown value
+
+    return check
+
+
+def _probability(instance, attribute, value):
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attribute.name} must lie in [0, 1], got {value!r}")
+
+
+def _optional_crop_sizes(instance, attribute, value):
+    if value is None:
+        return
+    if not isinstance(value, tuple):
+        raise ValueError(f"random_crop_sizes must be None or one entry (None or an int) per unet, got {value!r}")
+    for item in value:
+        if item is not None:
+            _positive_int(attribute.name, item)
+
+
+def _field(default, *checks, converter=_tuple_if_sequence):
+    return attrs.field(default=default, converter=converter, validator=[_each(c) for c in checks])
+
+
+@attrs.frozen(kw_only=True)
+class CascadeConfig:
+    """Settings shared by both kinds of cascade. See the subclasses."""
+
+    kind: ClassVar[str] = ""
+    unets: tuple[dict, ...] = attrs.field(converter=_unet_configs)
+    image_sizes: int | tuple[int, ...] = attrs.field(converter=_tuple_if_sequence, validator=_each(_positive_int))
+    text_encoder_name: str = DEFAULT_T5_NAME
+    text_embed_dim: int | None = attrs.field(default=None)
+    channels: int = _field(3, _positive_int)
+    video: bool = False
+    cond_drop_prob: float = attrs.field(default=0.1, converter=float, validator=_probability)
+    random_crop_sizes: tuple | None = attrs.field(
+        default=None, converter=_tuple_if_sequence, validator=_optional_crop_sizes
+    )
+    lowres_noise_schedule: str = _field("linear", _known(get_noise_schedule))
+    lowres_sample_noise_level: float = attrs.field(default=0.2, converter=float, validator=_probability)
+    per_sample_random_aug_noise_level: bool = False
+    condition_on_text: bool = True
+    auto_normalize_img: bool = True
+    dynamic_thresholding: bool | tuple = _field(True)
+    dynamic_thresholding_percentile: float = attrs.field(default=0.95, converter=float, validator=_probability)
+    only_train_unet_number: int | None = attrs.field(default=None)
+    temporal_downsample_factor: int | tuple = _field(1, _positive_int)
+    resize_cond_video_frames: bool = True
+    resize_mode: str = _field("nearest", _one_of("nearest", "bilinear", "bicubic", "area", "nearest-exact"))
+    sampler: str | tuple | None = _field(None, _known(get_sampler))
+
+    def __attrs_post_init__(self):
+        if not isinstance(self.image_sizes, tuple):
+            object.__setattr__(self, "image_sizes", (self.image_sizes,))
+        n = len(self.unets)
+        for field in attrs.fields(type(self)):
+            value = getattr(self, field.name)
+            if field.name not in ("unets", "random_crop_sizes") and isinstance(value, tuple):
+                per_unet(value, n, field.name)
+        if self.random_crop_sizes is not None:
+            per_unet(self.random_crop_sizes, n, "random_crop_sizes")
+        if list(self.image_sizes) != sorted(self.image_sizes):
+            raise ValueError(f"image_sizes must not decrease from one unet to the next, got {self.image_sizes!r}")
+        if self.only_train_unet_number is not None and not 1 <= self.only_train_unet_number <= n:
+            raise ValueError(f"only_train_unet_number must lie in [1, {n}], got {self.only_train_unet_number!r}")
+        if self.text_embed_dim is not None:
+            _positive_int("text_embed_dim", self.text_embed_dim)
+
+    def to_dict(self) -> dict:
+        """The config as plain JSON types, tagged with its kind."""
+        return {"kind": self.kind, **attrs.asdict(self, retain_collection_types=False)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CascadeConfig:
+        """Builds the config of the kind named in ``data`` (unknown keys are an error naming them)."""
+        data = dict(data)
+        kind = data.pop("kind", cls.kind)
+        config_class = CONFIG_CLASSES.get(kind)
+        if config_class is None or not issubclass(config_class, cls):
+            raise ValueError(f"unknown cascade kind {kind!r}; expected one of {sorted(CONFIG_CLASSES)}")
+        known = {f.name for f in attrs.fields(config_class)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {config_class.__name__} keys {unknown}; accepted keys are {sorted(known)}")
+        return config_class(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> CascadeConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"cascade config is not valid JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"cascade config must be a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    def create(self):
+        """Builds the cascade (with freshly initialised U-Nets) that this config describes."""
+        from .cascade import build_unet  # the cascades import this module: import late
+
+        unets = [build_unet(config, video=self.video) for config in self.unets]
+        settings = {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.name != "unets"}
+        return self.cascade_class()(unets, **settings)
+
+
+@attrs.frozen(kw_only=True)
+class ImagenConfig(CascadeConfig):
+    """Configuration of ``Imagen``: a cascade of Gaussian (variance-preserving) diffusion stages.
+
+    ``timesteps`` is the default number of sampling steps per stage; ``noise_schedules``
+    (``cosine`` or ``linear``), ``pred_objectives`` (``noise``, ``x_start`` or ``v``) and
+    ``loss_type`` (``l1``, ``l2``, ``huber``) define each stage's training; ``min_snr_loss_weight``
+    with ``min_snr_gamma`` weights the loss as in Hang et al. 2023.
+    """
+
+    kind: ClassVar[str] = "Imagen"
+    timesteps: int | tuple = _field(1000, _positive_int)
+    noise_schedules: str | tuple = _field("cosine", _known(get_noise_schedule))
+    pred_objectives: str | tuple = _field("noise", _one_of("noise", "x_start", "v"))
+    loss_type: str | tuple = _field("l2", _one_of("l1", "l2", "huber"))
+    min_snr_loss_weight: bool | tuple = _field(True)
+    min_snr_gamma: float | tuple = _field(5.0, _positive_float)
+
+    @staticmethod
+    def cascade_class():
+        from .cascade import Imagen
+
+        return Imagen
+
+
+@attrs.frozen(kw_only=True)
+class ElucidatedImagenConfig(CascadeConfig):
+    """Configuration of ``ElucidatedImagen``: stages trained and sampled as in Karras et al. 2022 (EDM).
+
+    ``num_sample_steps`` and the Karras sigma schedule (``sigma_min``, ``sigma_max``, ``rho``) define
+    sampling, ``P_mean``/``P_std`` the log-normal training noise, ``sigma_data`` the preconditioning,
+    and ``S_churn``, ``S_tmin``, ``S_tmax``, ``S_noise`` the stochastic Heun sampler (Table 5).
+    """
+
+    kind: ClassVar[str] = "ElucidatedImagen"
+    num_sample_steps: int | tuple = _field(32, _positive_int)
+    sigma_min: float | tuple = _field(0.002, _positive_float)
+    sigma_max: float | tuple = _field(80.0, _positive_float)
+    sigma_data: float | tuple = _field(0.5, _positive_float)
+    rho: float | tuple = _field(7.0, _positive_float)
+    P_mean: float | tuple = _field(-1.2)
+    P_std: float | tuple = _field(1.2, _positive_float)
+    S_churn: float | tuple = _field(80.0, _non_negative_float)
+    S_tmin: float | tuple = _field(0.05, _non_negative_float)
+    S_tmax: float | tuple = _field(50.0, _non_negative_float)
+    S_noise: float | tuple = _field(1.003, _positive_float)
+
+    @staticmethod
+    def cascade_class():
+        from .cascade import ElucidatedImagen
+
+        return ElucidatedImagen
+
+
+CONFIG_CLASSES: dict[str, type[CascadeConfig]] = {
+    "Imagen": ImagenConfig,
+    "ElucidatedImagen": ElucidatedImagenConfig,
+}
