@@ -1,6 +1,23 @@
-"""imagen.trainer: not built yet.
+"""imagen.trainer: train Imagen cascades on accelerate, with EMA, image datasets and crash-safe
+checkpoints (safetensors + JSON, written atomically, never unpickled)."""
 
-This package is a placeholder with its pyproject; it exports nothing yet.
-"""
+from imagen.trainer.checkpoints import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from imagen.trainer.data import Dataset, EpochSampler, collate, pad_text_embeds
 
-__all__: list[str] = []
+__all__ = [
+    "CheckpointError",
+    "Dataset",
+    "EpochSampler",
+    "collate",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "pad_text_embeds",
+    "prune_checkpoints",
+    "save_checkpoint",
+]

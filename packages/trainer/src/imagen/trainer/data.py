@@ -1,0 +1,318 @@
+"""Image folders as datasets: resizing, flips, captions, precomputed text embeddings, corrupt files.
+
+``Dataset(folder, image_size)`` yields image tensors ``(C, H, W)`` in ``[0, 1]`` as the reference's
+does. With captions (a sidecar ``<image stem>.txt`` per image, or a ``metadata.jsonl`` in the folder
+with one ``{"file_name": ..., "text": ...}`` object per line) it yields dicts ``{"images", "texts"}``;
+with a text embedding cache as well (an object with ``lookup(captions) -> (embeds, mask)``, such as
+``imagen.text.TextEmbeddingCache``) it yields ``{"images", "text_embeds", "text_masks"}``.
+
+Images that cannot be read are skipped with a warning and counted in ``Dataset.skipped``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Sampler
+
+__all__ = ["Dataset", "EpochSampler", "collate", "pad_text_embeds"]
+
+logger = logging.getLogger(__name__)
+
+_UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def _mix_seed(*values: int) -> int:
+    """A 63-bit seed mixed from integers (splitmix64 steps), stable across processes and runs."""
+    x = 0x9E3779B97F4A7C15
+    for v in values:
+        x = (x ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF
+        x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+class Dataset(torch.utils.data.Dataset):
+    """Images in a folder (searched recursively), resized and centre-cropped to ``image_size``.
+
+    Args:
+        folder: the folder holding the images.
+        image_size: side of the square output, in pixels.
+        exts: file extensions to use (case-insensitive).
+        augment_horizontal_flip: flip each image left-right with probability 1/2.
+        convert_image_to: PIL mode every image is converted to (``"RGB"`` by default; None keeps the
+            file's own mode).
+        captions: ``"auto"`` (use captions when a ``metadata.jsonl`` or any sidecar ``.txt`` exists),
+            True (required: images without one are skipped and counted) or False.
+        text_embedding_cache: an object with ``lookup(captions) -> (embeds (B, L, D), mask (B, L))``;
+            when given, items carry ``text_embeds`` ``(L, D)`` and ``text_masks`` ``(L,)`` instead of
+            ``texts``.
+        verify_images: open every file once at construction and skip the unreadable ones.
+        seed: seed of the flips when an item is asked for by a plain index.
+
+    An index may be an ``int`` or an ``(index, augmentation_seed)`` pair; with the pair the flip is a
+    pure function of the seed (this is how :class:`EpochSampler` makes data order and augmentation
+    reproducible across resumes and worker processes).
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        image_size: int,
+        exts: Sequence[str] = ("jpg", "jpeg", "png", "tiff", "webp", "bmp"),
+        augment_horizontal_flip: bool = False,
+        convert_image_to: str | None = "RGB",
+        *,
+        captions: bool | str = "auto",
+        text_embedding_cache=None,
+        verify_images: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise ValueError(f"folder must be an existing directory, got {str(folder)!r}")
+        if not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+        if captions not in ("auto", True, False):
+            raise ValueError(f"captions must be 'auto', True or False, got {captions!r}")
+        if text_embedding_cache is not None and not hasattr(text_embedding_cache, "lookup"):
+            raise TypeError(
+                "text_embedding_cache must have a lookup(captions) -> (embeds, mask) method, "
+                f"got {type(text_embedding_cache).__name__}"
+            )
+        self.image_size = image_size
+        self.augment_horizontal_flip = augment_horizontal_flip
+        self.convert_image_to = convert_image_to
+        self.text_embedding_cache = text_embedding_cache
+        self.skipped: list[tuple[str, str]] = []
+        """(path, reason) for every image left out: unreadable, or without a required caption."""
+        self._generator = torch.Generator().manual_seed(seed)
+
+        wanted = {e.lower().lstrip(".") for e in exts}
+        paths = sorted(p for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in wanted)
+        table = self._read_metadata_jsonl()
+        use_captions = captions is True or (
+            captions == "auto" and (table is not None or any(p.with_suffix(".txt").is_file() for p in paths))
+        )
+        if text_embedding_cache is not None and not use_captions:
+            raise ValueError(
+                "text_embedding_cache was given but the folder has no captions (captions=False or none found)"
+            )
+        self.has_captions = use_captions
+
+        self.paths: list[Path] = []
+        self.captions: list[str] = []
+        for path in paths:
+            caption = None
+            if use_captions:
+                caption = self._caption_for(path, table)
+                if caption is None:
+                    self._skip(path, "no caption (sidecar .txt or metadata.jsonl entry)")
+                    continue
+            if verify_images:
+                reason = self._unreadable_reason(path)
+                if reason is not None:
+                    self._skip(path, reason)
+                    continue
+            self.paths.append(path)
+            if caption is not None:
+                self.captions.append(caption)
+        if not self.paths:
+            raise ValueError(f"folder {str(folder)!r} holds no usable image with extensions {sorted(wanted)}")
+
+    # ---- set-up helpers -------------------------------------------------------------------------
+    def _read_metadata_jsonl(self) -> dict[str, str] | None:
+        meta = self.folder / "metadata.jsonl"
+        if not meta.is_file():
+            return None
+        table = {}
+        for number, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                table[str(Path(row["file_name"]))] = str(row.get("text", row.get("caption")))
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                warnings.warn(f"{meta}:{number}: unreadable metadata line skipped ({error})", stacklevel=3)
+        return table
+
+    def _caption_for(self, path: Path, table: dict[str, str] | None) -> str | None:
+        sidecar = path.with_suffix(".txt")
+        if sidecar.is_file():
+            return sidecar.read_text(encoding="utf-8").strip()
+        if table is not None:
+            return table.get(str(path.relative_to(self.folder)))
+        return None
+
+    @staticmethod
+    def _unreadable_reason(path: Path) -> str | None:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except _UNREADABLE as error:
+            return f"unreadable image ({type(error).__name__}: {error})"
+        return None
+
+    def _skip(self, path: Path, reason: str) -> None:
+        self.skipped.append((str(path), reason))
+        logger.warning("skipping %s: %s", path, reason)
+        warnings.warn(f"imagen.trainer.Dataset skips {path}: {reason}", stacklevel=3)
+
+    # ---- items ----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _load(self, path: Path, flip: bool) -> torch.Tensor:
+        with Image.open(path) as image:
+            image.load()
+            if self.convert_image_to is not None and image.mode != self.convert_image_to:
+                image = image.convert(self.convert_image_to)
+            # resize the shorter side to image_size, then centre-crop a square
+            width, height = image.size
+            scale = self.image_size / min(width, height)
+            size = (max(self.image_size, round(width * scale)), max(self.image_size, round(height * scale)))
+            image = image.resize(size, Image.Resampling.BILINEAR)
+            left, top = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
+            image = image.crop((left, top, left + self.image_size, top + self.image_size))
+            if flip:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            array = np.asarray(image, dtype=np.uint8)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(255.0)  # (C, H, W)
+
+    def __getitem__(self, index):
+        if isinstance(index, tuple):
+            index, aug_seed = index
+            flip = self.augment_horizontal_flip and bool(_mix_seed(aug_seed) & 1)
+        else:
+            flip = self.augment_horizontal_flip and bool(torch.rand((), generator=self._generator) < 0.5)
+        for attempt in range(len(self.paths)):
+            i = (index + attempt) % len(self.paths)
+            try:
+                image = self._load(self.paths[i], flip)
+            except _UNREADABLE as error:
+                self._skip(self.paths[i], f"unreadable image at load time ({type(error).__name__}: {error})")
+                continue
+            return self._item(i, image)
+        raise RuntimeError(f"no image of {self.folder} could be read")
+
+    def _item(self, i: int, image: torch.Tensor):
+        if not self.has_captions:
+            return image
+        caption = self.captions[i]
+        if self.text_embedding_cache is None:
+            return {"images": image, "texts": caption}
+        embeds, mask = self.text_embedding_cache.lookup([caption])
+        return {"images": image, "text_embeds": embeds[0], "text_masks": mask[0].bool()}
+
+
+def pad_text_embeds(embeds: Sequence[torch.Tensor], masks: Sequence[torch.Tensor] | None = None):
+    """Pad per-item text embeddings ``(L_i, D)`` to the longest ``L``; returns ``(B, L, D)`` embeddings
+    (zeros in the padding) and a ``(B, L)`` bool mask (True where a token is real)."""
+    if not embeds:
+        raise ValueError("embeds must hold at least one tensor")
+    length = max(e.shape[0] for e in embeds)
+    out = embeds[0].new_zeros((len(embeds), length, embeds[0].shape[-1]))
+    mask = torch.zeros((len(embeds), length), dtype=torch.bool)
+    for b, e in enumerate(embeds):
+        out[b, : e.shape[0]] = e
+        mask[b, : e.shape[0]] = True if masks is None else masks[b].bool()
+    return out, mask
+
+
+def collate(batch: Sequence):
+    """Collate dataset items: tensors are stacked; dict items become a dict with stacked ``images``,
+    a list of ``texts`` and padded ``text_embeds`` / ``text_masks`` (see :func:`pad_text_embeds`);
+    tuples are collated position by position."""
+    first = batch[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(list(batch))
+    if isinstance(first, dict):
+        out = {}
+        for key in first:
+            values = [item[key] for item in batch]
+            if key == "text_embeds":
+                masks = [item["text_masks"] for item in batch] if "text_masks" in first else None
+                out["text_embeds"], out["text_masks"] = pad_text_embeds(values, masks)
+            elif key == "text_masks":
+                continue
+            elif isinstance(values[0], torch.Tensor):
+                out[key] = torch.stack(values)
+            else:
+                out[key] = list(values)
+        return out
+    if isinstance(first, (tuple, list)):
+        return type(first)(collate([item[j] for item in batch]) for j in range(len(first)))
+    return torch.utils.data.default_collate(list(batch))
+
+
+class EpochSampler(Sampler):
+    """Yields this process's ``(index, augmentation_seed)`` pairs for one epoch, reproducibly.
+
+    Each epoch shuffles ``range(dataset_size)`` with a generator seeded from ``(seed, epoch)``,
+    wraps the permutation around to a whole number of global batches of ``global_batch_size``, and
+    gives process ``rank`` its contiguous share of ``global_batch_size // num_replicas`` items of
+    every global batch. ``start_batch`` skips the first batches of the epoch (a resume).
+    """
+
+    def __init__(
+        self,
+        dataset_size: int,
+        global_batch_size: int,
+        *,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        epoch: int = 0,
+        start_batch: int = 0,
+    ):
+        if global_batch_size % num_replicas:
+            raise ValueError(
+                f"batch_size ({global_batch_size}) must be divisible by the number of processes ({num_replicas})"
+            )
+        if dataset_size < 1:
+            raise ValueError(f"dataset_size must be >= 1, got {dataset_size}")
+        self.dataset_size, self.global_batch_size = dataset_size, global_batch_size
+        self.num_replicas, self.rank, self.seed, self.shuffle = num_replicas, rank, seed, shuffle
+        self.epoch, self.start_batch = epoch, start_batch
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Number of global batches in one epoch."""
+        return math.ceil(self.dataset_size / self.global_batch_size)
+
+    @property
+    def local_batch_size(self) -> int:
+        """Items this process gets from every global batch."""
+        return self.global_batch_size // self.num_replicas
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.local_batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch))
+            order = torch.randperm(self.dataset_size, generator=g).tolist()
+        else:
+            order = list(range(self.dataset_size))
+        total = self.batches_per_epoch * self.global_batch_size
+        order = (order * math.ceil(total / len(order)))[:total]
+        local = self.local_batch_size
+        for b in range(self.start_batch, self.batches_per_epoch):
+            start = b * self.global_batch_size + self.rank * local
+            for position in range(start, start + local):
+                yield order[position], _mix_seed(self.seed, self.epoch, position)
