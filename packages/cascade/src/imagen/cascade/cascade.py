@@ -287,7 +287,7 @@ class Cascade(nn.Module):
 
     # ------------------------------------------------------------------------------- sampling
 
-    def _denoiser(self, index: int, cond_scale: float) -> Callable:
+    def _denoiser(self, index: int, cond_scale: float, batch: int) -> Callable:
         """Stage ``index``'s denoiser ``(x, sigma, **cond) -> x0_hat`` with self-conditioning,
         classifier-free guidance (one batched forward) and thresholding."""
         unet, stage = self.unets[index], self.stages[index]
@@ -295,7 +295,8 @@ class Cascade(nn.Module):
         if unet.self_cond:
             denoiser = _SelfConditioned(stage.denoiser, unet)
         if cond_scale != 1:
-            denoiser = classifier_free_guidance(denoiser, cond_scale, {"cond_drop_mask": True})
+            null = {"cond_drop_mask": torch.ones(batch, dtype=torch.bool, device=self.device)}
+            denoiser = classifier_free_guidance(denoiser, cond_scale, null)
         if self._setting("dynamic_thresholding", index):
             return dynamic_thresholding(denoiser, self._config.dynamic_thresholding_percentile)
         return static_clipping(denoiser)
@@ -436,7 +437,7 @@ class Cascade(nn.Module):
         x = noise * sigmas[0]
         if init is not None:
             x = x + self._resize(normalize(init.to(self.device)), index, frames)
-        denoiser = self._denoiser(index, cond_scale)
+        denoiser = self._denoiser(index, cond_scale, batch)
         common = dict(cond=cond, generator=generators, callback=callback, progress=progress)
         if inpaint is not None:
             known, masks, resample_times = inpaint
