@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -119,18 +120,19 @@ class T5Encoder:
             options["cache_dir"] = os.fspath(self.cache_dir)
         try:
             tokenizer = AutoTokenizer.from_pretrained(where.source, **options)
-        except (OSError, ValueError, ImportError) as error:
-            raise TextEncoderNotFoundError(
-                f"cannot load the tokenizer of {self.name_or_path!r} from {where.source}: {error}. A T5 that ships "
-                "only spiece.model needs the sentencepiece package to convert it; alternatively save its fast "
-                "tokenizer (tokenizer.json) with save_pretrained on a machine that has sentencepiece."
-            ) from error
-        try:
             model = T5EncoderModel.from_pretrained(where.source, dtype=self.dtype, **options)
-        except OSError as error:
-            if where.local:
-                raise
-            raise not_found_error(self.name_or_path, None, hf_hub_cache(), f"the download failed ({error})") from error
+        except (OSError, ValueError, ImportError) as error:
+            if not where.local:  # the one guarded download attempt failed
+                cache = Path(self.cache_dir) if self.cache_dir is not None else hf_hub_cache()
+                raise not_found_error(self.name_or_path, None, cache, f"the download failed ({error})") from error
+            folder = Path(where.source)
+            if (folder / "spiece.model").is_file() and not (folder / "tokenizer.json").is_file():
+                raise TextEncoderNotFoundError(
+                    f"cannot load the tokenizer of {self.name_or_path!r} from {folder}: it ships only spiece.model, "
+                    f"and converting that needs the sentencepiece package ({error}). Install sentencepiece, or save "
+                    "the fast tokenizer (tokenizer.json) with save_pretrained on a machine that has it."
+                ) from error
+            raise
         tokenizer.padding_side = "right"
         self._tokenizer = tokenizer
         self._model = model.to(self.device).eval().requires_grad_(False)
