@@ -1,0 +1,65 @@
+"""U-Nets that describe themselves: JSON-able configs, rebuilding from them, and ``recast``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+__all__ = ["ConfigurableMixin", "register_unet", "unet_from_config"]
+
+_REGISTRY: dict[str, type[nn.Module]] = {}
+
+
+def register_unet(cls: type[nn.Module]) -> type[nn.Module]:
+    """Class decorator: make ``cls`` rebuildable by :func:`unet_from_config` under its class name."""
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def unet_from_config(config: dict) -> nn.Module:
+    """Build the U-Net described by ``config`` (as returned by ``unet.config``: keywords plus ``"type"``).
+
+    Raises ValueError for a missing or unknown ``"type"``.
+    """
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    config = dict(config)
+    name = config.pop("type", None)
+    if name not in _REGISTRY:
+        raise ValueError(f"config 'type' must be one of {sorted(_REGISTRY)}, got {name!r}")
+    return _REGISTRY[name](**config)
+
+
+class ConfigurableMixin:
+    """Stores the constructor keywords (``_record_config``) and provides ``config`` and ``recast``."""
+
+    _config: dict[str, Any]
+
+    def _record_config(self, keywords: dict[str, Any]) -> None:
+        self._config = {k: _jsonable(v) for k, v in keywords.items()}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor keywords as JSON-able values (tuples as lists) plus ``"type"`` (the class name)."""
+        return {"type": type(self).__name__, **{k: _jsonable(v) for k, v in self._config.items()}}
+
+    def recast(self, **changes: Any):
+        """This U-Net when ``changes`` change nothing, else a fresh one of the same class with them applied.
+
+        Raises ValueError naming any key that is not a constructor keyword.
+        """
+        unknown = sorted(set(changes) - set(self._config))
+        if unknown:
+            raise ValueError(f"recast got unknown keywords {unknown}; accepted: {sorted(self._config)}")
+        if all(_jsonable(v) == self._config[k] for k, v in changes.items()):
+            return self
+        return type(self)(**{**self._config, **changes})
