@@ -1,0 +1,198 @@
+"""Noise schedules: continuous-time log-SNR schedules and sigma sequences for samplers.
+
+Conventions: ``log_snr = log(alpha^2 / sigma^2)`` of the variance-preserving (VP) process
+``z_t = alpha_t x0 + sigma_t eps`` with ``alpha^2 + sigma^2 = 1``; the equivalent
+variance-exploding (VE/EDM) noise level is ``sigma_edm = sigma / alpha = exp(-log_snr / 2)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ._checks import check_choice, check_steps
+
+__all__ = [
+    "SCHEDULES",
+    "NoiseSchedule",
+    "alpha_sigma_from_log_snr",
+    "edm_sigma_from_log_snr",
+    "exponential_sigmas",
+    "get_noise_schedule",
+    "karras_sigmas",
+    "log_snr_from_edm_sigma",
+    "schedule_sigmas",
+    "timesteps",
+    "uniform_sigmas",
+]
+
+# A VP schedule's log-SNR is kept inside this range so that every conversion stays finite.
+LOG_SNR_MIN, LOG_SNR_MAX = -30.0, 30.0
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """A continuous-time log-SNR schedule, t in [0, 1] (0 clean, 1 noisiest).
+
+    ``log_snr(t)`` is strictly decreasing and finite; ``time(log_snr)`` is its exact inverse on the
+    schedule's range (values beyond the range clamp to t = 0 or t = 1).
+    """
+
+    name: str
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """log(alpha_t^2 / sigma_t^2) for times ``t`` (any shape, clamped to [0, 1])."""
+        t64 = t.double().clamp(0.0, 1.0)
+        if self.name == "linear":
+            # log_snr = -log(expm1(1e-4 + 10 t^2))  (Kingma et al. 2021, the reference's 'linear')
+            out = -torch.log(torch.expm1(1e-4 + 10.0 * t64**2))
+        else:
+            # log_snr = -2 log tan(u), u = (t + s) / (1 + s) * pi / 2  (Nichol & Dhariwal 2021 cosine)
+            u = (t64 + _COSINE_S) / (1 + _COSINE_S) * (math.pi / 2)
+            out = -2.0 * torch.log(torch.tan(u.clamp(max=_COSINE_U_MAX)))
+        return out.clamp(LOG_SNR_MIN, LOG_SNR_MAX).to(_float_dtype(t))
+
+    def time(self, log_snr: Tensor) -> Tensor:
+        """The time t in [0, 1] at which the schedule reaches ``log_snr`` (inverse of ``log_snr``)."""
+        l64 = log_snr.double()
+        if self.name == "linear":
+            # 1e-4 + 10 t^2 = log(1 + exp(-log_snr)) = softplus(-log_snr)
+            t = torch.sqrt(((torch.nn.functional.softplus(-l64) - 1e-4) / 10.0).clamp(min=0.0))
+        else:
+            u = torch.atan(torch.exp(-l64 / 2))
+            t = u * 2 / math.pi * (1 + _COSINE_S) - _COSINE_S
+        return t.clamp(0.0, 1.0).to(_float_dtype(log_snr))
+
+
+_COSINE_S = 0.008
+_COSINE_U_MAX = math.pi / 2 - 1e-4  # tan stays finite: log_snr(1) = 2 log(1e-4) ~ -18.4, sigma_edm ~ 1e4
+SCHEDULES = ("cosine", "linear")
+
+
+def _float_dtype(t: Tensor) -> torch.dtype:
+    return t.dtype if t.is_floating_point() else torch.get_default_dtype()
+
+
+def get_noise_schedule(name: str) -> NoiseSchedule:
+    """The log-SNR schedule called ``name``: ``"cosine"`` or ``"linear"`` (as in the reference)."""
+    check_choice(name, "noise_schedule", SCHEDULES)
+    return NoiseSchedule(name)
+
+
+def alpha_sigma_from_log_snr(log_snr: Tensor) -> tuple[Tensor, Tensor]:
+    """VP scales: ``alpha = sqrt(sigmoid(log_snr))``, ``sigma = sqrt(sigmoid(-log_snr))``."""
+    return torch.sigmoid(log_snr).sqrt(), torch.sigmoid(-log_snr).sqrt()
+
+
+def edm_sigma_from_log_snr(log_snr: Tensor) -> Tensor:
+    """VE/EDM noise level ``sigma_edm = sigma / alpha = exp(-log_snr / 2)``."""
+    return torch.exp(-log_snr / 2)
+
+
+def log_snr_from_edm_sigma(sigma: Tensor) -> Tensor:
+    """Inverse of :func:`edm_sigma_from_log_snr`: ``log_snr = -2 log sigma_edm``."""
+    return -2.0 * torch.log(sigma)
+
+
+def _check_range(sigma_min: float, sigma_max: float) -> None:
+    if not (sigma_min > 0):
+        raise ValueError(f"sigma_min must be > 0, got {sigma_min}")
+    if not (sigma_max > sigma_min):
+        raise ValueError(f"sigma_max must be > sigma_min ({sigma_min}), got {sigma_max}")
+
+
+def _append_zero(sigmas: Tensor) -> Tensor:
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def karras_sigmas(
+    steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, device=None
+) -> Tensor:
+    """Karras et al. 2022 (EDM) eq. 5: ``steps`` levels from sigma_max to sigma_min, then 0.
+
+    sigma_i = (sigma_max^(1/rho) + i/(steps-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
+    Returns shape (steps + 1,), float32, decreasing, last entry 0.
+    """
+    check_steps(steps)
+    _check_range(sigma_min, sigma_max)
+    if not rho > 0:
+        raise ValueError(f"rho must be > 0, got {rho}")
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    inv_max, inv_min = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    sigmas = (inv_max + ramp * (inv_min - inv_max)) ** rho
+    if steps == 1:
+        sigmas = torch.tensor([sigma_max], dtype=torch.float64)
+    return _append_zero(sigmas).float().to(device)
+
+
+def exponential_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, device=None) -> Tensor:
+    """Sigmas evenly spaced in log sigma (uniform in log-SNR), then 0. Shape (steps + 1,)."""
+    check_steps(steps)
+    _check_range(sigma_min, sigma_max)
+    if steps == 1:
+        sigmas = torch.tensor([sigma_max], dtype=torch.float64)
+    else:
+        sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), steps, dtype=torch.float64).exp()
+    return _append_zero(sigmas).float().to(device)
+
+
+def uniform_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, device=None) -> Tensor:
+    """Sigmas evenly spaced in sigma from sigma_max to sigma_min, then 0. Shape (steps + 1,)."""
+    check_steps(steps)
+    _check_range(sigma_min, sigma_max)
+    if steps == 1:
+        sigmas = torch.tensor([sigma_max], dtype=torch.float64)
+    else:
+        sigmas = torch.linspace(sigma_max, sigma_min, steps, dtype=torch.float64)
+    return _append_zero(sigmas).float().to(device)
+
+
+SPACINGS = ("uniform", "quadratic")
+
+
+def timesteps(steps: int, t_start: float = 1.0, t_end: float = 0.0, spacing: str = "uniform", device=None) -> Tensor:
+    """``steps`` times from ``t_start`` down to ``t_end`` for few-step DDPM/DDIM on a VP schedule.
+
+    ``"uniform"`` spaces them evenly; ``"quadratic"`` puts more near ``t_end`` (Song et al. 2021,
+    DDIM, Appendix D.2). Shape (steps,), float64, decreasing.
+    """
+    check_steps(steps)
+    check_choice(spacing, "spacing", SPACINGS)
+    if not 0.0 <= t_end < t_start <= 1.0:
+        raise ValueError(f"need 0 <= t_end < t_start <= 1, got t_start={t_start}, t_end={t_end}")
+    ramp = torch.linspace(1.0, 0.0, steps, dtype=torch.float64) if steps > 1 else torch.ones(1, dtype=torch.float64)
+    if spacing == "quadratic":
+        ramp = ramp**2
+    return (t_end + (t_start - t_end) * ramp).to(device)
+
+
+def schedule_sigmas(
+    schedule: NoiseSchedule | str,
+    steps: int,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    spacing: str = "uniform",
+    device=None,
+) -> Tensor:
+    """EDM sigmas of a VP schedule sampled at ``steps`` times, then 0. Shape (steps + 1,).
+
+    The times run from where the schedule reaches ``sigma_max`` to where it reaches ``sigma_min``,
+    each clamped to the schedule's own range [t=0, t=1]. Capping sigma_max (as EDM does) avoids the
+    cosine schedule's ~1e4 first level, on which second-order samplers diverge.
+    """
+    if isinstance(schedule, str):
+        schedule = get_noise_schedule(schedule)
+    check_steps(steps)
+    _check_range(sigma_min, sigma_max)
+    bounds = log_snr_from_edm_sigma(torch.tensor([sigma_max, sigma_min], dtype=torch.float64))
+    t_start, t_end = schedule.time(bounds).tolist()
+    if not t_start > t_end:
+        raise ValueError(
+            f"sigma_min={sigma_min} and sigma_max={sigma_max} fall outside the {schedule.name} schedule's range"
+        )
+    t = timesteps(steps, t_start, t_end, spacing)
+    sigmas = edm_sigma_from_log_snr(schedule.log_snr(t))
+    return _append_zero(sigmas).float().to(device)
