@@ -9,11 +9,16 @@ from imagen.trainer.checkpoints import (
     save_checkpoint,
 )
 from imagen.trainer.data import Dataset, EpochSampler, collate, pad_text_embeds
+from imagen.trainer.optim import WarmupCosine
+from imagen.trainer.trainer import ImagenTrainer, NonFiniteTrainingError
 
 __all__ = [
     "CheckpointError",
     "Dataset",
     "EpochSampler",
+    "ImagenTrainer",
+    "NonFiniteTrainingError",
+    "WarmupCosine",
     "collate",
     "latest_checkpoint",
     "load_checkpoint",

@@ -1,0 +1,88 @@
+"""Optimizers and learning-rate schedules for one U-Net stage, and their state as tensors + JSON."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["WarmupCosine", "make_optimizer", "optimizer_state_from_tensors", "optimizer_state_to_tensors"]
+
+
+class WarmupCosine:
+    """LR factor at scheduler step ``s``: a linear warm-up ``min(1, (s + 1) / warmup_steps)`` times a
+    cosine decay ``(1 + cos(pi * min(s, T) / T)) / 2`` over ``T = cosine_decay_max_steps``; either
+    part is 1 when its number of steps is None."""
+
+    def __init__(self, warmup_steps: int | None = None, cosine_decay_max_steps: int | None = None):
+        for name, value in (("warmup_steps", warmup_steps), ("cosine_decay_max_steps", cosine_decay_max_steps)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+        self.warmup_steps = warmup_steps
+        self.cosine_decay_max_steps = cosine_decay_max_steps
+
+    def __call__(self, step: int) -> float:
+        factor = 1.0
+        if self.warmup_steps is not None:
+            factor *= min(1.0, (step + 1) / self.warmup_steps)
+        if self.cosine_decay_max_steps is not None:
+            t = min(step, self.cosine_decay_max_steps) / self.cosine_decay_max_steps
+            factor *= 0.5 * (1.0 + math.cos(math.pi * t))
+        return factor
+
+
+def make_optimizer(
+    module: nn.Module,
+    *,
+    lr: float,
+    eps: float,
+    betas: tuple[float, float],
+    weight_decay: float = 0.0,
+    group_wd_params: bool = True,
+) -> torch.optim.Optimizer:
+    """Adam without weight decay; AdamW with it. With ``group_wd_params`` biases, norms and other
+    parameters of fewer than 2 dimensions get no weight decay."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{type(module).__name__} has no trainable parameters")
+    if weight_decay == 0:
+        return torch.optim.Adam(params, lr=lr, eps=eps, betas=betas)
+    if group_wd_params:
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, eps=eps, betas=betas, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, eps=eps, betas=betas, weight_decay=weight_decay)
+
+
+def optimizer_state_to_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict]:
+    """Split ``optimizer.state_dict()`` into tensors (named ``<prefix><param id>.<key>``) and a JSON
+    document holding the parameter groups and the non-tensor per-parameter values."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}{pid}.{key}"] = value
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_state_from_tensors(document: dict, tensors: dict[str, torch.Tensor], prefix: str) -> dict:
+    """The inverse of :func:`optimizer_state_to_tensors`: a dict for ``optimizer.load_state_dict``."""
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith(prefix):
+            pid, key = name[len(prefix) :].split(".", 1)
+            state.setdefault(int(pid), {})[key] = value
+    for pid, values in document.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(values)
+    groups = []
+    for group in document["param_groups"]:
+        group = dict(group)
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+        groups.append(group)
+    return {"state": state, "param_groups": groups}
