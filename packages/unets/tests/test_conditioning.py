@@ -1,0 +1,127 @@
+"""Text masking, classifier-free-guidance dropping and the noise-level conditioning."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from imagen.unets import Unet, Unet3D
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["attn_pool", "no_pool"])
+def unet(request, h):
+    return h.make(Unet, **h.tiny(attn_pool_text=request.param, layer_attns=True, use_linear_cross_attn=(True, False)))
+
+
+def _inputs(h, b=3, length=5):
+    t = torch.rand(b, generator=torch.Generator().manual_seed(2))
+    return h.randn(b, 3, 8, 8, seed=1), t, h.randn(b, length, 12)
+
+
+@given(st.integers(1, 4), st.integers(0, 10_000))
+def test_changing_masked_positions_does_not_change_the_output(unet, h, n_real, seed):
+    x, t, text = _inputs(h)
+    mask = torch.arange(5)[None].expand(3, -1) < n_real
+    other = torch.where(mask[..., None], text, h.randn(*text.shape, seed=seed))
+    with torch.no_grad():
+        a = unet(x, t, text_embeds=text, text_mask=mask)
+        b = unet(x, t, text_embeds=other, text_mask=mask)
+    assert torch.equal(a, b)
+
+
+def test_unmasked_text_changes_the_output(unet, h):
+    x, t, text = _inputs(h)
+    with torch.no_grad():
+        assert not torch.allclose(unet(x, t, text_embeds=text), unet(x, t, text_embeds=text + 1))
+
+
+def test_full_drop_ignores_the_text(unet, h):
+    x, t, text = _inputs(h)
+    with torch.no_grad():
+        a = unet(x, t, text_embeds=text, cond_drop_prob=1.0)
+        b = unet(x, t, text_embeds=h.randn(3, 2, 12, seed=9), cond_drop_prob=1.0)
+        c = unet(x, t)  # no text at all is the null text
+    assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_drop_mask_all_true_equals_drop_prob_one(unet, h):
+    x, t, text = _inputs(h)
+    with torch.no_grad():
+        a = unet(x, t, text_embeds=text, cond_drop_mask=torch.ones(3, dtype=torch.bool))
+        b = unet(x, t, text_embeds=text, cond_drop_prob=1.0)
+        c = unet(x, t, text_embeds=text, cond_drop_mask=torch.zeros(3, dtype=torch.bool), cond_drop_prob=1.0)
+        d = unet(x, t, text_embeds=text)
+    assert torch.equal(a, b)
+    assert torch.equal(c, d)  # the mask overrides the probability
+
+
+def test_guidance_batch_halves_match_separate_runs(unet, h):
+    """Conditional and null halves in one batch give what they give alone (samples are independent)."""
+    x, t, text = _inputs(h)
+    drop = torch.tensor([False] * 3 + [True] * 3)
+    with torch.no_grad():
+        both = unet(torch.cat((x, x)), torch.cat((t, t)), text_embeds=torch.cat((text, text)), cond_drop_mask=drop)
+        cond = unet(x, t, text_embeds=text)
+        null = unet(x, t, text_embeds=text, cond_drop_prob=1.0)
+    torch.testing.assert_close(both, torch.cat((cond, null)), rtol=1e-5, atol=1e-5)
+
+
+def test_drop_prob_draws_from_the_generator(unet, h):
+    x, t, text = _inputs(h, b=8)
+    with torch.no_grad():
+        a = unet(x, t, text_embeds=text, cond_drop_prob=0.5, generator=torch.Generator().manual_seed(5))
+        b = unet(x, t, text_embeds=text, cond_drop_prob=0.5, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+def test_text_is_padded_or_truncated_to_max_text_len(unet, h):
+    """Tokens past max_text_len (6) are cut; missing ones are masked padding."""
+    x, t, text = _inputs(h, length=6)
+    longer = torch.cat((text, h.randn(3, 4, 12, seed=3)), dim=1)
+    shorter_mask = torch.tensor([True] * 4 + [False] * 2).expand(3, -1)
+    with torch.no_grad():
+        assert torch.equal(unet(x, t, text_embeds=text), unet(x, t, text_embeds=longer))
+        assert torch.equal(unet(x, t, text_embeds=text[:, :4]), unet(x, t, text_embeds=text, text_mask=shorter_mask))
+
+
+def test_noise_level_conditions_the_output(unet, h):
+    x, t, text = _inputs(h)
+    with torch.no_grad():
+        assert not torch.allclose(unet(x, t, text_embeds=text), unet(x, t + 0.5, text_embeds=text))
+
+
+def test_lowres_noise_time_conditions_the_output(h):
+    unet = h.make(Unet, **h.tiny(lowres_cond=True, cond_on_text=False))
+    x = h.randn(2, 3, 8, 8)
+    low = h.randn(2, 3, 8, 8, seed=4)
+    with torch.no_grad():
+        a = unet(x, torch.zeros(2), lowres_cond_img=low, lowres_noise_times=torch.zeros(2))
+        b = unet(x, torch.zeros(2), lowres_cond_img=low, lowres_noise_times=torch.ones(2))
+        c = unet(x, torch.zeros(2), lowres_cond_img=-low, lowres_noise_times=torch.zeros(2))
+    assert not torch.allclose(a, b) and not torch.allclose(a, c)
+
+
+def test_self_cond_defaults_to_zeros(h):
+    unet = h.make(Unet, **h.tiny(self_cond=True))
+    x = h.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(unet(x, torch.zeros(2)), unet(x, torch.zeros(2), self_cond=torch.zeros_like(x)))
+
+
+def test_cond_images_are_resized_to_the_input(h):
+    unet = h.make(Unet, **h.tiny(cond_images_channels=2, resize_mode="nearest"))
+    x, small = h.randn(1, 3, 8, 8), h.randn(1, 2, 4, 4)
+    big = small.repeat_interleave(2, dim=-1).repeat_interleave(2, dim=-2)  # nearest 2x
+    with torch.no_grad():
+        assert torch.equal(unet(x, torch.zeros(1), cond_images=small), unet(x, torch.zeros(1), cond_images=big))
+
+
+def test_video_text_masking_and_drop(h):
+    unet = h.make(Unet3D, **h.tiny())
+    x, t, text = h.randn(2, 3, 3, 8, 8), torch.rand(2), h.randn(2, 5, 12)
+    mask = torch.tensor([[True, True, False, False, False]] * 2)
+    other = torch.where(mask[..., None], text, 0.0)
+    with torch.no_grad():
+        assert torch.equal(unet(x, t, text_embeds=text, text_mask=mask), unet(x, t, text_embeds=other, text_mask=mask))
+        assert torch.equal(unet(x, t, text_embeds=text, cond_drop_prob=1.0),
+                           unet(x, t, text_embeds=other, cond_drop_mask=torch.ones(2, dtype=torch.bool)))

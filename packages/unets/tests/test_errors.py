@@ -1,0 +1,106 @@
+"""Bad input raises ValueError (or TypeError) naming the value and what is accepted."""
+
+import pytest
+import torch
+
+from imagen.unets import Unet
+
+
+@pytest.fixture(scope="module")
+def unet(h):
+    return Unet(**h.tiny()).eval()
+
+
+def test_image_side_not_divisible(unet):
+    assert unet.downsample_factor == 2
+    with pytest.raises(ValueError, match=r"9x8.*divisible by 2"):
+        unet(torch.randn(1, 3, 9, 8), torch.rand(1))
+
+
+def test_memory_efficient_downsamples_every_stage(h):
+    assert Unet(**h.tiny(memory_efficient=True)).downsample_factor == 4
+
+
+def test_wrong_channel_count(unet):
+    with pytest.raises(ValueError, match="x has 4 channels"):
+        unet(torch.randn(1, 4, 8, 8), torch.rand(1))
+
+
+def test_wrong_rank(unet):
+    with pytest.raises(ValueError, match=r"x must be 4D.*\(1, 3, 1, 8, 8\)"):
+        unet(torch.randn(1, 3, 1, 8, 8), torch.rand(1))
+
+
+def test_text_embedding_width_mismatch(unet):
+    with pytest.raises(ValueError, match=r"text_embed_dim=12.*\(1, 4, 768\)"):
+        unet(torch.randn(1, 3, 8, 8), torch.rand(1), text_embeds=torch.randn(1, 4, 768))
+
+
+def test_text_mask_shape_mismatch(unet):
+    with pytest.raises(ValueError, match="text_mask"):
+        unet(torch.randn(1, 3, 8, 8), torch.rand(1), text_embeds=torch.randn(1, 4, 12),
+             text_mask=torch.ones(1, 5, dtype=torch.bool))
+
+
+def test_time_shape(unet):
+    with pytest.raises(ValueError, match=r"time must have shape \(2,\)"):
+        unet(torch.randn(2, 3, 8, 8), torch.rand(3))
+
+
+@pytest.mark.parametrize("name", ["num_resnet_blocks", "layer_attns", "layer_cross_attns", "resnet_groups",
+                                  "layer_attns_depth", "use_linear_attn", "use_linear_cross_attn"])
+def test_mismatched_per_stage_tuple(h, name):
+    value = (True, False, True) if "attn" in name and "depth" not in name else (1, 1, 1)
+    with pytest.raises(ValueError, match=f"{name} has 3 entries .* 2 stages"):
+        Unet(**h.tiny(**{name: value}))
+
+
+@pytest.mark.parametrize("heads", [0, -1])
+def test_attn_heads_below_one(h, heads):
+    with pytest.raises(ValueError, match=f"attn_heads must be an int >= 1, got {heads}"):
+        Unet(**h.tiny(attn_heads=heads))
+
+
+@pytest.mark.parametrize(("changes", "match"), [
+    ({"resnet_groups": 3}, "resnet_groups"),
+    ({"resize_mode": "cubic"}, "resize_mode"),
+    ({"dropout": 1.0}, "dropout"),
+    ({"dim_mults": ()}, "dim_mults"),
+    ({"learned_sinu_pos_emb_dim": 7}, "learned_sinu_pos_emb_dim"),
+    ({"init_cross_embed_kernel_sizes": (2, 3)}, "kernel sizes"),
+])
+def test_bad_constructor_values(h, changes, match):
+    with pytest.raises(ValueError, match=match):
+        Unet(**h.tiny(**changes))
+
+
+def test_lowres_inputs_required_iff_lowres_cond(h, unet):
+    lowres = Unet(**h.tiny(lowres_cond=True))
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="lowres_cond_img is required"):
+        lowres(x, torch.rand(1), lowres_noise_times=torch.rand(1))
+    with pytest.raises(ValueError, match="lowres_noise_times is required"):
+        lowres(x, torch.rand(1), lowres_cond_img=x)
+    with pytest.raises(ValueError, match="lowres_cond=False"):
+        unet(x, torch.rand(1), lowres_cond_img=x)
+
+
+def test_text_given_to_an_unconditional_unet(h):
+    with pytest.raises(ValueError, match="cond_on_text=False"):
+        Unet(**h.tiny(cond_on_text=False))(torch.randn(1, 3, 8, 8), torch.rand(1), text_embeds=torch.randn(1, 2, 12))
+
+
+def test_bad_drop_arguments(unet):
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="cond_drop_prob"):
+        unet(x, torch.rand(2), cond_drop_prob=1.5)
+    with pytest.raises(ValueError, match="cond_drop_mask"):
+        unet(x, torch.rand(2), cond_drop_mask=torch.ones(3, dtype=torch.bool))
+
+
+def test_cond_images_channels(h):
+    unet = Unet(**h.tiny(cond_images_channels=2))
+    with pytest.raises(ValueError, match="cond_images has 3 channels"):
+        unet(torch.randn(1, 3, 8, 8), torch.rand(1), cond_images=torch.randn(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="cond_images is required"):
+        unet(torch.randn(1, 3, 8, 8), torch.rand(1))
