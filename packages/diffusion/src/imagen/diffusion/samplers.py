@@ -281,7 +281,7 @@ def sample_dpmpp_3m(
     generator: GeneratorArg = None, callback: Callback = None, progress: bool = False,
     order: int = 3,
 ) -> Tensor:
-    """Multistep exponential integrator of order up to 3 in data prediction (DPM-Solver++ 3M,
+    """Multistep exponential integrator of order ``order`` (1-4, default 3) in data prediction (DPM-Solver++ 3M,
     Lu et al. 2022, Sec. 4, with the exact integrals of DEIS, Zhang & Chen 2023, eq. 14).
 
     Exact solution of the ODE in lambda = -log sigma:
