@@ -77,3 +77,70 @@ class ToyCascade(nn.Module):
 def toy_cascade():
     """The ToyCascade class (tests build their own instances)."""
     return ToyCascade
+
+
+def tiny_unet(**overrides):
+    """A real imagen.unets.Unet at CPU test size."""
+    from imagen.unets import Unet
+
+    settings = dict(
+        dim=8,
+        dim_mults=(1, 2),
+        num_resnet_blocks=1,
+        layer_attns=False,
+        layer_cross_attns=False,
+        attn_heads=2,
+        attn_dim_head=8,
+    )
+    return Unet(**{**settings, **overrides})
+
+
+@pytest.fixture
+def unet_factory():
+    """Builds tiny real U-Nets."""
+    return tiny_unet
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory):
+    """A folder holding a tiny T5 encoder and tokenizer, loaded like a real model."""
+    from imagen.text.testing import build_tiny_t5
+
+    words = [
+        "a",
+        "puppy",
+        "looking",
+        "anxiously",
+        "at",
+        "giant",
+        "donut",
+        "on",
+        "the",
+        "table",
+        "milky",
+        "way",
+        "galaxy",
+        "in",
+        "style",
+        "of",
+        "monet",
+    ]
+    return str(build_tiny_t5(tmp_path_factory.mktemp("t5"), words=words))
+
+
+def write_images(folder, count, size=16, seed=0):
+    """Writes ``count`` random PNG images into ``folder``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"img{i:03d}.png")
+    return folder
+
+
+@pytest.fixture
+def image_folder():
+    """Writes random PNG images: ``image_folder(path, count, size=16)``."""
+    return write_images

@@ -9,6 +9,7 @@ atomically (see :mod:`imagen.trainer.checkpoints`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -38,6 +39,16 @@ _EMA_KEYS = {"ema_beta": "beta", "ema_update_after_step": "update_after_step", "
 
 class NonFiniteTrainingError(RuntimeError):
     """Raised when too many consecutive steps had a non-finite loss or gradient."""
+
+
+def _destroy_process_group() -> None:
+    """Tear the process group down at exit (gloo aborts the interpreter when it is left alive)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.barrier()  # no process tears down while another still talks to it
+        dist.destroy_process_group()
 
 
 def _per_unet(value, num_unets: int, name: str) -> tuple:
@@ -127,6 +138,8 @@ class ImagenTrainer(nn.Module):
             if log_with is not None:
                 accelerator.init_trackers("imagen")
         self.accelerator = accelerator
+        if accelerator.num_processes > 1:
+            atexit.register(_destroy_process_group)
         self.imagen = imagen.to(self.device)
         num_unets = imagen.num_unets
         self.only_train_unet_number = only_train_unet_number or imagen.only_train_unet_number
