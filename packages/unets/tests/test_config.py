@@ -1,6 +1,8 @@
 """Configs: JSON round trips, unet_from_config, recast; NullUnet; presets."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,3 +91,14 @@ def test_presets_carry_the_paper_settings_and_accept_overrides(cls, dim, mults, 
     assert isinstance(unet, Unet)
     with torch.device("meta"):
         assert type(unet_from_config(small.config)) is cls
+
+
+def test_readme_records_the_preset_parameter_counts():
+    """The README's table equals the counts of the presets built on the meta device."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    recorded = {m[1]: int(m[2].replace(",", "")) for m in re.finditer(r"\| (\w+) \| ([\d,]+) \|", readme)}
+    with torch.device("meta"):
+        counted = {cls.__name__: sum(p.numel() for p in cls().parameters())
+                   for cls in (BaseUnet64, SRUnet256, SRUnet1024)}
+    assert recorded == counted
+    assert 0.5e9 < counted["BaseUnet64"] < 4e9  # the paper's 2B base model, same order of magnitude
