@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imagen.unets import Unet, Unet3D
@@ -18,6 +18,7 @@ def _inputs(h, b=3, length=5):
     return h.randn(b, 3, 8, 8, seed=1), t, h.randn(b, length, 12)
 
 
+@settings(max_examples=8)
 @given(st.integers(1, 4), st.integers(0, 10_000))
 def test_changing_masked_positions_does_not_change_the_output(unet, h, n_real, seed):
     x, t, text = _inputs(h)
