@@ -103,7 +103,7 @@ def layout_errors() -> list[str]:
                             errors.append(f"{where}: imports imagen.{target}, which imagen-{package} does not declare")
                         elif len(parts) > 2 and module not in PUBLIC_SUBMODULES:
                             errors.append(f"{where}: imports the private module {module}")
-                    elif top not in sys.stdlib_module_names and top not in {"conftest", "_helpers"}:
+                    elif top not in sys.stdlib_module_names and not (path.parent / f"{top}.py").exists():
                         dist = DISTRIBUTION_OF.get(top, top).lower().replace("_", "-")
                         if dist not in allowed_dists:
                             errors.append(f"{where}: imports {top}, which imagen-{package} does not declare")

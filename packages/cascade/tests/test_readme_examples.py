@@ -2,8 +2,8 @@
 steps). Only the imports and sizes change; keyword names and meanings are the README's."""
 
 import torch
+from cascade_testing import tiny_unet, tiny_unet3d
 
-from conftest import tiny_unet, tiny_unet3d
 from imagen.cascade import ElucidatedImagen, ElucidatedImagenConfig, Imagen, load_imagen_from_checkpoint
 from imagen.text import get_encoded_dim
 from imagen.unets import NullUnet, SRUnet256

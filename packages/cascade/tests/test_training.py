@@ -2,8 +2,8 @@
 
 import pytest
 import torch
+from cascade_testing import tiny_unet
 
-from conftest import tiny_unet
 from imagen.cascade import ElucidatedImagen, Imagen
 
 

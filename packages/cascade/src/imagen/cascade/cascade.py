@@ -188,6 +188,8 @@ class Cascade(nn.Module):
         """Frames seen by stage ``index`` for a video of ``frames`` frames (temporal downsampling)."""
         if not self.is_video or frames is None:
             return None
+        if frames == 1:  # images seen as single frames
+            return 1
         factor = self._setting("temporal_downsample_factor", index)
         if frames % factor:
             raise ValueError(

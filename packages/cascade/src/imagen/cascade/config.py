@@ -36,7 +36,15 @@ def _unet_configs(value: Any) -> tuple[dict, ...]:
     for i, config in enumerate(value):
         if not isinstance(config, Mapping):
             raise ValueError(f"unets[{i}] must be a dict of U-Net keywords, got {type(config).__name__}")
-    return tuple(dict(config) for config in value)
+    return tuple(_json_form(config, f"unets[{i}]") for i, config in enumerate(value))
+
+
+def _json_form(config: Mapping, name: str) -> dict:
+    """The dict as JSON gives it back (tuples become lists), so configs compare equal after a round trip."""
+    try:
+        return json.loads(json.dumps(dict(config)))
+    except TypeError as error:
+        raise ValueError(f"{name} must hold only JSON values (numbers, strings, lists, dicts): {error}") from None
 
 
 def per_unet(value: Any, num_unets: int, name: str) -> tuple:
@@ -155,7 +163,8 @@ class CascadeConfig:
 
     def to_dict(self) -> dict:
         """The config as plain JSON types, tagged with its kind."""
-        return {"kind": self.kind, **attrs.asdict(self, retain_collection_types=False)}
+        values = {f.name: getattr(self, f.name) for f in attrs.fields(type(self))}
+        return {"kind": self.kind, **json.loads(json.dumps(values))}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
