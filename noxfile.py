@@ -11,6 +11,7 @@ never resolves an unpinned torch and its CUDA packages.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def tests(session: nox.Session, package: str) -> None:
     install_pinned(session, "torch==2.13.0")
     local = [f"./packages/{name}" for name in internal_closure(package) if name != package]
     install_pinned(session, *local, f"./packages/{package}[test]")
+    # Tiny test models run fastest on one thread per process (and never oversubscribe the cores).
+    session.env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
     session.run("pytest", f"packages/{package}/tests", *session.posargs)
 
 

@@ -231,12 +231,15 @@ class Cascade(nn.Module):
         cond_images: torch.Tensor | None = None,
         ignore_time: bool = False,
         generator: torch.Generator | None = None,
+        unet: nn.Module | None = None,
     ) -> torch.Tensor:
         """The training loss of stage ``unet_number`` for a batch of images (B, C, H, W) or videos
         (B, C, F, H, W) with values in [0, 1] (any size at least the stage's; they are resized).
 
         The low-res conditioning of a super-resolution stage is made from the same images at the
-        previous stage's size, then noised (noise-conditioning augmentation).
+        previous stage's size, then noised (noise-conditioning augmentation). ``unet`` is a wrapper of
+        that stage's U-Net to call instead of it (for example the DistributedDataParallel module that
+        ``accelerate`` prepared); ``generator`` makes the noise draws reproducible.
         """
         if unet_number is None:
             if self.num_unets > 1 and self.only_train_unet_number is None:
@@ -248,7 +251,7 @@ class Cascade(nn.Module):
                 f"this cascade only trains unet {self.only_train_unet_number} (only_train_unet_number), "
                 f"got unet_number={unet_number}"
             )
-        unet = self.unets[index]
+        wrapped, unet = unet, self.unets[index]
         if unet.is_null:
             raise ValueError(f"unet {unet_number} is a NullUnet placeholder and cannot be trained")
         images = self._check_pixels("images", torch.as_tensor(images), index).to(self.device)
@@ -282,7 +285,7 @@ class Cascade(nn.Module):
         )
         if unet.is_video:
             kwargs["ignore_time"] = ignore_time
-        model = functools.partial(unet, **kwargs)
+        model = functools.partial(unet if wrapped is None else wrapped, **kwargs)
         self_condition = bool(unet.self_cond) and bool(torch.rand((), generator=generator) < 0.5)
         x0 = normalize(x0) if self._config.auto_normalize_img else x0
         return self.stages[index].training_loss(model, x0, generator=generator, self_condition=self_condition)
