@@ -49,6 +49,7 @@ class ToyCascade(nn.Module):
         self.noisy, self.channels = noisy, channels
         self.config = ToyConfig(kind="toy", num_unets=num_unets, null_first=null_first, noisy=noisy)
         self.calls = []
+        self.wrapped_calls = []  # the ``unet=`` module each training forward called (None: the stage's own)
 
     @property
     def num_unets(self):
@@ -57,9 +58,10 @@ class ToyCascade(nn.Module):
     def get_unet(self, unet_number):
         return self.unets[unet_number - 1]
 
-    def forward(self, images, *, unet_number=1, generator=None, texts=None, text_embeds=None, **kwargs):
+    def forward(self, images, *, unet_number=1, generator=None, texts=None, text_embeds=None, unet=None, **kwargs):
         self.calls.append(dict(batch=images.shape[0], texts=texts, text_embeds=text_embeds, **kwargs))
-        unet = self.get_unet(unet_number)
+        self.wrapped_calls.append(unet)
+        unet = unet if unet is not None else self.get_unet(unet_number)
         noise = torch.randn(images.shape, generator=generator) if self.noisy else torch.zeros_like(images)
         x = images * 2 - 1
         if text_embeds is not None:

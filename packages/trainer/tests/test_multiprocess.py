@@ -21,6 +21,7 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     import torch
     from PIL import Image
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
     from imagen.cascade import Imagen
     from imagen.trainer import Dataset, ImagenTrainer
@@ -45,10 +46,22 @@ SCRIPT = textwrap.dedent(
                             accelerate_cpu=True, ema_update_after_step=0, ema_update_every=1)
     report = {"rank": trainer.accelerator.process_index, "world": trainer.accelerator.num_processes,
               "start_steps": trainer.steps.tolist(), "same_after_update": []}
-    trainer.add_train_dataset(Dataset(folder, 16), batch_size=4)
+    trainer.add_train_dataset(Dataset(folder, 16), batch_size=4)  # 2 images per rank and step
+    ddp = trainer.stages[0].prepare(trainer.accelerator)
+    report["ddp"] = isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
+    report["allreduces"] = []
+    calls = [0]
+
+    def counting_allreduce(state, bucket):
+        calls[0] += 1
+        return allreduce_hook(None, bucket)
+
+    ddp.register_comm_hook(None, counting_allreduce)
     if phase == "train":
-        for _ in range(3):
-            trainer.train_step(unet_number=1)
+        for step in range(3):
+            before = calls[0]
+            trainer.train_step(unet_number=1, max_batch_size=None if step == 0 else 1)  # then 2 chunks
+            report["allreduces"].append(calls[0] - before)
             weights = trainer.accelerator.gather(flat(trainer.imagen).unsqueeze(0))
             ema = trainer.accelerator.gather(flat(trainer.emas["0"]).unsqueeze(0))
             report["same_after_update"].append(bool(torch.equal(weights[0], weights[1]) and
@@ -108,6 +121,9 @@ def test_two_processes_train_identically_checkpoint_once_and_resume(tmp_path):
     resume = [json.loads((tmp_path / f"report-resume-{r}.json").read_text()) for r in range(2)]
     assert {r["world"] for r in train} == {2}
     assert all(r["same_after_update"] == [True, True, True] for r in train)
+    assert all(r["ddp"] for r in train + resume)  # the trained U-Net went through accelerate.prepare (DDP)
+    # gradients are all-reduced once per step: two chunks (no_sync on the first) cost what one does
+    assert all(r["allreduces"][0] > 0 and len(set(r["allreduces"])) == 1 for r in train), train
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["checkpoint.3.safetensors"]
     assert all(r["start_steps"] == [3] and r["resumed_equals_saved"] for r in resume)
     assert all(r["same_after_update"] == [True] and r["end_steps"] == [4] for r in resume)

@@ -230,3 +230,121 @@ def test_mixed_precision_steps(precision, toy_cascade):
     trainer.update(1)
     assert trainer.scalers[0].is_enabled() == (precision == "fp16")
     assert all(p.dtype == torch.float32 for p in trainer.imagen.parameters())
+
+
+# ------------------------------------------------------------------------ accelerate machinery
+
+
+def test_only_the_trained_stage_is_prepared_and_lazily(toy_cascade):
+    cascade = toy_cascade()
+    trainer = _trainer(cascade)
+    assert all(stage.prepared_unet is None for stage in trainer.stages.values())
+    assert trainer.accelerator._models == []
+    trainer(torch.rand(3, 3, 4, 4), unet_number=2, max_batch_size=2)
+    stage = trainer.stages[1]
+    assert trainer.stages[0].prepared_unet is None and stage.prepared_unet is not None
+    assert trainer.accelerator._models == [stage.prepared_unet]
+    assert [opt.optimizer for opt in trainer.accelerator._optimizers] == [trainer.optimizers[1]]
+    assert cascade.wrapped_calls == [stage.prepared_unet] * 2  # the cascade called the prepared module
+    assert stage.unwrapped_unet(trainer.accelerator) is cascade.unets[1]
+    trainer.update(2)
+    trainer(torch.rand(3, 3, 4, 4), unet_number=2)
+    assert len(trainer.accelerator._models) == 1  # prepared once
+
+
+def _spy_on_accelerator(monkeypatch, accelerator):
+    """Records, for each ``accelerator.backward``, whether it ran inside ``accelerator.no_sync`` and
+    the tensor it got; and the models no_sync and clip_grad_norm_ were called with."""
+    import contextlib
+
+    log = {"backward": [], "no_sync": [], "clip": 0}
+    inside = [False]
+    no_sync, backward, clip = accelerator.no_sync, accelerator.backward, accelerator.clip_grad_norm_
+
+    @contextlib.contextmanager
+    def spy_no_sync(model):
+        log["no_sync"].append(model)
+        inside[0] = True
+        with no_sync(model):
+            yield
+        inside[0] = False
+
+    def spy_backward(loss, **kwargs):
+        log["backward"].append((inside[0], loss.detach().clone()))
+        return backward(loss, **kwargs)
+
+    def spy_clip(*args, **kwargs):
+        log["clip"] += 1
+        return clip(*args, **kwargs)
+
+    monkeypatch.setattr(accelerator, "no_sync", spy_no_sync)
+    monkeypatch.setattr(accelerator, "backward", spy_backward)
+    monkeypatch.setattr(accelerator, "clip_grad_norm_", spy_clip)
+    return log
+
+
+def test_chunks_accumulate_without_sync_and_sync_on_the_last(monkeypatch, toy_cascade):
+    trainer = _trainer(toy_cascade(), max_grad_norm=1.0)
+    log = _spy_on_accelerator(monkeypatch, trainer.accelerator)
+    trainer(torch.rand(5, 3, 4, 4), unet_number=1, max_batch_size=2)
+    assert [inside for inside, _ in log["backward"]] == [True, True, False]
+    assert log["no_sync"] == [trainer.stages[0].prepared_unet] * 2
+    assert log["clip"] == 0
+    assert trainer.update(1)
+    assert log["clip"] == 1
+
+
+def test_fp16_backward_gets_the_scaled_loss(monkeypatch, toy_cascade):
+    cascade = toy_cascade()
+    trainer = _trainer(cascade, precision="fp16")
+    log = _spy_on_accelerator(monkeypatch, trainer.accelerator)
+    before = [p.clone() for p in cascade.unets[0].parameters()]
+    loss = trainer(torch.rand(2, 3, 4, 4), unet_number=1)
+    scale = trainer.scalers[0].get_scale()
+    assert scale > 1 and log["backward"][0][1].item() == pytest.approx(loss * scale, rel=1e-6)
+    assert trainer.update(1)
+    after = list(cascade.unets[0].parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """A clean accelerate state, so that a test may build an Accelerator with other settings."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.parametrize("mixed", ["bf16", "fp16"])
+def test_precision_follows_the_accelerator(mixed, fresh_accelerate_state, toy_cascade):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(mixed_precision=mixed, cpu=True)
+    trainer = _trainer(toy_cascade(), accelerator=accelerator)
+    assert trainer.precision == mixed
+    # accelerate keeps no fp16 scaler on CPU: the trainer's own one scales the loss
+    assert accelerator.scaler is None and trainer.scalers[0].is_enabled() == (mixed == "fp16")
+    trainer(torch.rand(2, 3, 4, 4), unet_number=1)
+    assert trainer.update(1)
+    other = "bf16" if mixed == "fp16" else "fp16"
+    with pytest.raises(ValueError, match="conflicts with the accelerator's mixed_precision"):
+        _trainer(toy_cascade(), accelerator=accelerator, precision=other)
+
+
+def test_accelerate_gradient_accumulation_is_refused(fresh_accelerate_state, toy_cascade):
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=2"):
+        _trainer(toy_cascade(), accelerate_gradient_accumulation_steps=2)
+
+
+def test_nonfinite_gradient_with_a_finite_loss_is_skipped(toy_cascade):
+    cascade = toy_cascade()
+    trainer = _trainer(cascade)
+    weights = [p.clone() for p in cascade.parameters()]
+    trainer(torch.rand(2, 3, 4, 4), unet_number=1)
+    cascade.unets[0].conv.weight.grad[0, 0] = float("inf")
+    assert trainer.update(1) is False and trainer.nonfinite_steps == [1, 0]
+    assert all(torch.equal(a, b) for a, b in zip(weights, cascade.parameters()))
+    assert all(p.grad is None for p in cascade.parameters())

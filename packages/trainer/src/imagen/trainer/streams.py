@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from .data import EpochSampler, collate
 
-__all__ = ["DatasetStream", "IndexSubset", "LoaderStream"]
+__all__ = ["DatasetStream", "IndexSubset", "LoaderStream", "dataset_stream", "split_validation"]
 
 
 class IndexSubset(torch.utils.data.Dataset):
@@ -110,3 +110,29 @@ class LoaderStream:
     def load_state_dict(self, state: dict) -> None:
         """Continue from a saved position."""
         self.epoch, self.batch, self._iterator = int(state["epoch"]), int(state["batch"]), None
+
+
+def dataset_stream(dataset, batch_size, accelerator, *, split_batches: bool, seed: int, **dl_kwargs) -> DatasetStream:
+    """A :class:`DatasetStream` of ``dataset`` for this process: ``batch_size`` is the global batch
+    when ``split_batches``, else the batch of each process. ``shuffle`` (default True) and other
+    DataLoader keywords are accepted; ``drop_last`` is ignored (every batch is whole)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    world = accelerator.num_processes
+    shuffle = dl_kwargs.pop("shuffle", True)
+    dl_kwargs.pop("drop_last", None)
+    return DatasetStream(
+        dataset, batch_size if split_batches else batch_size * world, num_replicas=world,
+        rank=accelerator.process_index, seed=seed, shuffle=shuffle, **dl_kwargs,
+    )
+
+
+def split_validation(dataset, fraction: float, seed: int) -> tuple[IndexSubset, IndexSubset]:
+    """``(train, valid)``: a random ``fraction`` of ``dataset`` (at least one item), drawn with
+    ``seed``, becomes the validation set and the rest the training set."""
+    n = len(dataset)
+    n_valid = max(1, int(n * fraction))
+    if n_valid >= n:
+        raise ValueError(f"a dataset of {n} items is too small to split {fraction} off (split_valid_fraction)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return IndexSubset(dataset, order[n_valid:]), IndexSubset(dataset, order[:n_valid])

@@ -1,10 +1,11 @@
 """``ImagenTrainer``: trains any stage of an Imagen cascade on one CPU, one GPU or N processes.
 
-Per stage it keeps an Adam(W) optimizer, a warm-up + cosine LR schedule, an optional fp16 grad
-scaler and an EMA copy (ema-pytorch). Gradients are accumulated over chunks of ``max_batch_size``,
-averaged across processes, checked for NaN/inf (a bad step is skipped, logged and counted; too many
-in a row stop training), clipped, applied. Checkpoints are single safetensors files written
-atomically (see :mod:`imagen.trainer.checkpoints`).
+The facade: it validates options, builds one :class:`~imagen.trainer.stage.StageOptimization` per
+trainable stage, chunks batches (:mod:`imagen.trainer.chunks`), feeds data streams
+(:mod:`imagen.trainer.streams`), samples through the EMA (:mod:`imagen.trainer.sampling`) and
+saves / loads its state (:mod:`imagen.trainer.state`, :mod:`imagen.trainer.checkpoints`). All
+multi-process work goes through accelerate: the trained stage's U-Net and optimizer are prepared
+(DistributedDataParallel with several processes) when the stage is first trained.
 """
 
 from __future__ import annotations
@@ -13,21 +14,25 @@ import atexit
 import contextlib
 import json
 import logging
-import math
 import warnings
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from ema_pytorch import EMA
 from torch import nn
 
 from imagen.cascade import load_imagen_from_checkpoint
 
 from .checkpoints import folder_checkpoint_name, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from .chunks import split_batch
 from .data import _mix_seed
-from .optim import WarmupCosine, make_optimizer, optimizer_state_from_tensors, optimizer_state_to_tensors
-from .streams import DatasetStream, IndexSubset, LoaderStream
+from .optim import WarmupCosine, make_optimizer
+from .sampling import ema_weights, save_image_grid
+from .stage import NonFiniteTrainingError, StageOptimization
+from .state import pack_state, restore_generators, restore_training, restore_weights
+from .streams import LoaderStream, dataset_stream, split_validation
 
 __all__ = ["ImagenTrainer", "NonFiniteTrainingError"]
 
@@ -35,20 +40,16 @@ logger = logging.getLogger(__name__)
 
 _PRECISIONS = {None: None, "no": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _EMA_KEYS = {"ema_beta": "beta", "ema_update_after_step": "update_after_step", "ema_update_every": "update_every"}
+_UNSUPPORTED = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+_teardown_registered = False
 
 
-class NonFiniteTrainingError(RuntimeError):
-    """Raised when too many consecutive steps had a non-finite loss or gradient."""
-
-
-def _destroy_process_group() -> None:
+def _end_processes(accelerator) -> None:
     """Tear the process group down at exit (gloo aborts the interpreter when it is left alive)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        with contextlib.suppress(Exception):
-            dist.barrier()  # no process tears down while another still talks to it
-        dist.destroy_process_group()
+    with contextlib.suppress(Exception):
+        accelerator.wait_for_everyone()  # no process tears down while another still talks to it
+    with contextlib.suppress(Exception):
+        accelerator.state.destroy_process_group()
 
 
 def _per_unet(value, num_unets: int, name: str) -> tuple:
@@ -59,6 +60,43 @@ def _per_unet(value, num_unets: int, name: str) -> tuple:
     return (value,) * num_unets
 
 
+def _make_accelerator(accelerate_kwargs: dict, log_with) -> Accelerator:
+    if log_with is not None:
+        accelerate_kwargs.setdefault("log_with", log_with)
+    # a stage may leave parameters unused (text layers of an unconditional cascade, ...): DDP must
+    # not wait for their gradients; pass accelerate_kwargs_handlers to choose otherwise
+    accelerate_kwargs.setdefault("kwargs_handlers", [DistributedDataParallelKwargs(find_unused_parameters=True)])
+    accelerator = Accelerator(**accelerate_kwargs)
+    if log_with is not None:
+        accelerator.init_trackers("imagen")
+    return accelerator
+
+
+def _check_accelerator(accelerator, precision):
+    """The precision to train with, given the accelerator's own mixed precision setting."""
+    if accelerator.distributed_type in _UNSUPPORTED:
+        raise ValueError(
+            f"accelerate's {accelerator.distributed_type.value} is not supported by ImagenTrainer (it needs the "
+            "full U-Net for the EMA and checkpoints); use DDP (multi_gpu / multi_cpu)"
+        )
+    if accelerator.gradient_accumulation_steps != 1:
+        raise ValueError(
+            f"accelerate gradient_accumulation_steps={accelerator.gradient_accumulation_steps} is not supported: "
+            "accumulate with max_batch_size or several trainer(...) calls before update(); accepted: 1"
+        )
+    mixed = accelerator.mixed_precision
+    if mixed in (None, "no"):
+        return precision
+    if precision is None and mixed in ("fp16", "bf16"):
+        return mixed
+    if precision != mixed:
+        raise ValueError(
+            f"precision={precision!r} conflicts with the accelerator's mixed_precision={mixed!r}; accepted: the same "
+            "value, or precision=None to adopt it"
+        )
+    return precision
+
+
 class ImagenTrainer(nn.Module):
     """Trains an ``imagen.cascade`` Imagen or ElucidatedImagen, one stage per call.
 
@@ -67,9 +105,10 @@ class ImagenTrainer(nn.Module):
     applies them. ``lr``, ``eps``, ``beta1``, ``beta2``, ``weight_decay``, ``max_grad_norm``,
     ``warmup_steps`` and ``cosine_decay_max_steps`` may be tuples with one value per unet.
     ``precision`` is ``"no"``, ``"bf16"`` or ``"fp16"`` (with loss scaling); ``fp16=True`` means
-    ``"fp16"``. ``ema_beta``, ``ema_update_after_step``, ``ema_update_every`` (and any other
-    ``ema_<name>`` keyword of ``ema_pytorch.EMA``) configure the EMA; ``accelerate_<name>`` keywords
-    go to ``accelerate.Accelerator``. With ``checkpoint_path`` the trainer resumes from the newest
+    ``"fp16"``; None adopts the accelerator's mixed precision. ``ema_beta``,
+    ``ema_update_after_step``, ``ema_update_every`` (and any other ``ema_<name>`` keyword of
+    ``ema_pytorch.EMA``) configure the EMA; ``accelerate_<name>`` keywords go to
+    ``accelerate.Accelerator``. With ``checkpoint_path`` the trainer resumes from the newest
     checkpoint there and writes one every ``checkpoint_every`` steps, keeping ``max_checkpoints_keep``.
     ``max_consecutive_nonfinite`` bad steps in a row raise :class:`NonFiniteTrainingError`.
     """
@@ -131,17 +170,13 @@ class ImagenTrainer(nn.Module):
         accelerate_kwargs = {k[11:]: kwargs.pop(k) for k in list(kwargs) if k.startswith("accelerate_")}
         if kwargs:
             raise TypeError(f"ImagenTrainer got unexpected keyword arguments {sorted(kwargs)}")
-        if accelerator is None:
-            if log_with is not None:
-                accelerate_kwargs.setdefault("log_with", log_with)
-            accelerator = Accelerator(**accelerate_kwargs)
-            if log_with is not None:
-                accelerator.init_trackers("imagen")
-        self.accelerator = accelerator
-        if accelerator.num_processes > 1:
-            atexit.register(_destroy_process_group)
+        self.accelerator = accelerator if accelerator is not None else _make_accelerator(accelerate_kwargs, log_with)
+        precision = _check_accelerator(self.accelerator, precision)
+        global _teardown_registered
+        if self.accelerator.num_processes > 1 and not _teardown_registered:
+            atexit.register(_end_processes, self.accelerator)
+            _teardown_registered = True
         self.imagen = imagen.to(self.device)
-        num_unets = imagen.num_unets
         self.only_train_unet_number = only_train_unet_number or imagen.only_train_unet_number
         if self.only_train_unet_number is not None:
             imagen.get_unet(self.only_train_unet_number)  # validates the number
@@ -152,47 +187,46 @@ class ImagenTrainer(nn.Module):
         self.precision, self.max_consecutive_nonfinite = precision, max_consecutive_nonfinite
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.checkpoint_every, self.max_checkpoints_keep = checkpoint_every, max_checkpoints_keep
-        self.max_grad_norm = _per_unet(max_grad_norm, num_unets, "max_grad_norm")
 
-        self._sync_initial_weights()
-        per = {
-            name: _per_unet(value, num_unets, name)
-            for name, value in dict(
-                lr=lr, eps=eps, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
-                warmup_steps=warmup_steps, cosine_decay_max_steps=cosine_decay_max_steps,
-            ).items()
-        }
-        self.optimizers, self.schedulers, self.scalers = {}, {}, {}
+        options = dict(
+            lr=lr, eps=eps, beta1=beta1, beta2=beta2, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+            warmup_steps=warmup_steps, cosine_decay_max_steps=cosine_decay_max_steps,
+        )
+        per = {name: _per_unet(value, imagen.num_unets, name) for name, value in options.items()}
         self.emas = nn.ModuleDict()
-        for index, unet in enumerate(imagen.unets):
-            if getattr(unet, "is_null", False):
-                continue
-            optimizer = make_optimizer(
-                unet, lr=per["lr"][index], eps=per["eps"][index], betas=(per["beta1"][index], per["beta2"][index]),
-                weight_decay=per["weight_decay"][index], group_wd_params=group_wd_params,
-            )
-            schedule = WarmupCosine(per["warmup_steps"][index], per["cosine_decay_max_steps"][index])
-            self.optimizers[index] = optimizer
-            self.schedulers[index] = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-            self.scalers[index] = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
-            if use_ema:
-                self.emas[str(index)] = EMA(unet, include_online_model=False, **ema_kwargs)
-        self._steps = [0] * num_unets
-        self.nonfinite_steps = [0] * num_unets
-        """Steps skipped for a non-finite loss or gradient, per unet (1-based unet i at index i - 1)."""
-        self._consecutive_nonfinite = [0] * num_unets
-        self._nonfinite_loss = [False] * num_unets
+        self.stages: dict[int, StageOptimization] = {}
+        """The optimisation state of each trainable stage, by 0-based index (NullUnet stages have none)."""
+        for i, unet in enumerate(imagen.unets):
+            if not getattr(unet, "is_null", False):
+                self.stages[i] = self._stage_optimization(i, unet, {k: v[i] for k, v in per.items()},
+                                                          group_wd_params, ema_kwargs)
+
         process_seed = _mix_seed(seed, self.accelerator.process_index)
         self._generator = torch.Generator(self.device).manual_seed(process_seed)
         self._valid_generator = torch.Generator(self.device).manual_seed(_mix_seed(process_seed, 1))
         self._streams: dict[str, object] = {}
         self._pending_data_state: dict[str, dict] = {}
-
         if self.checkpoint_path is not None:
             newest = latest_checkpoint(self.checkpoint_path)
             if newest is not None:
                 logger.info("resuming from %s", newest)
                 self.load(newest)
+
+    def _stage_optimization(self, index, unet, options, group_wd_params, ema_kwargs) -> StageOptimization:
+        optimizer = make_optimizer(
+            unet, lr=options["lr"], eps=options["eps"], betas=(options["beta1"], options["beta2"]),
+            weight_decay=options["weight_decay"], group_wd_params=group_wd_params,
+        )
+        schedule = WarmupCosine(options["warmup_steps"], options["cosine_decay_max_steps"])
+        scaler = self.accelerator.scaler  # accelerate's fp16 scaler (GPU) when it has one, else ours
+        if scaler is None:
+            scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        if self.use_ema:
+            self.emas[str(index)] = EMA(unet, include_online_model=False, **ema_kwargs)
+        return StageOptimization(
+            index, unet, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), scaler,
+            ema=self.emas[str(index)] if self.use_ema else None, max_grad_norm=options["max_grad_norm"],
+        )
 
     # ------------------------------------------------------------------------------ properties
 
@@ -217,17 +251,43 @@ class ImagenTrainer(nn.Module):
         return self.imagen.num_unets
 
     @property
+    def optimizers(self) -> dict[int, torch.optim.Optimizer]:
+        """Each trainable stage's (unprepared) optimizer, by 0-based index."""
+        return {i: stage.optimizer for i, stage in self.stages.items()}
+
+    @property
+    def schedulers(self) -> dict:
+        """Each trainable stage's LR scheduler, by 0-based index."""
+        return {i: stage.scheduler for i, stage in self.stages.items()}
+
+    @property
+    def scalers(self) -> dict:
+        """Each trainable stage's gradient scaler, by 0-based index (disabled unless fp16)."""
+        return {i: stage.scaler for i, stage in self.stages.items()}
+
+    def _per_stage(self, name: str) -> list[int]:
+        return [getattr(self.stages[i], name) if i in self.stages else 0 for i in range(self.num_unets)]
+
+    @property
     def steps(self) -> torch.Tensor:
         """Optimizer steps taken per unet, a (num_unets,) long tensor."""
-        return torch.tensor(self._steps, dtype=torch.long)
+        return torch.tensor(self._per_stage("steps"), dtype=torch.long)
+
+    @property
+    def nonfinite_steps(self) -> list[int]:
+        """Steps skipped for a non-finite loss or gradient, per unet (1-based unet i at index i - 1)."""
+        return self._per_stage("nonfinite_steps")
 
     def num_steps_taken(self, unet_number: int | None = None) -> int:
         """Steps taken by one unet, or by all together when ``unet_number`` is None."""
         if unet_number is None:
-            return sum(self._steps)
+            return sum(self._per_stage("steps"))
+        self._check_unet_number(unet_number)
+        return self._per_stage("steps")[unet_number - 1]
+
+    def _check_unet_number(self, unet_number) -> None:
         if isinstance(unet_number, bool) or not isinstance(unet_number, int) or not 1 <= unet_number <= self.num_unets:
             raise ValueError(f"unet_number must be an int in [1, {self.num_unets}], got {unet_number!r}")
-        return self._steps[unet_number - 1]
 
     def _resolve_unet_number(self, unet_number: int | None) -> int:
         if unet_number is None:
@@ -236,66 +296,42 @@ class ImagenTrainer(nn.Module):
             if self.num_unets == 1:
                 return 1
             raise ValueError(f"unet_number must be given for a cascade of {self.num_unets} unets")
-        if isinstance(unet_number, bool) or not isinstance(unet_number, int) or not 1 <= unet_number <= self.num_unets:
-            raise ValueError(f"unet_number must be an int in [1, {self.num_unets}], got {unet_number!r}")
+        self._check_unet_number(unet_number)
         if self.only_train_unet_number is not None and unet_number != self.only_train_unet_number:
             raise ValueError(
                 f"this trainer only trains unet {self.only_train_unet_number} (only_train_unet_number), "
                 f"got unet_number={unet_number}"
             )
-        if (unet_number - 1) not in self.optimizers:
+        if (unet_number - 1) not in self.stages:
             raise ValueError(f"unet {unet_number} is a NullUnet placeholder and cannot be trained")
         return unet_number
 
+    def _stage(self, unet_number: int | None) -> StageOptimization:
+        return self.stages[self._resolve_unet_number(unet_number) - 1]
+
     # ------------------------------------------------------------------------------- training
-
-    def _sync_initial_weights(self) -> None:
-        """Every process starts from the main process's weights."""
-        if self.accelerator.num_processes > 1:
-            import torch.distributed as dist
-
-            with torch.no_grad():
-                for tensor in list(self.imagen.parameters()) + list(self.imagen.buffers()):
-                    dist.broadcast(tensor.data, src=0)
 
     def _autocast(self):
         dtype = _PRECISIONS[self.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
-    @staticmethod
-    def _chunks(batch: int, max_batch_size: int | None, images, kwargs: dict):
-        """Yields ``(fraction, images, kwargs)`` chunks of at most ``max_batch_size`` items; keyword
-        values with the batch as first dimension (tensors, lists of texts) are split alongside."""
-        if max_batch_size is None or max_batch_size >= batch:
-            yield 1.0, images, kwargs
-            return
-        if not isinstance(max_batch_size, int) or max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be None or an int >= 1, got {max_batch_size!r}")
-        for start in range(0, batch, max_batch_size):
-            stop = min(start + max_batch_size, batch)
-            chunk = {}
-            for key, value in kwargs.items():
-                splittable = isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == batch
-                splittable = splittable or (isinstance(value, (list, tuple)) and len(value) == batch)
-                chunk[key] = value[start:stop] if splittable else value
-            yield (stop - start) / batch, images[start:stop], chunk
-
-    def _loss(self, images, unet_number, max_batch_size, kwargs, *, backward: bool, generator) -> float:
-        index = unet_number - 1
-        total = 0.0
-        scaler = self.scalers[index]
-        for fraction, chunk_images, chunk_kwargs in self._chunks(images.shape[0], max_batch_size, images, kwargs):
-            with self._autocast():
-                loss = self.imagen(chunk_images, unet_number=unet_number, generator=generator, **chunk_kwargs)
-            loss = loss.float() * fraction
-            if not torch.isfinite(loss):
-                self._nonfinite_loss[index] = True
-            total += loss.item()
-            if backward:
-                scaler.scale(loss).backward()
-        return total
+    def _loss(self, stage, images, max_batch_size, kwargs, *, train: bool, generator) -> float:
+        """The batch's loss, chunked; with ``train`` each chunk is back-propagated through the
+        prepared U-Net, and gradients are all-reduced on the last chunk only."""
+        chunks = list(split_batch(images, kwargs, max_batch_size))
+        model = stage.prepare(self.accelerator) if train else None
+        total = torch.zeros((), device=self.device)
+        for i, (fraction, chunk_images, chunk_kwargs) in enumerate(chunks):
+            with stage.no_sync(self.accelerator, sync=i == len(chunks) - 1) if train else contextlib.nullcontext():
+                with self._autocast():
+                    loss = self.imagen(
+                        chunk_images, unet_number=stage.unet_number, generator=generator, unet=model, **chunk_kwargs
+                    )
+                loss = loss.float() * fraction
+                if train:
+                    stage.backward(self.accelerator, loss)
+            total += loss.detach()
+        return total.item()
 
     def forward(self, images=None, *, unet_number: int | None = None, max_batch_size: int | None = None, **kwargs):
         """Accumulates the gradients of stage ``unet_number``'s loss on ``images`` (B, C, H, W) (or
@@ -306,89 +342,25 @@ class ImagenTrainer(nn.Module):
             images = kwargs.pop("images", None)
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"images must be a tensor (B, C, H, W) or (B, C, F, H, W), got {type(images).__name__}")
-        unet_number = self._resolve_unet_number(unet_number)
-        self.imagen.get_unet(unet_number).train()
-        return self._loss(images, unet_number, max_batch_size, kwargs, backward=True, generator=self._generator)
-
-    def _sync_gradients(self, params: list[torch.Tensor]) -> None:
-        """Averages gradients over processes (one all-reduce of the flattened gradients)."""
-        if self.accelerator.num_processes == 1:
-            return
-        import torch.distributed as dist
-
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.accelerator.num_processes
-        offset = 0
-        for p in params:
-            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
-            offset += p.numel()
-
-    def _any_process(self, flag: bool) -> bool:
-        if self.accelerator.num_processes == 1:
-            return flag
-        import torch.distributed as dist
-
-        value = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
+        stage = self._stage(unet_number)
+        stage.unet.train()
+        return self._loss(stage, images, max_batch_size, kwargs, train=True, generator=self._generator)
 
     def update(self, unet_number: int | None = None) -> bool:
-        """Applies the accumulated gradients of one stage: average over processes, skip the step if
-        the loss or gradient is not finite, clip, step the optimizer, LR schedule and EMA. Returns
+        """Applies the accumulated gradients of one stage: skip the step if the loss or gradient is
+        not finite on any process, else clip, step the optimizer, LR schedule and EMA. Returns
         whether the step was taken. Writes a checkpoint every ``checkpoint_every`` steps."""
-        unet_number = self._resolve_unet_number(unet_number)
-        index = unet_number - 1
-        unet = self.imagen.get_unet(unet_number)
-        optimizer, scaler = self.optimizers[index], self.scalers[index]
-        params = [p for p in unet.parameters() if p.requires_grad]
-        self._sync_gradients(params)
-        scaler.unscale_(optimizer)
-        max_norm = self.max_grad_norm[index]
-        norm = nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else math.inf)
-        bad = self._any_process(self._nonfinite_loss[index] or not bool(torch.isfinite(norm)))
-        self._nonfinite_loss[index] = False
-        if bad:
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            self.nonfinite_steps[index] += 1
-            self._consecutive_nonfinite[index] += 1
-            logger.warning(
-                "unet %d: non-finite loss or gradient, step skipped (%d in a row, %d in all)",
-                unet_number, self._consecutive_nonfinite[index], self.nonfinite_steps[index],
-            )
-            if self._consecutive_nonfinite[index] >= self.max_consecutive_nonfinite:
-                raise NonFiniteTrainingError(
-                    f"unet {unet_number}: {self._consecutive_nonfinite[index]} consecutive steps with a non-finite "
-                    "loss or gradient; training stopped before NaN could reach the weights (lower lr, set "
-                    "max_grad_norm, or check the data)"
-                )
-            return False
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        self.schedulers[index].step()
-        if str(index) in self.emas:
-            self.emas[str(index)].update()
-        self._steps[index] += 1
-        self._consecutive_nonfinite[index] = 0
-        if self.checkpoint_every is not None and self.num_steps_taken() % self.checkpoint_every == 0:
+        taken = self._stage(unet_number).step(self.accelerator, self.max_consecutive_nonfinite)
+        if taken and self.checkpoint_every is not None and self.num_steps_taken() % self.checkpoint_every == 0:
             self.save_to_checkpoint_folder()
-        return True
+        return taken
 
     # ------------------------------------------------------------------------------------ data
 
-    def _stream_from_dataset(self, dataset, batch_size, seed, **dl_kwargs):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        world = self.accelerator.num_processes
-        global_batch = batch_size if self.split_batches else batch_size * world
-        shuffle = dl_kwargs.pop("shuffle", True)
-        dl_kwargs.pop("drop_last", None)
-        return DatasetStream(
-            dataset, global_batch, num_replicas=world, rank=self.accelerator.process_index,
-            seed=seed, shuffle=shuffle, **dl_kwargs,
+    def _dataset_stream(self, dataset, batch_size, seed_salt: int, **dl_kwargs):
+        return dataset_stream(
+            dataset, batch_size, self.accelerator, split_batches=self.split_batches,
+            seed=_mix_seed(self.seed, seed_salt), **dl_kwargs,
         )
 
     def add_train_dataset(self, ds=None, *, batch_size, **dl_kwargs) -> None:
@@ -401,17 +373,11 @@ class ImagenTrainer(nn.Module):
             raise ValueError("a training dataset or dataloader was already added")
         if self.split_valid_from_train:
             n = len(ds)
-            n_valid = max(1, int(n * self.split_valid_fraction))
-            if n_valid >= n:
-                raise ValueError(f"a dataset of {n} items is too small to split {self.split_valid_fraction} off")
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_random_seed)).tolist()
-            valid, ds = IndexSubset(ds, order[:n_valid]), IndexSubset(ds, order[n_valid:])
-            self._set_stream("valid", self._stream_from_dataset(
-                valid, min(batch_size, len(valid) * self.accelerator.num_processes) if self.split_batches
-                else min(batch_size, len(valid)), _mix_seed(self.seed, 3), **dict(dl_kwargs)
-            ))
-            logger.info("split %d validation items off %d training items", n_valid, n)
-        self._set_stream("train", self._stream_from_dataset(ds, batch_size, _mix_seed(self.seed, 2), **dl_kwargs))
+            ds, valid = split_validation(ds, self.split_valid_fraction, self.split_random_seed)
+            most = len(valid) * self.accelerator.num_processes if self.split_batches else len(valid)
+            self._set_stream("valid", self._dataset_stream(valid, min(batch_size, most), 3, **dict(dl_kwargs)))
+            logger.info("split %d validation items off %d training items", len(valid), n)
+        self._set_stream("train", self._dataset_stream(ds, batch_size, 2, **dl_kwargs))
 
     def add_valid_dataset(self, ds=None, *, batch_size, **dl_kwargs) -> None:
         """Validate on ``ds`` in batches of ``batch_size``."""
@@ -419,7 +385,7 @@ class ImagenTrainer(nn.Module):
             raise ValueError("add_valid_dataset needs a dataset")
         if "valid" in self._streams:
             raise ValueError("a validation dataset or dataloader was already added")
-        self._set_stream("valid", self._stream_from_dataset(ds, batch_size, _mix_seed(self.seed, 3), **dl_kwargs))
+        self._set_stream("valid", self._dataset_stream(ds, batch_size, 3, **dl_kwargs))
 
     def add_train_dataloader(self, dl=None) -> None:
         """Train on the batches of a user's DataLoader (prepared by accelerate across processes)."""
@@ -438,7 +404,10 @@ class ImagenTrainer(nn.Module):
             stream.load_state_dict(self._pending_data_state[name])
         self._streams[name] = stream
 
-    def _batch_kwargs(self, batch) -> dict:
+    def _next_kwargs(self, split: str) -> dict:
+        if split not in self._streams:
+            raise ValueError(f"no {split} data: call add_{split}_dataset or add_{split}_dataloader first")
+        batch = next(self._streams[split])
         if isinstance(batch, torch.Tensor):
             return {"images": batch}
         if isinstance(batch, dict):
@@ -452,11 +421,6 @@ class ImagenTrainer(nn.Module):
             return dict(zip(self.dl_tuple_output_keywords_names, batch))
         raise TypeError(f"a batch must be a tensor, a tuple or a dict, got {type(batch).__name__}")
 
-    def _next_kwargs(self, split: str) -> dict:
-        if split not in self._streams:
-            raise ValueError(f"no {split} data: call add_{split}_dataset or add_{split}_dataloader first")
-        return self._batch_kwargs(next(self._streams[split]))
-
     def train_step(self, unet_number: int | None = None, **kwargs) -> float:
         """One step on the next training batch: loss (chunked by ``max_batch_size``) and update."""
         unet_number = self._resolve_unet_number(unet_number)
@@ -469,33 +433,21 @@ class ImagenTrainer(nn.Module):
     @torch.no_grad()
     def valid_step(self, unet_number: int | None = None, use_ema_unets: bool = False, **kwargs) -> float:
         """The loss on the next validation batch (no gradients), through the EMA weights if asked."""
-        unet_number = self._resolve_unet_number(unet_number)
-        batch = self._next_kwargs("valid")
-        max_batch_size = kwargs.pop("max_batch_size", None)
+        stage = self._stage(unet_number)
+        batch = {**self._next_kwargs("valid"), **kwargs}
+        max_batch_size = batch.pop("max_batch_size", None)
         images = batch.pop("images")
         with self.use_ema_unets() if use_ema_unets else contextlib.nullcontext():
-            return self._loss(
-                images, unet_number, max_batch_size, {**batch, **kwargs}, backward=False,
-                generator=self._valid_generator,
-            )
+            return self._loss(stage, images, max_batch_size, batch, train=False, generator=self._valid_generator)
 
     # -------------------------------------------------------------------------------- sampling
 
     @contextlib.contextmanager
     def use_ema_unets(self):
         """Within the block the cascade's unets hold their EMA weights (restored on exit)."""
-        saved = {}
-        try:
-            with torch.no_grad():
-                for key, ema in self.emas.items():
-                    unet = self.imagen.unets[int(key)]
-                    saved[key] = {k: v.clone() for k, v in unet.state_dict().items()}
-                    unet.load_state_dict(ema.ema_model.state_dict())
+        emas = {i: stage.ema for i, stage in self.stages.items() if stage.ema is not None}
+        with ema_weights(self.imagen.unets, emas):
             yield self.imagen
-        finally:
-            with torch.no_grad():
-                for key, state in saved.items():
-                    self.imagen.unets[int(key)].load_state_dict(state)
 
     @torch.no_grad()
     def sample(self, *args, use_ema: bool | None = None, **kwargs):
@@ -515,23 +467,10 @@ class ImagenTrainer(nn.Module):
         """Samples (through the EMA weights) and writes the images as one PNG grid (main process only)."""
         if not self.is_main:
             return None
-        from PIL import Image
-
-        images = self.sample(**sample_kwargs).float().clamp(0, 1).cpu()  # (B, C, H, W)
+        images = self.sample(**sample_kwargs)
         if images.ndim != 4:
             raise ValueError("save_sample_grid is for image cascades")
-        b, c, h, w = images.shape
-        cols = math.ceil(math.sqrt(b))
-        rows = math.ceil(b / cols)
-        grid = torch.zeros(c, rows * h, cols * w)
-        for i in range(b):
-            r, q = divmod(i, cols)
-            grid[:, r * h : (r + 1) * h, q * w : (q + 1) * w] = images[i]
-        array = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(array).save(path)
-        return path
+        return save_image_grid(images, path)
 
     def fit(
         self,
@@ -564,55 +503,15 @@ class ImagenTrainer(nn.Module):
                 if self.accelerator.trackers:
                     self.accelerator.log({f"valid_loss/unet{unet_number}": valid}, step=self.num_steps_taken())
             if sample_every and step % sample_every == 0:
-                options = dict(sample_kwargs or {})
-                options.setdefault("stop_at_unet_number", unet_number)
+                options = {"stop_at_unet_number": unet_number, **(sample_kwargs or {})}
                 self.save_sample_grid(Path(sample_folder) / f"sample-unet{unet_number}-{step}.png", **options)
             bar.set_postfix(postfix)
         return losses
 
     # ------------------------------------------------------------------------------ checkpoints
 
-    def _unet_prefixes(self) -> dict[int, str]:
-        names = {id(module): name for name, module in self.imagen.named_modules()}
-        return {i: names[id(unet)] + "." for i, unet in enumerate(self.imagen.unets)}
-
-    def _state(self, rng_states: dict | None) -> tuple[dict, dict]:
-        tensors = {f"imagen.{k}": v for k, v in self.imagen.state_dict().items()}
-        prefixes = self._unet_prefixes()
-        ema_imagen = dict(self.imagen.state_dict())
-        ema_meta = {}
-        for key, ema in self.emas.items():
-            for k, v in ema.ema_model.state_dict().items():
-                ema_imagen[prefixes[int(key)] + k] = v
-            ema_meta[key] = {"step": int(ema.step.item()), "initted": bool(ema.initted.item())}
-        if self.emas:
-            tensors.update({f"ema_imagen.{k}": v for k, v in ema_imagen.items()})
-        state = {
-            "steps": list(self._steps),
-            "nonfinite_steps": list(self.nonfinite_steps),
-            "consecutive_nonfinite": list(self._consecutive_nonfinite),
-            "ema": ema_meta,
-            "num_processes": self.accelerator.num_processes,
-            "seed": self.seed,
-            "precision": self.precision,
-        }
-        if rng_states is not None:
-            state["optimizers"], state["schedulers"], state["scalers"] = {}, {}, {}
-            for index, optimizer in self.optimizers.items():
-                opt_tensors, document = optimizer_state_to_tensors(optimizer, f"optim.{index}.")
-                tensors.update(opt_tensors)
-                state["optimizers"][str(index)] = document
-                scheduler_state = self.schedulers[index].state_dict()
-                state["schedulers"][str(index)] = scheduler_state
-                state["scalers"][str(index)] = self.scalers[index].state_dict()
-            for name, states in rng_states.items():
-                for rank, rng_state in enumerate(states):
-                    tensors[f"rng.{name}.{rank}"] = rng_state
-            state["data"] = {name: stream.state_dict() for name, stream in self._streams.items()}
-        return tensors, state
-
     def _gathered_rng_states(self) -> dict[str, list[torch.Tensor]]:
-        """Every process's generator states (each process draws its own noise)."""
+        """Every process's generator states (each process draws its own noise): a collective."""
         out = {}
         for name, generator in (("train", self._generator), ("valid", self._valid_generator)):
             rng_state = generator.get_state()
@@ -629,14 +528,17 @@ class ImagenTrainer(nn.Module):
         path = Path(path)
         if not overwrite and path.exists():
             raise ValueError(f"{path} exists and overwrite=False")
+        for name, value in self.imagen.named_parameters():  # the same weights on every rank: all refuse
+            if not torch.isfinite(value).all():
+                raise NonFiniteTrainingError(f"refusing to save non-finite weights ({name})")
+        rng_states = None if without_optim_and_sched else self._gathered_rng_states()
         written = None
-        if not without_optim_and_sched:
-            rng_states = self._gathered_rng_states()  # a collective: every process takes part
         if self.is_main:
-            for name, value in self.imagen.named_parameters():
-                if not torch.isfinite(value).all():
-                    raise NonFiniteTrainingError(f"refusing to save non-finite weights ({name})")
-            tensors, state = self._state(rng_states if not without_optim_and_sched else None)
+            meta = {"num_processes": self.accelerator.num_processes, "seed": self.seed, "precision": self.precision}
+            data = {name: stream.state_dict() for name, stream in self._streams.items()}
+            tensors, state = pack_state(
+                self.imagen, self.stages, self.accelerator, meta=meta, rng_states=rng_states, data=data
+            )
             written = save_checkpoint(path, tensors, imagen_config=self.imagen.config.to_json(), trainer_state=state)
             logger.info("saved checkpoint %s", path)
         self.accelerator.wait_for_everyone()
@@ -664,40 +566,13 @@ class ImagenTrainer(nn.Module):
         if strict and ckpt.imagen_config is not None:
             if json.loads(ckpt.imagen_config) != json.loads(self.imagen.config.to_json()):
                 raise ValueError(f"{path} was written for another cascade config than this trainer's imagen")
-        self.imagen.load_state_dict(ckpt.with_prefix("imagen."), strict=strict)
+        restore_weights(self.imagen, self.stages, ckpt, strict=strict)
         state = ckpt.trainer_state
-        ema_weights = ckpt.with_prefix("ema_imagen.")
-        prefixes = self._unet_prefixes()
-        with torch.no_grad():
-            for key, ema in self.emas.items():
-                prefix = prefixes[int(key)]
-                weights = {k[len(prefix) :]: v for k, v in ema_weights.items() if k.startswith(prefix)}
-                if weights:
-                    ema.ema_model.load_state_dict(weights, strict=strict)
-                meta = state.get("ema", {}).get(key)
-                if meta is not None:
-                    ema.step.fill_(meta["step"])
-                    ema.initted.fill_(meta["initted"])
-                elif not weights:
-                    ema.ema_model.load_state_dict(self.imagen.unets[int(key)].state_dict())
         if only_model:
             return state
-        self._steps = list(state.get("steps", self._steps))
-        self.nonfinite_steps = list(state.get("nonfinite_steps", self.nonfinite_steps))
-        self._consecutive_nonfinite = list(state.get("consecutive_nonfinite", self._consecutive_nonfinite))
-        for key, document in state.get("optimizers", {}).items():
-            index = int(key)
-            self.optimizers[index].load_state_dict(
-                optimizer_state_from_tensors(document, ckpt.tensors, f"optim.{index}.")
-            )
-            self.schedulers[index].load_state_dict(state["schedulers"][key])
-            if state["scalers"][key]:
-                self.scalers[index].load_state_dict(state["scalers"][key])
-        rank = self.accelerator.process_index
-        for name, generator in (("train", self._generator), ("valid", self._valid_generator)):
-            rng_state = ckpt.tensors.get(f"rng.{name}.{rank}")
-            if rng_state is not None:
-                generator.set_state(rng_state.to(torch.uint8))
+        restore_training(self.stages, ckpt)
+        generators = {"train": self._generator, "valid": self._valid_generator}
+        restore_generators(generators, ckpt, self.accelerator.process_index)
         saved_world = state.get("num_processes", self.accelerator.num_processes)
         if saved_world != self.accelerator.num_processes:
             warnings.warn(
@@ -709,5 +584,5 @@ class ImagenTrainer(nn.Module):
         for name, stream in self._streams.items():
             if name in self._pending_data_state:
                 stream.load_state_dict(self._pending_data_state[name])
-        logger.info("loaded checkpoint %s (steps %s)", path, self._steps)
+        logger.info("loaded checkpoint %s (steps %s)", path, self.steps.tolist())
         return state
