@@ -94,7 +94,7 @@ class GlobalContext(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
-        self.to_logits = nn.Conv2d(dim_in, 1, 1)
+        self.to_logits = nn.Conv2d(dim_in, 1, 1, bias=False)  # a bias would cancel in the softmax
         hidden = max(3, dim_out // 2)
         self.net = nn.Sequential(nn.Linear(dim_in, hidden), nn.SiLU(), nn.Linear(hidden, dim_out), nn.Sigmoid())
 
