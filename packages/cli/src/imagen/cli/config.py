@@ -1,0 +1,200 @@
+"""The CLI's config file: one JSON document that maps one to one onto attrs classes.
+
+    {"imagen":  {"kind": "Imagen" | "ElucidatedImagen", ...ImagenConfig / ElucidatedImagenConfig fields},
+     "trainer": {...TrainerConfig fields (ImagenTrainer keywords)},
+     "dataset": {...DatasetConfig fields (imagen.trainer.Dataset keywords, batch_size)}}
+
+Every section is checked: an unknown key is an error that names it and lists the accepted keys.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from imagen.cascade import CascadeConfig, atomic_write
+
+
+def _tuple_if_list(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _check_each(check):
+    def validate(instance, attribute, value):
+        for item in value if isinstance(value, tuple) else (value,):
+            check(attribute.name, item)
+
+    return validate
+
+
+def _positive_number(name: str, item: Any) -> None:
+    if isinstance(item, bool) or not isinstance(item, int | float) or not item > 0:
+        raise ValueError(f"trainer.{name} must be a positive number (or a list, one per unet), got {item!r}")
+
+
+def _non_negative_number(name: str, item: Any) -> None:
+    if isinstance(item, bool) or not isinstance(item, int | float) or not item >= 0:
+        raise ValueError(f"trainer.{name} must be a number >= 0 (or a list, one per unet), got {item!r}")
+
+
+def _optional(check):
+    def wrapped(name: str, item: Any) -> None:
+        if item is not None:
+            check(name, item)
+
+    return wrapped
+
+
+def _int_at_least(low: int, section: str):
+    def validate(instance, attribute, value):
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{section}.{attribute.name} must be an integer >= {low}, got {value!r}")
+
+    return validate
+
+
+def _probability(instance, attribute, value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise ValueError(f"trainer.{attribute.name} must be a number in [0, 1), got {value!r}")
+
+
+def _per_unet_field(default, check):
+    return attrs.field(default=default, converter=_tuple_if_list, validator=_check_each(check))
+
+
+def _from_section(cls, data: Any, section: str):
+    """``cls(**data)``, with unknown keys reported by name."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"the config's {section!r} section must be a JSON object, got {type(data).__name__}")
+    known = [f.name for f in attrs.fields(cls)]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {section} keys {unknown} in the config; accepted keys are {sorted(known)}")
+    return cls(**data)
+
+
+@attrs.frozen(kw_only=True)
+class TrainerConfig:
+    """The ``trainer`` section: ``ImagenTrainer`` keywords (per-unet values as lists) plus where and
+    how often checkpoints are written. ``max_batch_size`` splits each batch into chunks of at most
+    that many images (gradient accumulation)."""
+
+    lr: float | tuple = _per_unet_field(1e-3, _positive_number)
+    eps: float | tuple = _per_unet_field(1e-8, _positive_number)
+    beta1: float | tuple = _per_unet_field(0.9, _positive_number)
+    beta2: float | tuple = _per_unet_field(0.99, _positive_number)
+    weight_decay: float | tuple = _per_unet_field(0.0, _non_negative_number)
+    max_grad_norm: float | tuple | None = _per_unet_field(1.0, _optional(_positive_number))
+    warmup_steps: int | tuple | None = _per_unet_field(100, _optional(_non_negative_number))
+    cosine_decay_max_steps: int | tuple | None = _per_unet_field(None, _optional(_positive_number))
+    use_ema: bool = True
+    ema_beta: float = attrs.field(default=0.995, validator=_probability)
+    ema_update_after_step: int = attrs.field(default=20, validator=_int_at_least(0, "trainer"))
+    ema_update_every: int = attrs.field(default=1, validator=_int_at_least(1, "trainer"))
+    precision: str = attrs.field(default="no", validator=attrs.validators.in_(("no", "bf16", "fp16")))
+    seed: int = attrs.field(default=0, validator=_int_at_least(0, "trainer"))
+    checkpoint_path: str = "./checkpoints"
+    checkpoint_every: int | None = attrs.field(default=500, validator=_int_at_least(1, "trainer"))
+    max_checkpoints_keep: int = attrs.field(default=3, validator=_int_at_least(1, "trainer"))
+    max_batch_size: int | None = attrs.field(default=None, validator=_int_at_least(1, "trainer"))
+
+    def trainer_kwargs(self) -> dict:
+        """The keywords for ``ImagenTrainer`` (``max_batch_size`` goes to each step instead)."""
+        values = attrs.asdict(self)
+        values.pop("max_batch_size")
+        return values
+
+
+@attrs.frozen(kw_only=True)
+class DatasetConfig:
+    """The ``dataset`` section: an image folder with captions (``<image>.txt`` or
+    ``metadata.jsonl``) read by ``imagen.trainer.Dataset``; ``image_size`` None means the cascade's
+    largest size; ``text_embedding_cache`` is a folder written by ``encode-text`` (or None to encode
+    captions on the fly with the cascade's text encoder)."""
+
+    folder: str = "./images"
+    image_size: int | None = attrs.field(default=None, validator=_int_at_least(1, "dataset"))
+    batch_size: int = attrs.field(default=16, validator=_int_at_least(1, "dataset"))
+    exts: tuple[str, ...] = attrs.field(default=("jpg", "jpeg", "png", "tiff", "webp", "bmp"), converter=tuple)
+    augment_horizontal_flip: bool = False
+    convert_image_to: str | None = "RGB"
+    captions: bool | str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", True, False)))
+    text_embedding_cache: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class CliConfig:
+    """The whole config file: the cascade, the trainer and the dataset."""
+
+    imagen: CascadeConfig
+    trainer: TrainerConfig = attrs.field(factory=TrainerConfig)
+    dataset: DatasetConfig = attrs.field(factory=DatasetConfig)
+
+    SECTIONS = ("imagen", "trainer", "dataset")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> CliConfig:
+        """Builds the config from the parsed JSON document (unknown keys are errors that name them)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"the config must be a JSON object with sections {list(cls.SECTIONS)}")
+        unknown = sorted(set(data) - set(cls.SECTIONS))
+        if unknown:
+            raise ValueError(f"unknown config sections {unknown}; accepted sections are {list(cls.SECTIONS)}")
+        if "imagen" not in data:
+            raise ValueError("the config has no 'imagen' section (the cascade's config)")
+        if not isinstance(data["imagen"], Mapping):
+            raise ValueError("the config's 'imagen' section must be a JSON object")
+        return cls(
+            imagen=CascadeConfig.from_dict(data["imagen"]),
+            trainer=_from_section(TrainerConfig, data.get("trainer", {}), "trainer"),
+            dataset=_from_section(DatasetConfig, data.get("dataset", {}), "dataset"),
+        )
+
+    @classmethod
+    def read(cls, path: str | Path) -> CliConfig:
+        """Reads a config file (``FileNotFoundError`` when missing, ``ValueError`` when invalid)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"config file {str(path)!r} not found (write one with `imagen config --path {path}`)"
+            )
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"config file {str(path)!r} is not valid JSON: {error}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"config file {str(path)!r} is not a text file") from None
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict:
+        return {
+            "imagen": self.imagen.to_dict(),
+            "trainer": json.loads(json.dumps(attrs.asdict(self.trainer))),
+            "dataset": json.loads(json.dumps(attrs.asdict(self.dataset))),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def write(self, path: str | Path) -> None:
+        """Writes the config as JSON, atomically."""
+        text = self.to_json() + "\n"
+        atomic_write(Path(path), lambda p: p.write_text(text))
+
+
+def default_config() -> CliConfig:
+    """The config ``imagen config`` writes: the demo's two-stage cascade (16 px base, 32 px
+    super-resolution) with the default T5 encoder, an image folder ``./images`` and checkpoints in
+    ``./checkpoints``."""
+    from imagen.text import DEFAULT_T5_NAME
+
+    from .demo import demo_cascade_config
+
+    cascade = demo_cascade_config(DEFAULT_T5_NAME, text_embed_dim=None)
+    return CliConfig(imagen=CascadeConfig.from_dict(cascade))

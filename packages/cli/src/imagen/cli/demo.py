@@ -1,0 +1,192 @@
+"""The demo: from nothing to a trained two-stage cascade that draws what the text says, on a CPU.
+
+It writes the built-in shapes dataset, builds a tiny T5 from the captions' words, precomputes the
+caption embeddings, trains a base stage (16 px) and a super-resolution stage (16 -> 32 px) through
+``ImagenTrainer``, samples the held-out prompts (colour x shape x position combinations never seen
+together in training), writes a grid PNG and the checkpoint, and scores colour and position.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import attrs
+import torch
+from tqdm.auto import tqdm
+
+from imagen.cascade import CascadeConfig, atomic_write, to_pil_images
+from imagen.text import T5Encoder, TextEmbeddingCache
+from imagen.text.testing import build_tiny_t5
+from imagen.trainer import Dataset, ImagenTrainer
+
+from . import shapes
+from .main import seeded_train_step
+
+logger = logging.getLogger(__name__)
+
+BASE_SIZE, SR_SIZE = 16, 32
+TEXT_DIM = 32
+
+
+def demo_cascade_config(text_encoder_name: str, *, text_embed_dim: int = TEXT_DIM) -> dict:
+    """The demo's cascade config as a dict (``CascadeConfig.from_dict`` builds it): an EDM base
+    U-Net at 16 px with attention and cross-attention at its lowest resolution, and a small
+    super-resolution U-Net 16 -> 32 px without attention."""
+    base = dict(
+        dim=32, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=(False, True), layer_cross_attns=(False, True),
+        attn_heads=4, attn_dim_head=16, cond_dim=64, init_cross_embed=False, init_conv_kernel_size=3,
+        use_global_context_attn=False, attn_pool_text=False,
+    )
+    sr = dict(
+        dim=16, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=False, layer_cross_attns=False,
+        attend_at_middle=False, attn_heads=2, attn_dim_head=16, cond_dim=32, init_cross_embed=False,
+        init_conv_kernel_size=3, use_global_context_attn=False, attn_pool_text=False,
+    )
+    return dict(
+        kind="ElucidatedImagen",
+        unets=[base, sr],
+        image_sizes=[BASE_SIZE, SR_SIZE],
+        text_encoder_name=text_encoder_name,
+        text_embed_dim=text_embed_dim,
+        cond_drop_prob=0.1,
+        num_sample_steps=16,
+        sampler="dpmpp_2m",
+        lowres_sample_noise_level=0.2,
+        resize_mode="bilinear",
+    )
+
+
+@attrs.frozen(kw_only=True)
+class DemoSettings:
+    """What the demo does. ``minutes`` is the training time budget (split between the stages by
+    ``base_share``); ``steps`` (when given) replaces it with a fixed number of base steps (the SR
+    stage gets ``sr_steps_ratio`` of them), which makes the run reproducible."""
+
+    output_dir: Path = attrs.field(converter=Path)
+    minutes: float | None = 8.0
+    steps: int | None = None
+    seed: int = 0
+    dataset_size: int = 3000
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    base_share: float = 0.8
+    sr_steps_ratio: float = 0.25
+    samples_per_prompt: int = 4
+    prompts: int | None = None
+    sample_steps: tuple[int, int] = (16, 8)
+    cond_scale: float = 4.0
+    progress: bool = True
+    threads: int | None = None
+
+
+def _train_stage(trainer: ImagenTrainer, unet_number: int, *, steps: int | None, seconds: float | None,
+                 progress: bool, seed: int) -> tuple[int, float]:
+    """Trains one stage for ``steps`` steps or until ``seconds`` pass; returns (steps, last loss EMA)."""
+    total = steps if steps is not None else None
+    bar = tqdm(total=total, disable=not progress, desc=f"train unet {unet_number}", unit="step")
+    start, done, smooth = time.monotonic(), 0, math.nan
+    while True:
+        if steps is not None and done >= steps:
+            break
+        if seconds is not None and time.monotonic() - start >= seconds:
+            break
+        loss = seeded_train_step(trainer, unet_number, seed)
+        smooth = loss if math.isnan(smooth) else 0.95 * smooth + 0.05 * loss
+        done += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{smooth:.4f}")
+    bar.close()
+    return done, smooth
+
+
+def held_out_prompts(limit: int | None = None) -> list[tuple[str, str, str]]:
+    """The held-out (colour, shape, position) triples, the first ``limit`` of them if given."""
+    prompts = shapes.held_out_prompts()
+    return prompts if limit is None else prompts[:limit]
+
+
+def save_grid(images: torch.Tensor, columns: int, path: Path) -> None:
+    """Writes images (B, C, H, W) in [0, 1] as one PNG grid of ``columns`` columns, atomically."""
+    b, c, h, w = images.shape
+    rows = math.ceil(b / columns)
+    grid = torch.zeros(c, rows * (h + 2), columns * (w + 2))
+    for i in range(b):
+        r, q = divmod(i, columns)
+        grid[:, r * (h + 2) + 1 : r * (h + 2) + 1 + h, q * (w + 2) + 1 : q * (w + 2) + 1 + w] = images[i]
+    picture = to_pil_images(grid[None])[0]
+    atomic_write(path, lambda p: picture.save(p, format="PNG"))
+
+
+def run_demo(settings: DemoSettings) -> dict:
+    """Runs the demo; returns a summary dict (scores, steps, seconds, paths)."""
+    started = time.monotonic()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    out = settings.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    data, t5_folder, cache_folder = out / "data", out / "tiny-t5", out / "text-cache"
+
+    if not any(data.glob("*.png")):
+        logger.info("writing %d training images to %s", settings.dataset_size, data)
+        shapes.write_dataset(data, settings.dataset_size, SR_SIZE, seed=settings.seed)
+    if not (t5_folder / "config.json").is_file():
+        build_tiny_t5(t5_folder, words=shapes.vocabulary(), d_model=TEXT_DIM, seed=settings.seed)
+    encoder = T5Encoder(t5_folder)
+    dataset_probe = Dataset(data, image_size=SR_SIZE)
+    TextEmbeddingCache.build(cache_folder, dataset_probe.captions, encoder, overwrite=True)
+    cache = TextEmbeddingCache(cache_folder)
+    dataset = Dataset(data, image_size=SR_SIZE, text_embedding_cache=cache)
+
+    config = CascadeConfig.from_dict(demo_cascade_config(str(t5_folder.resolve())))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        imagen = config.create()
+    trainer = ImagenTrainer(
+        imagen, lr=settings.lr, warmup_steps=settings.warmup_steps, max_grad_norm=1.0, seed=settings.seed,
+        ema_beta=0.995, ema_update_after_step=20, ema_update_every=1, verbose=settings.progress,
+    )
+    trainer.add_train_dataset(dataset, batch_size=settings.batch_size)
+    prep_seconds = time.monotonic() - started
+
+    if settings.steps is not None:
+        budgets = [dict(steps=settings.steps, seconds=None),
+                   dict(steps=max(1, round(settings.steps * settings.sr_steps_ratio)), seconds=None)]
+    else:
+        train_seconds = settings.minutes * 60
+        budgets = [dict(steps=None, seconds=train_seconds * settings.base_share),
+                   dict(steps=None, seconds=train_seconds * (1 - settings.base_share))]
+    steps_done, losses = [], []
+    for unet_number, budget in enumerate(budgets, start=1):
+        n, loss = _train_stage(trainer, unet_number, progress=settings.progress, seed=settings.seed, **budget)
+        steps_done.append(n)
+        losses.append(loss)
+    train_seconds = time.monotonic() - started - prep_seconds
+
+    checkpoint = out / "checkpoint.pt"
+    trainer.save(checkpoint)
+
+    triples = held_out_prompts(settings.prompts)
+    k = settings.samples_per_prompt
+    prompts = [shapes.caption(*t) for t in triples for _ in range(k)]
+    expanded = [t for t in triples for _ in range(k)]
+    sample_start = time.monotonic()
+    embeds, masks = encoder.encode(prompts)
+    outputs = trainer.sample(
+        text_embeds=embeds, text_masks=masks, cond_scale=settings.cond_scale, generator=settings.seed,
+        steps=settings.sample_steps, return_all_unet_outputs=True, use_tqdm=settings.progress,
+    )
+    sample_seconds = time.monotonic() - sample_start
+    base_images, sr_images = (o.float().cpu() for o in outputs)
+    save_grid(sr_images, k, out / "samples.png")
+    scores = {"base": shapes.score(base_images, expanded), "sr": shapes.score(sr_images, expanded)}
+    return dict(
+        scores=scores, steps=steps_done, losses=losses, prep_seconds=prep_seconds, train_seconds=train_seconds,
+        sample_seconds=sample_seconds, total_seconds=time.monotonic() - started, checkpoint=str(checkpoint),
+        grid=str(out / "samples.png"), samples=len(prompts), threads=torch.get_num_threads(),
+        pid=os.getpid(),
+    )

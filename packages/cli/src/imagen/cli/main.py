@@ -1,0 +1,484 @@
+"""``cascade-cli`` (alias ``imagen``): config, train, sample, encode-text and demo.
+
+Every user mistake (missing file, bad config key or value, unet number out of range, a file that is
+not a checkpoint or a checkpoint of another cascade) ends the command with one line on stderr,
+``imagen <command>: error: ...``, and exit status 2; outputs are written atomically, so a failed
+command leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+PROG = "imagen"
+logger = logging.getLogger(__name__)
+
+
+class CliError(Exception):
+    """A user error: reported as one line on stderr with exit status 2."""
+
+
+# ----------------------------------------------------------------------------------- argument types
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: it must be >= {low}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: it must be a finite number >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("it must be > 0")
+    return value
+
+
+def _steps_list(text: str) -> list[int]:
+    parse = _int_at_least(1)
+    return [parse(part) for part in text.split(",")]
+
+
+def _sampler_list(text: str) -> list[str]:
+    from imagen.diffusion import SAMPLERS, get_sampler
+
+    names = [part.strip() for part in text.split(",")]
+    for name in names:
+        try:
+            get_sampler(name)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"unknown sampler {name!r}; known samplers: {sorted(SAMPLERS)}") from None
+    return names
+
+
+# ----------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``imagen`` / ``cascade-cli``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Configure, train and sample Imagen cascades; `imagen demo` trains one on built-in data.",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    config = commands.add_parser("config", help="write a default config file (JSON)")
+    config.add_argument("--path", default="./imagen_config.json", help="where to write it (default: %(default)s)")
+    config.add_argument("--force", action="store_true", help="replace an existing file")
+
+    train = commands.add_parser(
+        "train",
+        help="train (or resume training) one unet of the cascade",
+        description="Trains one unet of the cascade on the config's dataset. Training continues from the "
+        "newest checkpoint in trainer.checkpoint_path when there is one (all unets share one checkpoint); "
+        "a checkpoint is written at the end and every trainer.checkpoint_every steps.",
+    )
+    train.add_argument("--config", default="./imagen_config.json", help="config file (default: %(default)s)")
+    train.add_argument("--unet", type=_int_at_least(1), default=1, help="unet number to train, from 1 (default: 1)")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--epochs", "--epoches", type=_int_at_least(1), dest="epochs",
+                        help="passes over the dataset (default: 1)")
+    length.add_argument("--steps", type=_int_at_least(1), help="optimizer steps (instead of --epochs)")
+    train.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                       help="continue from CHECKPOINT, or (no value) require a checkpoint in "
+                       "trainer.checkpoint_path to continue from")
+
+    sample = commands.add_parser(
+        "sample",
+        help="sample images (or videos) for prompts from a checkpoint",
+        description="Writes one PNG per prompt into --output-dir, named after the prompt "
+        "('a red circle' -> a_red_circle.png); a video cascade writes an animated GIF and a folder of PNG "
+        "frames per prompt. --steps and --sampler take one value for every stage or a comma-separated "
+        "list with one value per stage, e.g. --steps 16,8 --sampler dpmpp_2m,euler.",
+    )
+    sample.add_argument("prompts", nargs="*", metavar="PROMPT", help="text prompts (one output each)")
+    sample.add_argument("--model", required=True, help="a checkpoint file, a folder of checkpoints (the newest "
+                        "is used) or a save_pretrained folder")
+    sample.add_argument("--cond-scale", type=_non_negative_float, default=None,
+                        help="classifier-free guidance scale (default: 3.0, or 1.0 for a cascade without guidance)")
+    sample.add_argument("--steps", type=_steps_list, help="sampling steps, one or one per stage (e.g. 16,8)")
+    sample.add_argument("--sampler", type=_sampler_list,
+                        help="sampler, one or one per stage (ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, ...)")
+    sample.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed; prompt i uses seed + i")
+    sample.add_argument("--batch-size", type=_int_at_least(1), default=16, help="prompts sampled together")
+    sample.add_argument("--num-images", type=_int_at_least(1), default=1,
+                        help="images for an unconditional cascade (which takes no prompts)")
+    sample.add_argument("--video-frames", type=_int_at_least(1), default=8, help="frames of a video (default: 8)")
+    sample.add_argument("--output-dir", default=".", help="folder for the outputs (default: the current folder)")
+    sample.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
+    sample.add_argument("--no-ema", action="store_true", help="use the online weights instead of the EMA weights")
+
+    encode = commands.add_parser(
+        "encode-text",
+        help="precompute caption embeddings into a text cache",
+        description="Encodes every caption of the config's dataset folder (or of --folder) with the "
+        "cascade's text encoder and writes a text embedding cache; point dataset.text_embedding_cache at it.",
+    )
+    encode.add_argument("--config", default="./imagen_config.json", help="config file (default: %(default)s)")
+    encode.add_argument("--folder", default=None, help="image folder with captions (default: dataset.folder)")
+    encode.add_argument("--output", default=None, help="cache folder (default: dataset.text_embedding_cache)")
+    encode.add_argument("--batch-size", type=_int_at_least(1), default=64, help="captions per encoder call")
+    encode.add_argument("--overwrite", action="store_true", help="replace an existing cache")
+
+    demo = commands.add_parser(
+        "demo",
+        help="train a small cascade on built-in shapes data and sample held-out prompts",
+        description="Writes a captioned dataset of coloured shapes, builds a tiny T5, trains a base (16 px) "
+        "and a super-resolution (32 px) stage, samples prompts never seen in training into a grid PNG, "
+        "saves the checkpoint and prints how often the colour and the position came out right.",
+    )
+    demo.add_argument("--output-dir", default="./imagen-demo", help="where everything goes (default: %(default)s)")
+    budget = demo.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=_positive_float, default=None,
+                        help="training time budget in minutes (default: 8; the whole demo takes about 10)")
+    budget.add_argument("--steps", type=_int_at_least(1), default=None,
+                        help="fixed base-unet training steps instead of a time budget (reproducible)")
+    demo.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of data, weights and samples")
+    demo.add_argument("--threads", type=_int_at_least(1), default=None, help="torch CPU threads (default: torch's)")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def prompt_filename(prompt: str, taken: set[str] | None = None) -> str:
+    """The file stem for a prompt: runs of characters other than letters, digits and '-' become '_'
+    ("a squirrel raiding the birdfeeder" -> "a_squirrel_raiding_the_birdfeeder"); at most 120
+    characters; a stem already in ``taken`` gets a numeric suffix (and is added to it)."""
+    stem = re.sub(r"[^A-Za-z0-9-]+", "_", prompt).strip("_")[:120] or "sample"
+    if taken is not None:
+        base, n = stem, 1
+        while stem in taken:
+            stem, n = f"{base}_{n}", n + 1
+        taken.add(stem)
+    return stem
+
+
+def create_seeded(cascade_config, seed: int):
+    """``cascade_config.create()`` with weights initialised from ``seed`` (the global RNG is forked, so
+    its state is left as it was)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cascade_config.create()
+
+
+def seeded_train_step(trainer, unet_number: int, seed: int, **kwargs) -> float:
+    """``trainer.train_step`` with the global RNG seeded from (seed, steps taken) inside a fork.
+
+    The trainer draws its own noise from its generators, but a U-Net's conditioning dropout draws
+    from the global RNG; seeding it per step makes a run, and a resumed run, reproducible.
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1_000_003 + trainer.num_steps_taken())
+        return trainer.train_step(unet_number, **kwargs)
+
+
+def _check_unet(number: int, num_unets: int) -> None:
+    if not 1 <= number <= num_unets:
+        raise CliError(f"--unet {number} is out of range: this cascade has {num_unets} unets (1 to {num_unets})")
+
+
+def _per_stage(values: list | None, num_unets: int, option: str):
+    if values is None:
+        return None
+    if len(values) == 1:
+        return values[0]
+    if len(values) != num_unets:
+        raise CliError(
+            f"{option} gives {len(values)} values, but the cascade has {num_unets} stages (give 1 or {num_unets})"
+        )
+    return tuple(values)
+
+
+def _resolve_model_path(model: str) -> Path:
+    from imagen.trainer import latest_checkpoint
+
+    path = Path(model)
+    if not path.exists():
+        raise CliError(f"--model {model}: no such file or folder")
+    if path.is_dir() and not (path / "config.json").is_file():
+        newest = latest_checkpoint(path)
+        if newest is None:
+            raise CliError(f"--model {model}: the folder holds no checkpoint (checkpoint.<steps>.safetensors) "
+                           "and no save_pretrained cascade (config.json)")
+        return newest
+    return path
+
+
+# ----------------------------------------------------------------------------------------- commands
+
+
+def cmd_config(args) -> int:
+    from .config import default_config
+
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise CliError(f"{path} already exists; pass --force to replace it")
+    if path.parent != Path() and not path.parent.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    default_config().write(path)
+    print(f"wrote {path}")
+    return 0
+
+
+def _dataset(config, *, image_size: int, with_cache: bool = True):
+    from imagen.trainer import Dataset
+
+    data = config.dataset
+    if not Path(data.folder).is_dir():
+        raise CliError(f"dataset folder {data.folder!r} not found (set dataset.folder in the config)")
+    cache = None
+    if with_cache and data.text_embedding_cache is not None:
+        from imagen.text import TextEmbeddingCache
+
+        if not Path(data.text_embedding_cache).is_dir():
+            raise CliError(
+                f"text embedding cache {data.text_embedding_cache!r} not found (write it with `imagen encode-text`)"
+            )
+        cache = TextEmbeddingCache(data.text_embedding_cache)
+    dataset = Dataset(
+        data.folder, image_size=image_size, exts=data.exts, augment_horizontal_flip=data.augment_horizontal_flip,
+        convert_image_to=data.convert_image_to, captions=data.captions, text_embedding_cache=cache,
+    )
+    if len(dataset) == 0:
+        raise CliError(f"dataset folder {data.folder!r} holds no readable images with extensions {list(data.exts)}")
+    return dataset
+
+
+def cmd_train(args) -> int:
+    from tqdm.auto import tqdm
+
+    from imagen.trainer import ImagenTrainer, latest_checkpoint
+
+    from .config import CliConfig
+
+    config = CliConfig.read(args.config)
+    num_unets = len(config.imagen.unets)
+    _check_unet(args.unet, num_unets)
+    folder = Path(config.trainer.checkpoint_path)
+    resume_from = None
+    if isinstance(args.resume, str):
+        resume_from = Path(args.resume)
+        if not resume_from.is_file():
+            raise CliError(f"--resume {args.resume}: no such checkpoint file")
+    elif args.resume is True and latest_checkpoint(folder) is None:
+        raise CliError(f"--resume: no checkpoint in {folder} to continue from")
+    image_size = config.dataset.image_size or max(config.imagen.image_sizes)
+    dataset = _dataset(config, image_size=image_size)
+    if config.imagen.condition_on_text and not dataset.has_captions:
+        raise CliError(f"the cascade conditions on text but {config.dataset.folder!r} has no captions "
+                       "(<image>.txt files or metadata.jsonl)")
+
+    imagen = create_seeded(config.imagen, config.trainer.seed)
+    kwargs = config.trainer.trainer_kwargs()
+    kwargs.update(verbose=not args.quiet)
+    trainer = ImagenTrainer(imagen, **kwargs)  # resumes from the newest checkpoint in checkpoint_path
+    if resume_from is not None:
+        trainer.load(resume_from)
+    if trainer.num_steps_taken() > 0:
+        logger.info("continuing from step %s", list(trainer.steps.tolist()))
+    trainer.add_train_dataset(dataset, batch_size=config.dataset.batch_size)
+    steps_per_epoch = math.ceil(len(dataset) / config.dataset.batch_size)
+    steps = args.steps if args.steps is not None else (args.epochs or 1) * steps_per_epoch
+    bar = tqdm(range(steps), desc=f"train unet {args.unet}", unit="step", disable=args.quiet)
+    for _ in bar:
+        loss = seeded_train_step(trainer, args.unet, config.trainer.seed, max_batch_size=config.trainer.max_batch_size)
+        bar.set_postfix(loss=f"{loss:.4f}")
+    written = trainer.save_to_checkpoint_folder()
+    print(f"trained unet {args.unet} for {steps} steps ({trainer.num_steps_taken(args.unet)} in all); "
+          f"checkpoint {written}")
+    return 0
+
+
+def _write_images(images, stems: list[str], output_dir: Path) -> list[Path]:
+    from imagen.cascade import atomic_write, to_pil_images
+
+    paths = []
+    for picture, stem in zip(to_pil_images(images), stems):
+        path = output_dir / f"{stem}.png"
+        atomic_write(path, lambda p, picture=picture: picture.save(p, format="PNG"))
+        paths.append(path)
+    return paths
+
+
+def _write_videos(videos, stems: list[str], output_dir: Path) -> list[Path]:
+    """Videos (B, C, F, H, W) in [0, 1] -> ``<stem>.gif`` plus ``<stem>/frame_000.png``..."""
+    from imagen.cascade import atomic_write, to_pil_images
+
+    paths = []
+    for video, stem in zip(videos, stems):
+        frames = to_pil_images(video.permute(1, 0, 2, 3))  # (F, C, H, W)
+        frame_dir = output_dir / stem
+        frame_dir.mkdir(exist_ok=True)
+        for i, frame in enumerate(frames):
+            atomic_write(frame_dir / f"frame_{i:03d}.png", lambda p, frame=frame: frame.save(p, format="PNG"))
+        gif = output_dir / f"{stem}.gif"
+        atomic_write(gif, lambda p, frames=frames: frames[0].save(
+            p, format="GIF", save_all=True, append_images=frames[1:], duration=125, loop=0))
+        paths.append(gif)
+    return paths
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from imagen.cascade import load_imagen_from_checkpoint
+
+    path = _resolve_model_path(args.model)
+    cascade = load_imagen_from_checkpoint(path, use_ema=not args.no_ema, device=args.device)
+    cascade.eval()
+    steps = _per_stage(args.steps, cascade.num_unets, "--steps")
+    sampler = _per_stage(args.sampler, cascade.num_unets, "--sampler")
+    guided = cascade.condition_on_text and cascade.cond_drop_prob > 0
+    cond_scale = args.cond_scale if args.cond_scale is not None else (3.0 if guided else 1.0)
+    if cond_scale != 1 and not guided:
+        raise CliError(f"--cond-scale {cond_scale}: this cascade was not trained for classifier-free guidance "
+                       "(it needs condition_on_text and cond_drop_prob > 0); use --cond-scale 1")
+    prompts = list(args.prompts)
+    if cascade.condition_on_text:
+        if not prompts:
+            raise CliError("this cascade conditions on text: give at least one prompt")
+        for prompt in prompts:
+            if not prompt.strip():
+                raise CliError("prompts must not be empty")
+        count = len(prompts)
+    else:
+        if prompts:
+            raise CliError("this cascade does not condition on text: give no prompts (use --num-images)")
+        count = args.num_images
+    taken: set[str] = set()
+    names = prompts or [f"sample_{i}" for i in range(count)]
+    stems = [prompt_filename(p, taken) for p in names]
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for start in range(0, count, args.batch_size):
+        stop = min(count, start + args.batch_size)
+        generators = [torch.Generator(device=cascade.device).manual_seed(args.seed + i) for i in range(start, stop)]
+        options = dict(cond_scale=cond_scale, steps=steps, sampler=sampler, generator=generators,
+                       use_tqdm=not args.quiet, batch_size=stop - start)
+        if cascade.condition_on_text:
+            options["texts"] = prompts[start:stop]
+        if cascade.is_video:
+            options["video_frames"] = args.video_frames
+        outputs = cascade.sample(**options).float().cpu()
+        write = _write_videos if cascade.is_video else _write_images
+        written += write(outputs, stems[start:stop], output_dir)
+    for path in written:
+        print(path)
+    return 0
+
+
+def cmd_encode_text(args) -> int:
+    from imagen.text import T5Encoder, TextEmbeddingCache
+
+    from .config import CliConfig
+
+    config = CliConfig.read(args.config)
+    if not config.imagen.condition_on_text:
+        raise CliError("the config's cascade does not condition on text: there is nothing to encode")
+    output = args.output or config.dataset.text_embedding_cache
+    if output is None:
+        raise CliError("give --output or set dataset.text_embedding_cache in the config")
+    folder = args.folder or config.dataset.folder
+    if not Path(folder).is_dir():
+        raise CliError(f"dataset folder {folder!r} not found")
+    import attrs
+
+    config = attrs.evolve(config, dataset=attrs.evolve(config.dataset, folder=folder))
+    dataset = _dataset(config, image_size=1, with_cache=False)
+    if not dataset.has_captions:
+        raise CliError(f"{folder!r} has no captions (<image>.txt files or metadata.jsonl)")
+    encoder = T5Encoder(config.imagen.text_encoder_name, batch_size=args.batch_size)
+    cache = TextEmbeddingCache.build(output, dataset.captions, encoder, batch_size=args.batch_size,
+                                     progress=not args.quiet, overwrite=args.overwrite)
+    print(f"cached {len(cache)} captions in {output}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import DemoSettings, run_demo
+
+    settings = DemoSettings(
+        output_dir=args.output_dir, minutes=args.minutes if args.steps is None else None, steps=args.steps,
+        seed=args.seed, progress=not args.quiet, threads=args.threads,
+    )
+    if args.steps is None and args.minutes is None:
+        settings = DemoSettings(output_dir=args.output_dir, seed=args.seed, progress=not args.quiet,
+                                threads=args.threads)
+    summary = run_demo(settings)
+    base, sr = summary["scores"]["base"], summary["scores"]["sr"]
+    print(f"trained {summary['steps'][0]} base steps and {summary['steps'][1]} super-resolution steps "
+          f"in {summary['train_seconds'] / 60:.1f} min; sampled {summary['samples']} images in "
+          f"{summary['sample_seconds']:.1f} s")
+    print(f"held-out prompts, 32 px samples: colour {sr['colour']:.0%}, position {sr['position']:.0%} "
+          f"(16 px base: colour {base['colour']:.0%}, position {base['position']:.0%}; chance 17% and 20%)")
+    print(f"samples: {summary['grid']}")
+    print(f"checkpoint: {summary['checkpoint']} (try: imagen sample --model {summary['checkpoint']} "
+          f"\"a red circle in the top left\")")
+    print(f"total time {summary['total_seconds'] / 60:.1f} min")
+    return 0
+
+
+COMMANDS = {"config": cmd_config, "train": cmd_train, "sample": cmd_sample, "encode-text": cmd_encode_text,
+            "demo": cmd_demo}
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    if isinstance(error, KeyError) and error.args:
+        text = str(error.args[0])
+    return " ".join(text.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI with ``argv`` (default: ``sys.argv[1:]``); returns the exit status (0, or 2 for
+    a user error, reported as one line on stderr)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("imagen.cli").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    from imagen.text import TextEncoderNotFoundError
+    from imagen.trainer import CheckpointError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (CliError, CheckpointError, TextEncoderNotFoundError, FileNotFoundError, ValueError, KeyError) as error:
+        print(f"{PROG} {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
