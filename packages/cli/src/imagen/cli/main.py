@@ -78,9 +78,16 @@ def _sampler_list(text: str) -> list[str]:
 # ----------------------------------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line (``imagen train: error: ...``; ``--help`` shows usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``imagen`` / ``cascade-cli``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Configure, train and sample Imagen cascades; `imagen demo` trains one on built-in data.",
     )
