@@ -15,7 +15,9 @@ import torch
 
 from .optim import optimizer_state_from_tensors, optimizer_state_to_tensors
 
-__all__ = ["pack_state", "restore_generators", "restore_training", "restore_weights", "unet_prefixes"]
+__all__ = [
+    "gather_generator_states",
+    "pack_state", "restore_generators", "restore_training", "restore_weights", "unet_prefixes"]
 
 _COUNTERS = ("steps", "nonfinite_steps", "consecutive_nonfinite")
 
@@ -107,3 +109,17 @@ def restore_generators(generators: dict[str, torch.Generator], ckpt, rank: int) 
         rng_state = ckpt.tensors.get(f"rng.{name}.{rank}")
         if rng_state is not None:
             generator.set_state(rng_state.to(torch.uint8))
+
+
+def gather_generator_states(accelerator, generators: dict[str, torch.Generator]) -> dict[str, list[torch.Tensor]]:
+    """Every process's state of each named generator (each process draws its own noise), by rank.
+    A collective: every process must call it."""
+    out = {}
+    for name, generator in generators.items():
+        rng_state = generator.get_state()
+        if accelerator.num_processes > 1:
+            gathered = accelerator.gather(rng_state.to(accelerator.device)).cpu()
+            out[name] = list(gathered.reshape(accelerator.num_processes, -1))
+        else:
+            out[name] = [rng_state]
+    return out

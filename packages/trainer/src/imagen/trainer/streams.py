@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from .data import EpochSampler, collate
 
-__all__ = ["DatasetStream", "IndexSubset", "LoaderStream", "dataset_stream", "split_validation"]
+__all__ = ["DataStreams", "DatasetStream", "IndexSubset", "LoaderStream", "dataset_stream", "split_validation"]
 
 
 class IndexSubset(torch.utils.data.Dataset):
@@ -136,3 +136,51 @@ def split_validation(dataset, fraction: float, seed: int) -> tuple[IndexSubset, 
         raise ValueError(f"a dataset of {n} items is too small to split {fraction} off (split_valid_fraction)")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return IndexSubset(dataset, order[n_valid:]), IndexSubset(dataset, order[:n_valid])
+
+
+class DataStreams:
+    """The trainer's ``"train"`` and ``"valid"`` batch streams, their positions for checkpoints, and
+    batches turned into the cascade's keywords (tuples are named by ``keyword_names``)."""
+
+    def __init__(self, keyword_names=("images", "text_embeds", "text_masks", "cond_images")):
+        self.keyword_names = tuple(keyword_names)
+        self.streams: dict[str, DatasetStream | LoaderStream] = {}
+        self.pending: dict[str, dict] = {}  # positions loaded before the stream was added
+
+    def __contains__(self, split: str) -> bool:
+        return split in self.streams
+
+    def add(self, split: str, stream) -> None:
+        """Use ``stream`` for ``split``, at the position of a checkpoint loaded earlier if any."""
+        if split in self.pending:
+            stream.load_state_dict(self.pending[split])
+        self.streams[split] = stream
+
+    def next_kwargs(self, split: str) -> dict:
+        """The next batch of ``split`` as keywords of the cascade's forward (``images``, ...)."""
+        if split not in self.streams:
+            raise ValueError(f"no {split} data: call add_{split}_dataset or add_{split}_dataloader first")
+        batch = next(self.streams[split])
+        if isinstance(batch, torch.Tensor):
+            return {"images": batch}
+        if isinstance(batch, dict):
+            return dict(batch)
+        if isinstance(batch, (tuple, list)):
+            if len(batch) > len(self.keyword_names):
+                raise ValueError(
+                    f"the dataloader yields {len(batch)} values, more than dl_tuple_output_keywords_names "
+                    f"{self.keyword_names}"
+                )
+            return dict(zip(self.keyword_names, batch))
+        raise TypeError(f"a batch must be a tensor, a tuple or a dict, got {type(batch).__name__}")
+
+    def state_dict(self) -> dict:
+        """Each stream's position."""
+        return {split: stream.state_dict() for split, stream in self.streams.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Move the streams to saved positions; streams added later start there too."""
+        self.pending = dict(state)
+        for split, stream in self.streams.items():
+            if split in self.pending:
+                stream.load_state_dict(self.pending[split])

@@ -10,7 +10,6 @@ multi-process work goes through accelerate: the trained stage's U-Net and optimi
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import logging
@@ -18,8 +17,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from ema_pytorch import EMA
 from torch import nn
 
@@ -30,71 +27,16 @@ from .chunks import split_batch
 from .data import _mix_seed
 from .optim import WarmupCosine, make_optimizer
 from .sampling import ema_weights, save_image_grid
+from .setup import PRECISIONS, autocast, make_accelerator, per_unet, register_teardown, training_precision
 from .stage import NonFiniteTrainingError, StageOptimization
-from .state import pack_state, restore_generators, restore_training, restore_weights
-from .streams import LoaderStream, dataset_stream, split_validation
+from .state import gather_generator_states, pack_state, restore_generators, restore_training, restore_weights
+from .streams import DataStreams, LoaderStream, dataset_stream, split_validation
 
 __all__ = ["ImagenTrainer", "NonFiniteTrainingError"]
 
 logger = logging.getLogger(__name__)
 
-_PRECISIONS = {None: None, "no": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _EMA_KEYS = {"ema_beta": "beta", "ema_update_after_step": "update_after_step", "ema_update_every": "update_every"}
-_UNSUPPORTED = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
-_teardown_registered = False
-
-
-def _end_processes(accelerator) -> None:
-    """Tear the process group down at exit (gloo aborts the interpreter when it is left alive)."""
-    with contextlib.suppress(Exception):
-        accelerator.wait_for_everyone()  # no process tears down while another still talks to it
-    with contextlib.suppress(Exception):
-        accelerator.state.destroy_process_group()
-
-
-def _per_unet(value, num_unets: int, name: str) -> tuple:
-    if isinstance(value, (tuple, list)):
-        if len(value) != num_unets:
-            raise ValueError(f"{name} gives {len(value)} values for a cascade of {num_unets} unets: {value!r}")
-        return tuple(value)
-    return (value,) * num_unets
-
-
-def _make_accelerator(accelerate_kwargs: dict, log_with) -> Accelerator:
-    if log_with is not None:
-        accelerate_kwargs.setdefault("log_with", log_with)
-    # a stage may leave parameters unused (text layers of an unconditional cascade, ...): DDP must
-    # not wait for their gradients; pass accelerate_kwargs_handlers to choose otherwise
-    accelerate_kwargs.setdefault("kwargs_handlers", [DistributedDataParallelKwargs(find_unused_parameters=True)])
-    accelerator = Accelerator(**accelerate_kwargs)
-    if log_with is not None:
-        accelerator.init_trackers("imagen")
-    return accelerator
-
-
-def _check_accelerator(accelerator, precision):
-    """The precision to train with, given the accelerator's own mixed precision setting."""
-    if accelerator.distributed_type in _UNSUPPORTED:
-        raise ValueError(
-            f"accelerate's {accelerator.distributed_type.value} is not supported by ImagenTrainer (it needs the "
-            "full U-Net for the EMA and checkpoints); use DDP (multi_gpu / multi_cpu)"
-        )
-    if accelerator.gradient_accumulation_steps != 1:
-        raise ValueError(
-            f"accelerate gradient_accumulation_steps={accelerator.gradient_accumulation_steps} is not supported: "
-            "accumulate with max_batch_size or several trainer(...) calls before update(); accepted: 1"
-        )
-    mixed = accelerator.mixed_precision
-    if mixed in (None, "no"):
-        return precision
-    if precision is None and mixed in ("fp16", "bf16"):
-        return mixed
-    if precision != mixed:
-        raise ValueError(
-            f"precision={precision!r} conflicts with the accelerator's mixed_precision={mixed!r}; accepted: the same "
-            "value, or precision=None to adopt it"
-        )
-    return precision
 
 
 class ImagenTrainer(nn.Module):
@@ -157,7 +99,7 @@ class ImagenTrainer(nn.Module):
         if fp16 and precision not in (None, "fp16"):
             raise ValueError(f"fp16=True conflicts with precision={precision!r}")
         precision = "fp16" if fp16 else precision
-        if precision not in _PRECISIONS:
+        if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of 'no', 'bf16', 'fp16' (or None), got {precision!r}")
         if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
             raise ValueError(f"checkpoint_every must be None or an int >= 1, got {checkpoint_every!r}")
@@ -170,18 +112,14 @@ class ImagenTrainer(nn.Module):
         accelerate_kwargs = {k[11:]: kwargs.pop(k) for k in list(kwargs) if k.startswith("accelerate_")}
         if kwargs:
             raise TypeError(f"ImagenTrainer got unexpected keyword arguments {sorted(kwargs)}")
-        self.accelerator = accelerator if accelerator is not None else _make_accelerator(accelerate_kwargs, log_with)
-        precision = _check_accelerator(self.accelerator, precision)
-        global _teardown_registered
-        if self.accelerator.num_processes > 1 and not _teardown_registered:
-            atexit.register(_end_processes, self.accelerator)
-            _teardown_registered = True
+        self.accelerator = accelerator if accelerator is not None else make_accelerator(accelerate_kwargs, log_with)
+        precision = training_precision(self.accelerator, precision)
+        register_teardown(self.accelerator)
         self.imagen = imagen.to(self.device)
         self.only_train_unet_number = only_train_unet_number or imagen.only_train_unet_number
         if self.only_train_unet_number is not None:
             imagen.get_unet(self.only_train_unet_number)  # validates the number
         self.use_ema, self.verbose, self.split_batches = use_ema, verbose, split_batches
-        self.dl_tuple_output_keywords_names = tuple(dl_tuple_output_keywords_names)
         self.split_valid_fraction, self.split_valid_from_train = split_valid_fraction, split_valid_from_train
         self.split_random_seed, self.seed = split_random_seed, seed
         self.precision, self.max_consecutive_nonfinite = precision, max_consecutive_nonfinite
@@ -192,7 +130,7 @@ class ImagenTrainer(nn.Module):
             lr=lr, eps=eps, beta1=beta1, beta2=beta2, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
             warmup_steps=warmup_steps, cosine_decay_max_steps=cosine_decay_max_steps,
         )
-        per = {name: _per_unet(value, imagen.num_unets, name) for name, value in options.items()}
+        per = {name: per_unet(value, imagen.num_unets, name) for name, value in options.items()}
         self.emas = nn.ModuleDict()
         self.stages: dict[int, StageOptimization] = {}
         """The optimisation state of each trainable stage, by 0-based index (NullUnet stages have none)."""
@@ -204,8 +142,9 @@ class ImagenTrainer(nn.Module):
         process_seed = _mix_seed(seed, self.accelerator.process_index)
         self._generator = torch.Generator(self.device).manual_seed(process_seed)
         self._valid_generator = torch.Generator(self.device).manual_seed(_mix_seed(process_seed, 1))
-        self._streams: dict[str, object] = {}
-        self._pending_data_state: dict[str, dict] = {}
+        self._generators = {"train": self._generator, "valid": self._valid_generator}
+        self.data = DataStreams(dl_tuple_output_keywords_names)
+        """The train / valid batch streams (:class:`~imagen.trainer.streams.DataStreams`)."""
         if self.checkpoint_path is not None:
             newest = latest_checkpoint(self.checkpoint_path)
             if newest is not None:
@@ -265,6 +204,11 @@ class ImagenTrainer(nn.Module):
         """Each trainable stage's gradient scaler, by 0-based index (disabled unless fp16)."""
         return {i: stage.scaler for i, stage in self.stages.items()}
 
+    @property
+    def dl_tuple_output_keywords_names(self) -> tuple[str, ...]:
+        """The keywords that name the items of a dataloader's tuple batches."""
+        return self.data.keyword_names
+
     def _per_stage(self, name: str) -> list[int]:
         return [getattr(self.stages[i], name) if i in self.stages else 0 for i in range(self.num_unets)]
 
@@ -311,10 +255,6 @@ class ImagenTrainer(nn.Module):
 
     # ------------------------------------------------------------------------------- training
 
-    def _autocast(self):
-        dtype = _PRECISIONS[self.precision]
-        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
-
     def _loss(self, stage, images, max_batch_size, kwargs, *, train: bool, generator) -> float:
         """The batch's loss, chunked; with ``train`` each chunk is back-propagated through the
         prepared U-Net, and gradients are all-reduced on the last chunk only."""
@@ -323,7 +263,7 @@ class ImagenTrainer(nn.Module):
         total = torch.zeros((), device=self.device)
         for i, (fraction, chunk_images, chunk_kwargs) in enumerate(chunks):
             with stage.no_sync(self.accelerator, sync=i == len(chunks) - 1) if train else contextlib.nullcontext():
-                with self._autocast():
+                with autocast(self.device, self.precision):
                     loss = self.imagen(
                         chunk_images, unet_number=stage.unet_number, generator=generator, unet=model, **chunk_kwargs
                     )
@@ -369,62 +309,40 @@ class ImagenTrainer(nn.Module):
         ``split_valid_fraction`` of it becomes the validation set. Other keywords go to the DataLoader."""
         if ds is None:
             raise ValueError("add_train_dataset needs a dataset")
-        if "train" in self._streams:
+        if "train" in self.data:
             raise ValueError("a training dataset or dataloader was already added")
         if self.split_valid_from_train:
             n = len(ds)
             ds, valid = split_validation(ds, self.split_valid_fraction, self.split_random_seed)
             most = len(valid) * self.accelerator.num_processes if self.split_batches else len(valid)
-            self._set_stream("valid", self._dataset_stream(valid, min(batch_size, most), 3, **dict(dl_kwargs)))
+            self.data.add("valid", self._dataset_stream(valid, min(batch_size, most), 3, **dict(dl_kwargs)))
             logger.info("split %d validation items off %d training items", len(valid), n)
-        self._set_stream("train", self._dataset_stream(ds, batch_size, 2, **dl_kwargs))
+        self.data.add("train", self._dataset_stream(ds, batch_size, 2, **dl_kwargs))
 
     def add_valid_dataset(self, ds=None, *, batch_size, **dl_kwargs) -> None:
         """Validate on ``ds`` in batches of ``batch_size``."""
         if ds is None:
             raise ValueError("add_valid_dataset needs a dataset")
-        if "valid" in self._streams:
+        if "valid" in self.data:
             raise ValueError("a validation dataset or dataloader was already added")
-        self._set_stream("valid", self._dataset_stream(ds, batch_size, 3, **dl_kwargs))
+        self.data.add("valid", self._dataset_stream(ds, batch_size, 3, **dl_kwargs))
 
     def add_train_dataloader(self, dl=None) -> None:
         """Train on the batches of a user's DataLoader (prepared by accelerate across processes)."""
-        if dl is None or "train" in self._streams:
+        if dl is None or "train" in self.data:
             raise ValueError("add_train_dataloader needs a dataloader, and only one")
-        self._set_stream("train", LoaderStream(dl, self.accelerator))
+        self.data.add("train", LoaderStream(dl, self.accelerator))
 
     def add_valid_dataloader(self, dl=None) -> None:
         """Validate on the batches of a user's DataLoader."""
-        if dl is None or "valid" in self._streams:
+        if dl is None or "valid" in self.data:
             raise ValueError("add_valid_dataloader needs a dataloader, and only one")
-        self._set_stream("valid", LoaderStream(dl, self.accelerator))
-
-    def _set_stream(self, name: str, stream) -> None:
-        if name in self._pending_data_state:  # a checkpoint loaded before the data was added
-            stream.load_state_dict(self._pending_data_state[name])
-        self._streams[name] = stream
-
-    def _next_kwargs(self, split: str) -> dict:
-        if split not in self._streams:
-            raise ValueError(f"no {split} data: call add_{split}_dataset or add_{split}_dataloader first")
-        batch = next(self._streams[split])
-        if isinstance(batch, torch.Tensor):
-            return {"images": batch}
-        if isinstance(batch, dict):
-            return dict(batch)
-        if isinstance(batch, (tuple, list)):
-            if len(batch) > len(self.dl_tuple_output_keywords_names):
-                raise ValueError(
-                    f"the dataloader yields {len(batch)} values, more than dl_tuple_output_keywords_names "
-                    f"{self.dl_tuple_output_keywords_names}"
-                )
-            return dict(zip(self.dl_tuple_output_keywords_names, batch))
-        raise TypeError(f"a batch must be a tensor, a tuple or a dict, got {type(batch).__name__}")
+        self.data.add("valid", LoaderStream(dl, self.accelerator))
 
     def train_step(self, unet_number: int | None = None, **kwargs) -> float:
         """One step on the next training batch: loss (chunked by ``max_batch_size``) and update."""
         unet_number = self._resolve_unet_number(unet_number)
-        loss = self(**self._next_kwargs("train"), unet_number=unet_number, **kwargs)
+        loss = self(**self.data.next_kwargs("train"), unet_number=unet_number, **kwargs)
         self.update(unet_number)
         if self.accelerator.trackers:
             self.accelerator.log({f"loss/unet{unet_number}": loss}, step=self.num_steps_taken())
@@ -434,7 +352,7 @@ class ImagenTrainer(nn.Module):
     def valid_step(self, unet_number: int | None = None, use_ema_unets: bool = False, **kwargs) -> float:
         """The loss on the next validation batch (no gradients), through the EMA weights if asked."""
         stage = self._stage(unet_number)
-        batch = {**self._next_kwargs("valid"), **kwargs}
+        batch = {**self.data.next_kwargs("valid"), **kwargs}
         max_batch_size = batch.pop("max_batch_size", None)
         images = batch.pop("images")
         with self.use_ema_unets() if use_ema_unets else contextlib.nullcontext():
@@ -510,18 +428,6 @@ class ImagenTrainer(nn.Module):
 
     # ------------------------------------------------------------------------------ checkpoints
 
-    def _gathered_rng_states(self) -> dict[str, list[torch.Tensor]]:
-        """Every process's generator states (each process draws its own noise): a collective."""
-        out = {}
-        for name, generator in (("train", self._generator), ("valid", self._valid_generator)):
-            rng_state = generator.get_state()
-            if self.accelerator.num_processes > 1:
-                gathered = self.accelerator.gather(rng_state.to(self.device)).cpu()
-                out[name] = list(gathered.reshape(self.accelerator.num_processes, -1))
-            else:
-                out[name] = [rng_state]
-        return out
-
     def save(self, path, overwrite: bool = True, without_optim_and_sched: bool = False) -> Path | None:
         """Writes the trainer's whole state to ``path`` (one safetensors file, atomically; only the
         main process writes). Call it on every process. Refuses to write non-finite weights."""
@@ -531,11 +437,11 @@ class ImagenTrainer(nn.Module):
         for name, value in self.imagen.named_parameters():  # the same weights on every rank: all refuse
             if not torch.isfinite(value).all():
                 raise NonFiniteTrainingError(f"refusing to save non-finite weights ({name})")
-        rng_states = None if without_optim_and_sched else self._gathered_rng_states()
+        rng_states = None if without_optim_and_sched else gather_generator_states(self.accelerator, self._generators)
         written = None
         if self.is_main:
-            meta = {"num_processes": self.accelerator.num_processes, "seed": self.seed, "precision": self.precision}
-            data = {name: stream.state_dict() for name, stream in self._streams.items()}
+            meta = dict(num_processes=self.accelerator.num_processes, seed=self.seed, precision=self.precision)
+            data = self.data.state_dict()
             tensors, state = pack_state(
                 self.imagen, self.stages, self.accelerator, meta=meta, rng_states=rng_states, data=data
             )
@@ -571,8 +477,7 @@ class ImagenTrainer(nn.Module):
         if only_model:
             return state
         restore_training(self.stages, ckpt)
-        generators = {"train": self._generator, "valid": self._valid_generator}
-        restore_generators(generators, ckpt, self.accelerator.process_index)
+        restore_generators(self._generators, ckpt, self.accelerator.process_index)
         saved_world = state.get("num_processes", self.accelerator.num_processes)
         if saved_world != self.accelerator.num_processes:
             warnings.warn(
@@ -580,9 +485,6 @@ class ImagenTrainer(nn.Module):
                 "random streams and data order will not continue exactly",
                 stacklevel=2,
             )
-        self._pending_data_state = state.get("data", {})
-        for name, stream in self._streams.items():
-            if name in self._pending_data_state:
-                stream.load_state_dict(self._pending_data_state[name])
+        self.data.load_state_dict(state.get("data", {}))
         logger.info("loaded checkpoint %s (steps %s)", path, self.steps.tolist())
         return state

@@ -1,0 +1,90 @@
+"""Setting the trainer up on accelerate: the Accelerator, the training precision, per-unet options
+and the process group's teardown at exit."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType
+
+__all__ = ["PRECISIONS", "autocast", "make_accelerator", "per_unet", "register_teardown", "training_precision"]
+
+PRECISIONS = {None: None, "no": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Accepted ``precision`` values and the autocast dtype of each (None: full precision)."""
+
+_UNSUPPORTED = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+_teardown_registered = False
+
+
+def make_accelerator(accelerate_kwargs: dict, log_with=None) -> Accelerator:
+    """An ``Accelerator(**accelerate_kwargs)``; DDP looks for unused parameters (a stage may leave
+    some unused, e.g. the text layers of an unconditional cascade) unless ``kwargs_handlers`` are
+    given; with ``log_with`` the trackers are started under the project name ``"imagen"``."""
+    accelerate_kwargs = dict(accelerate_kwargs)
+    if log_with is not None:
+        accelerate_kwargs.setdefault("log_with", log_with)
+    accelerate_kwargs.setdefault("kwargs_handlers", [DistributedDataParallelKwargs(find_unused_parameters=True)])
+    accelerator = Accelerator(**accelerate_kwargs)
+    if log_with is not None:
+        accelerator.init_trackers("imagen")
+    return accelerator
+
+
+def training_precision(accelerator, precision: str | None) -> str | None:
+    """The precision to train with: ``precision``, or the accelerator's mixed precision when
+    ``precision`` is None. Refuses accelerate set-ups the trainer does not support."""
+    if accelerator.distributed_type in _UNSUPPORTED:
+        raise ValueError(
+            f"accelerate's {accelerator.distributed_type.value} is not supported by ImagenTrainer (it needs the "
+            "full U-Net for the EMA and checkpoints); use DDP (multi_gpu / multi_cpu)"
+        )
+    if accelerator.gradient_accumulation_steps != 1:
+        raise ValueError(
+            f"accelerate gradient_accumulation_steps={accelerator.gradient_accumulation_steps} is not supported: "
+            "accumulate with max_batch_size or several trainer(...) calls before update(); accepted: 1"
+        )
+    mixed = accelerator.mixed_precision
+    if mixed in (None, "no"):
+        return precision
+    if precision is None and mixed in ("fp16", "bf16"):
+        return mixed
+    if precision != mixed:
+        raise ValueError(
+            f"precision={precision!r} conflicts with the accelerator's mixed_precision={mixed!r}; accepted: the same "
+            "value, or precision=None to adopt it"
+        )
+    return precision
+
+
+def autocast(device: torch.device, precision: str | None):
+    """``torch.autocast`` to ``precision``'s dtype on ``device``, or a no-op in full precision."""
+    dtype = PRECISIONS[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def per_unet(value, num_unets: int, name: str) -> tuple:
+    """One value per unet: ``value`` repeated, or a tuple / list of ``num_unets`` values."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != num_unets:
+            raise ValueError(f"{name} gives {len(value)} values for a cascade of {num_unets} unets: {value!r}")
+        return tuple(value)
+    return (value,) * num_unets
+
+
+def _end_processes(accelerator) -> None:
+    with contextlib.suppress(Exception):
+        accelerator.wait_for_everyone()  # no process tears down while another still talks to it
+    with contextlib.suppress(Exception):
+        accelerator.state.destroy_process_group()
+
+
+def register_teardown(accelerator) -> None:
+    """With several processes, tear the process group down at exit (once per interpreter): gloo
+    aborts the interpreter when it is left alive."""
+    global _teardown_registered
+    if accelerator.num_processes > 1 and not _teardown_registered:
+        atexit.register(_end_processes, accelerator)
+        _teardown_registered = True
