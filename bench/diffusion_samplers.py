@@ -59,6 +59,7 @@ def run(dim: int, n: int, seed: int = 0) -> tuple[float, dict[str, list[float]],
             out = get_sampler(name)(data.denoiser, noise * sigmas[0], sigmas,
                                     generator=torch.Generator().manual_seed(seed + 1))
             rows[label].append(sliced_wasserstein(out, true, directions))
+        print(dim, label, " ".join(f"{v:.4f}" for v in rows[label]), flush=True)
     sigmas = schedule_sigmas("cosine", 1000, 0.002, 80.0).double()
     out = get_sampler("ddpm")(data.denoiser, noise * sigmas[0], sigmas, generator=torch.Generator().manual_seed(1))
     return floor, rows, sliced_wasserstein(out, true, directions)

@@ -46,3 +46,15 @@ def test_randn_like_per_sample_generators_do_not_depend_on_the_batch():
 def test_bad_mixture_arguments_raise():
     with pytest.raises(ValueError, match="stds"):
         GaussianMixture(torch.zeros(2, 3), torch.tensor([1.0, -1.0]))
+
+
+class _GeneralPath(GaussianMixture):
+    isotropic = False  # forces the (B, K, D) computation
+
+
+def test_isotropic_fast_path_equals_the_general_posterior_mean():
+    data = random_mixture(5, 6, generator=torch.Generator().manual_seed(3))
+    assert data.isotropic
+    general = _GeneralPath(data.means, data.stds, data.weights)
+    x, sigma = torch.randn(7, 6, dtype=torch.float64), torch.tensor([0.0, 0.01, 0.1, 0.5, 1.0, 5.0, 80.0]).double()
+    torch.testing.assert_close(data.denoiser(x, sigma), general.denoiser(x, sigma))

@@ -75,14 +75,33 @@ class GaussianMixture:
         (x - m_k); the posterior weights are softmax(log w_k + log N(x; m_k, s_k^2 + sigma^2)).
         ``cond`` is accepted and ignored. Returns x's shape and dtype.
         """
-        flat = x.reshape(x.shape[0], 1, self.dim).double()  # (B, 1, D)
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1, 1, 1)
+        if self.isotropic:
+            return self._isotropic_denoiser(x, sigma.reshape(-1, 1))
+        flat = x.reshape(x.shape[0], 1, self.dim).double()  # (B, 1, D)
         means, s2 = self.means.to(x.device)[None], (self.stds.to(x.device) ** 2)[None]  # (1, K, D)
         var = s2 + sigma**2  # (B, K, D)
         log_density = -0.5 * (((flat - means) ** 2) / var + var.log()).sum(-1)  # (B, K), up to a constant
         posterior = torch.softmax(self.weights.to(x.device).log() + log_density, dim=-1)
         per_component = means + s2 / var * (flat - means)  # (B, K, D)
         x0 = torch.einsum("bk,bkd->bd", posterior, per_component)
+        return x0.reshape(x.shape).to(x.dtype)
+
+    @property
+    def isotropic(self) -> bool:
+        """Whether every component's covariance is a multiple of the identity."""
+        return bool((self.stds == self.stds[:, :1]).all())
+
+    def _isotropic_denoiser(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """The same posterior mean through (B, K) matrix products: no (B, K, D) intermediate."""
+        flat = x.reshape(x.shape[0], self.dim).double()  # (B, D)
+        means = self.means.to(x.device)
+        var = (self.stds[:, 0].to(x.device) ** 2)[None] + sigma**2  # (B, K)
+        sq_dist = (flat**2).sum(1, keepdim=True) - 2 * flat @ means.T + (means**2).sum(1)[None]  # (B, K)
+        log_density = -0.5 * (sq_dist / var + self.dim * var.log())
+        posterior = torch.softmax(self.weights.to(x.device).log() + log_density, dim=-1)
+        shrink = (self.stds[:, 0].to(x.device) ** 2)[None] / var  # (B, K): E[x0|x,k] = m_k + shrink (x - m_k)
+        x0 = (posterior * shrink).sum(1, keepdim=True) * flat + (posterior * (1 - shrink)) @ means
         return x0.reshape(x.shape).to(x.dtype)
 
     def flow(self, x: Tensor, sigma_from: float, sigma_to: float) -> Tensor:
