@@ -34,12 +34,12 @@ TEXT_DIM = 32
 
 def demo_cascade_config(text_encoder_name: str, *, text_embed_dim: int = TEXT_DIM) -> dict:
     """The demo's cascade config as a dict (``CascadeConfig.from_dict`` builds it): an EDM base
-    U-Net at 16 px with attention and cross-attention at its lowest resolution, and a small
-    super-resolution U-Net 16 -> 32 px without attention."""
+    U-Net at 16 px with cross-attention to the text at its lowest resolution (8 px) and no
+    self-attention, and a small super-resolution U-Net 16 -> 32 px without attention."""
     base = dict(
-        dim=32, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=(False, True), layer_cross_attns=(False, True),
-        attn_heads=4, attn_dim_head=16, cond_dim=64, init_cross_embed=False, init_conv_kernel_size=3,
-        use_global_context_attn=False, attn_pool_text=False,
+        dim=32, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=False, layer_cross_attns=(False, True),
+        attend_at_middle=False, attn_heads=4, attn_dim_head=16, cond_dim=64, init_cross_embed=False,
+        init_conv_kernel_size=3, use_global_context_attn=False, attn_pool_text=False,
     )
     sr = dict(
         dim=16, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=False, layer_cross_attns=False,
