@@ -95,3 +95,38 @@ def test_any_sampler_and_steps_per_stage(sampler):
     imagen = text_imagen(condition_on_text=False, text_embed_dim=None, cond_drop_prob=0.0)
     out = imagen.sample(batch_size=1, sampler=(sampler, "ddpm"), steps=(4, 2), use_tqdm=False)
     assert out.shape == (1, 3, 16, 16) and torch.isfinite(out).all()
+
+
+def test_init_images_with_skip_steps_start_from_the_given_image():
+    imagen = text_imagen(condition_on_text=False, text_embed_dim=None, cond_drop_prob=0.0, timesteps=4)
+    init = torch.rand(2, 3, 16, 16)
+    # skipping all but the last step starts at the smallest noise level: the result stays near init
+    out = imagen.sample(batch_size=2, init_images=init, skip_steps=3, stop_at_unet_number=1, use_tqdm=False)
+    assert out.shape == (2, 3, 8, 8)
+    with pytest.raises(ValueError, match="skip_steps=4 leaves no step"):
+        imagen.sample(batch_size=2, init_images=init, skip_steps=4, use_tqdm=False)
+
+
+def test_images_already_in_model_range_without_auto_normalize():
+    imagen = text_imagen(condition_on_text=False, text_embed_dim=None, cond_drop_prob=0.0, auto_normalize_img=False)
+    imagen(torch.rand(2, 3, 16, 16) * 2 - 1, unet_number=2).backward()
+    out = imagen.sample(batch_size=1, use_tqdm=False)
+    assert out.min() >= -1 and out.max() <= 1 and out.min() < 0  # returned in [-1, 1], not unnormalized
+
+
+def test_video_conditioning_frames_before_and_after():
+    from cascade_testing import tiny_unet3d
+
+    imagen = ElucidatedImagen(unets=(tiny_unet3d(), tiny_unet3d()), image_sizes=(8, 16), text_embed_dim=16,
+                              temporal_downsample_factor=(2, 1), num_sample_steps=2, cond_drop_prob=0.1)
+    videos, before, after = torch.rand(2, 3, 4, 16, 16), torch.rand(2, 3, 2, 16, 16), torch.rand(2, 3, 2, 16, 16)
+    embeds = torch.randn(2, 5, 16)
+    for number in (1, 2):
+        imagen(videos, text_embeds=embeds, unet_number=number, cond_video_frames=before,
+               post_cond_video_frames=after).backward()
+    out = imagen.sample(text_embeds=embeds, video_frames=4, cond_video_frames=before, post_cond_video_frames=after,
+                        use_tqdm=False)
+    assert out.shape == (2, 3, 4, 16, 16)
+    with pytest.raises(ValueError, match="cond_video_frames are"):
+        text_imagen()(torch.rand(2, 3, 16, 16), text_embeds=embeds, unet_number=1,
+                      cond_video_frames=torch.rand(2, 3, 16, 16))

@@ -213,6 +213,31 @@ class Cascade(nn.Module):
     def _resize(self, x: torch.Tensor, index: int, frames: int | None) -> torch.Tensor:
         return resize(x, self.image_sizes[index], frames=frames, mode=self._setting("resize_mode", 0))
 
+    def _to_model_range(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels as given ([0, 1] with auto_normalize_img) -> the stages' range [-1, 1]."""
+        return normalize(x.to(self.device)) if self._config.auto_normalize_img else x.to(self.device)
+
+    def _to_output_range(self, x: torch.Tensor) -> torch.Tensor:
+        return unnormalize(x) if self._config.auto_normalize_img else x
+
+    def _pixel_conditions(self, index: int, batch: int, **given) -> dict[str, torch.Tensor]:
+        """``cond_images`` and the video conditioning frames, checked and resized to stage ``index``
+        (conditioning frames also temporally, with ``resize_cond_video_frames``)."""
+        conditions = {}
+        for name, value in given.items():
+            if value is None:
+                continue
+            batch_size_of(name, value, batch)
+            frames = None
+            if name != "cond_images":
+                if not self.is_video or value.ndim != 5:
+                    raise ValueError(f"{name} are (B, C, F, H, W) frames for a video cascade, got {tuple(value.shape)}")
+                frames = value.shape[2]
+                if self._config.resize_cond_video_frames:
+                    frames = max(1, frames // self._setting("temporal_downsample_factor", index))
+            conditions[name] = self._resize(self._to_model_range(value), index, frames)
+        return conditions
+
     def _lowres_augmentation(self, lowres: torch.Tensor, times: torch.Tensor, generators):
         """Noise-conditioning augmentation: the low-res image noised to ``times`` of the lowres schedule."""
         log_snr = get_noise_schedule(self._config.lowres_noise_schedule).log_snr(times)
@@ -232,6 +257,8 @@ class Cascade(nn.Module):
         ignore_time: bool = False,
         generator: torch.Generator | None = None,
         unet: nn.Module | None = None,
+        cond_video_frames: torch.Tensor | None = None,
+        post_cond_video_frames: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The training loss of stage ``unet_number`` for a batch of images (B, C, H, W) or videos
         (B, C, F, H, W) with values in [0, 1] (any size at least the stage's; they are resized).
@@ -254,7 +281,7 @@ class Cascade(nn.Module):
         wrapped, unet = unet, self.unets[index]
         if unet.is_null:
             raise ValueError(f"unet {unet_number} is a NullUnet placeholder and cannot be trained")
-        images = self._check_pixels("images", torch.as_tensor(images), index).to(self.device)
+        images = self._to_model_range(self._check_pixels("images", torch.as_tensor(images), index))
         batch = images.shape[0]
         text_embeds, text_masks = self._text_condition(texts, text_embeds, text_masks, batch)
         if self.is_video and images.ndim == 4:  # images train a video U-Net as single frames
@@ -262,32 +289,30 @@ class Cascade(nn.Module):
         frames = images.shape[2] if images.ndim == 5 else None
         stage_frames = self._frames(index, frames)
         x0 = self._resize(images, index, stage_frames)
-        lowres, lowres_times = None, None
+        lowres = lowres_times = None
         if index > 0:
             lowres = self._resize(self._resize(images, index - 1, self._frames(index - 1, frames)), index, stage_frames)
             shape = (batch,) if self._config.per_sample_random_aug_noise_level else (1,)
-            lowres_times = torch.rand(shape, generator=generator, device=generator.device if generator else None)
-            lowres_times = lowres_times.to(self.device).expand(batch)
-            lowres = self._lowres_augmentation(normalize(lowres), lowres_times, generator)
-        if cond_images is not None:
-            batch_size_of("cond_images", cond_images, batch)
-            cond_images = self._resize(normalize(cond_images.to(self.device)), index, None)
+            lowres_times = torch.rand(shape, generator=generator).to(self.device).expand(batch)
+            lowres = self._lowres_augmentation(lowres, lowres_times, generator)
+        pixels = self._pixel_conditions(index, batch, cond_images=cond_images, cond_video_frames=cond_video_frames,
+                                        post_cond_video_frames=post_cond_video_frames)
         crop = (self._config.random_crop_sizes or (None,) * self.num_unets)[index]
         if crop is not None:
-            x0, lowres, cond_images = random_crop([x0, lowres, cond_images], crop, generator)
+            x0, lowres, *cropped = random_crop([x0, lowres, *pixels.values()], crop, generator)
+            pixels = dict(zip(pixels, cropped))
         kwargs = dict(
             text_embeds=text_embeds,
             text_mask=text_masks,
-            cond_images=cond_images,
             lowres_cond_img=lowres,
             lowres_noise_times=lowres_times,
             cond_drop_prob=self.cond_drop_prob if self.condition_on_text else 0.0,
+            **pixels,
         )
         if unet.is_video:
             kwargs["ignore_time"] = ignore_time
         model = functools.partial(unet if wrapped is None else wrapped, **kwargs)
         self_condition = bool(unet.self_cond) and bool(torch.rand((), generator=generator) < 0.5)
-        x0 = normalize(x0) if self._config.auto_normalize_img else x0
         return self.stages[index].training_loss(model, x0, generator=generator, self_condition=self_condition)
 
     # ------------------------------------------------------------------------------- sampling
@@ -314,6 +339,8 @@ class Cascade(nn.Module):
         text_embeds: torch.Tensor | None = None,
         video_frames: int | None = None,
         cond_images: torch.Tensor | None = None,
+        cond_video_frames: torch.Tensor | None = None,
+        post_cond_video_frames: torch.Tensor | None = None,
         inpaint_images: torch.Tensor | None = None,
         inpaint_videos: torch.Tensor | None = None,
         inpaint_masks: torch.Tensor | None = None,
@@ -357,7 +384,7 @@ class Cascade(nn.Module):
         inpaint = inpaint_images if inpaint_images is not None else inpaint_videos
         if inpaint is not None:
             batch = batch_size_of("inpaint_images", inpaint, batch)
-            inpaint = normalize(self._check_pixels("inpaint_images", inpaint, self.num_unets - 1).to(device))
+            inpaint = self._to_model_range(self._check_pixels("inpaint_images", inpaint, self.num_unets - 1))
             inpaint_masks = _check_inpaint_masks(inpaint_masks, inpaint).to(device)
             if inpaint.ndim == 5:
                 video_frames = video_frames or inpaint.shape[2]
@@ -374,7 +401,7 @@ class Cascade(nn.Module):
             if start_image_or_video is None:
                 raise ValueError(f"start_at_unet_number={first + 1} needs start_image_or_video (the low-res input)")
             batch_size_of("start_image_or_video", start_image_or_video, batch)
-            previous = normalize(start_image_or_video.to(device))
+            previous = self._to_model_range(start_image_or_video)
         generators = make_generators(generator, batch, device)
         outputs = []
         for index in range(first, last + 1):
@@ -383,7 +410,9 @@ class Cascade(nn.Module):
                 batch=batch,
                 previous=previous,
                 frames=self._frames(index, video_frames),
-                cond=self._stage_cond(index, batch, text_embeds, text_masks, cond_images),
+                cond=self._stage_cond(index, batch, text_embeds, text_masks, cond_images=cond_images,
+                                      cond_video_frames=cond_video_frames,
+                                      post_cond_video_frames=post_cond_video_frames),
                 cond_scale=cond_scale,
                 lowres_level=self._config.lowres_sample_noise_level
                 if lowres_sample_noise_level is None
@@ -397,14 +426,14 @@ class Cascade(nn.Module):
                 callback=callback,
                 progress=use_tqdm,
             )
-            outputs.append(unnormalize(previous))
+            outputs.append(self._to_output_range(previous))
         if return_pil_images:
             if self.is_video:
                 raise ValueError("return_pil_images is for image cascades; a video cascade returns tensors")
             outputs = [to_pil_images(images) for images in outputs]
         return outputs if return_all_unet_outputs else outputs[-1]
 
-    def _stage_cond(self, index, batch, text_embeds, text_masks, cond_images) -> dict:
+    def _stage_cond(self, index, batch, text_embeds, text_masks, **pixels) -> dict:
         cond = {}
         if self.condition_on_text:
             cond.update(
@@ -412,9 +441,7 @@ class Cascade(nn.Module):
                 text_mask=text_masks,
                 cond_drop_mask=torch.zeros(batch, dtype=torch.bool, device=self.device),
             )
-        if cond_images is not None:
-            batch_size_of("cond_images", cond_images, batch)
-            cond["cond_images"] = self._resize(normalize(cond_images.to(self.device)), index, None)
+        cond.update(self._pixel_conditions(index, batch, **pixels))
         return cond
 
     def _sample_stage(self, index, *, batch, previous, frames, cond, cond_scale, lowres_level, init, skip,
@@ -441,7 +468,7 @@ class Cascade(nn.Module):
         noise = randn_like(torch.zeros(shape, device=self.device), generators)
         x = noise * sigmas[0]
         if init is not None:
-            x = x + self._resize(normalize(init.to(self.device)), index, frames)
+            x = x + self._resize(self._to_model_range(init), index, frames)
         denoiser = self._denoiser(index, cond_scale, batch)
         common = dict(cond=cond, generator=generators, callback=callback, progress=progress)
         if inpaint is not None:
