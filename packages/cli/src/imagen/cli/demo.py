@@ -57,6 +57,7 @@ def demo_cascade_config(text_encoder_name: str, *, text_embed_dim: int = TEXT_DI
         sampler="dpmpp_2m",
         lowres_sample_noise_level=0.2,
         resize_mode="bilinear",
+        random_crop_sizes=[None, BASE_SIZE],  # the SR U-Net is convolutional: train it on 16 px crops
     )
 
 
@@ -74,8 +75,8 @@ class DemoSettings:
     batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 50
-    base_share: float = 0.8
-    sr_steps_ratio: float = 0.25
+    base_share: float = 0.75
+    sr_steps_ratio: float = 0.5
     samples_per_prompt: int = 4
     prompts: int | None = None
     sample_steps: tuple[int, int] = (16, 8)
@@ -148,7 +149,7 @@ def run_demo(settings: DemoSettings) -> dict:
         imagen = config.create()
     trainer = ImagenTrainer(
         imagen, lr=settings.lr, warmup_steps=settings.warmup_steps, max_grad_norm=1.0, seed=settings.seed,
-        ema_beta=0.995, ema_update_after_step=20, ema_update_every=1, verbose=settings.progress,
+        ema_beta=0.99, ema_update_after_step=10, ema_update_every=1, verbose=settings.progress,
     )
     trainer.add_train_dataset(dataset, batch_size=settings.batch_size)
     prep_seconds = time.monotonic() - started
