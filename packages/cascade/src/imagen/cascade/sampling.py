@@ -187,7 +187,9 @@ class CascadeSampling:
             known, masks, resample_times = inpaint
             known = self._resize(known, index, frames)
             masks = resize_mask(masks, size, frames)
+            # jump_length=1: every step is redone resample_times times, as in the reference
             return sample_repaint(denoiser, x, sigmas, known=known, mask=masks, resample_times=resample_times,
+                                  jump_length=1,
                                   **common).clamp(-1, 1)
         return get_sampler(sampler)(denoiser, x, sigmas, **common, **options).clamp(-1, 1)
 
