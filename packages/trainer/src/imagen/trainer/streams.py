@@ -25,7 +25,41 @@ class IndexSubset(torch.utils.data.Dataset):
         return self.dataset[self.indices[index]]
 
 
-class DatasetStream:
+class _EpochStream:
+    """Batches epoch after epoch, with a saved position (epoch, batch); ``_start`` opens an
+    iterator at that position."""
+
+    epoch: int
+    batch: int
+    _iterator = None
+    source = "the dataset"
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def __next__(self):
+        for _ in range(2):
+            if self._iterator is None:
+                self._start()
+            try:
+                item = next(self._iterator)
+            except StopIteration:
+                self.epoch, self.batch, self._iterator = self.epoch + 1, 0, None
+                continue
+            self.batch += 1
+            return item
+        raise RuntimeError(f"{self.source} yielded no batch in a whole epoch")
+
+    def state_dict(self) -> dict:
+        """The stream's position: ``{"epoch", "batch"}``."""
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a saved position."""
+        self.epoch, self.batch, self._iterator = int(state["epoch"]), int(state["batch"]), None
+
+
+class DatasetStream(_EpochStream):
     """Batches of a dataset, epoch after epoch, in an order that is a pure function of ``(seed,
     epoch)``; its position (epoch, batch) is saved in checkpoints so a resume continues exactly."""
 
@@ -52,32 +86,13 @@ class DatasetStream:
         loader = DataLoader(self.dataset, batch_size=sampler.local_batch_size, sampler=sampler, **self.loader_kwargs)
         self._iterator = iter(loader)
 
-    def __next__(self):
-        for _ in range(2):
-            if self._iterator is None:
-                self._start()
-            try:
-                item = next(self._iterator)
-            except StopIteration:
-                self.epoch, self.batch, self._iterator = self.epoch + 1, 0, None
-                continue
-            self.batch += 1
-            return item
-        raise RuntimeError("the dataset yielded no batch in a whole epoch")
 
-    def state_dict(self) -> dict:
-        """The stream's position: ``{"epoch", "batch"}``."""
-        return {"epoch": self.epoch, "batch": self.batch}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from a saved position."""
-        self.epoch, self.batch, self._iterator = int(state["epoch"]), int(state["batch"]), None
-
-
-class LoaderStream:
+class LoaderStream(_EpochStream):
     """Batches of a user's DataLoader, epoch after epoch. Its position is saved and a resume skips
     that many batches of the epoch; the order of a shuffled user loader is only reproduced if the
     loader's own randomness is."""
+
+    source = "the dataloader"
 
     def __init__(self, loader, accelerator):
         self.accelerator = accelerator
@@ -85,31 +100,13 @@ class LoaderStream:
         self.epoch, self.batch = 0, 0
         self._iterator = None
 
-    def __next__(self):
-        for _ in range(2):
-            if self._iterator is None:
-                loader = self.loader
-                if self.batch:
-                    from accelerate import skip_first_batches
+    def _start(self) -> None:
+        loader = self.loader
+        if self.batch:
+            from accelerate import skip_first_batches
 
-                    loader = skip_first_batches(loader, self.batch)
-                self._iterator = iter(loader)
-            try:
-                item = next(self._iterator)
-            except StopIteration:
-                self.epoch, self.batch, self._iterator = self.epoch + 1, 0, None
-                continue
-            self.batch += 1
-            return item
-        raise RuntimeError("the dataloader yielded no batch in a whole epoch")
-
-    def state_dict(self) -> dict:
-        """The stream's position: ``{"epoch", "batch"}``."""
-        return {"epoch": self.epoch, "batch": self.batch}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from a saved position."""
-        self.epoch, self.batch, self._iterator = int(state["epoch"]), int(state["batch"]), None
+            loader = skip_first_batches(loader, self.batch)
+        self._iterator = iter(loader)
 
 
 def dataset_stream(dataset, batch_size, accelerator, *, split_batches: bool, seed: int, **dl_kwargs) -> DatasetStream:
