@@ -5,7 +5,7 @@ the exact denoiser (imagen.diffusion.testing) makes the sampler the only source 
 sliced W2 over 256 fixed random directions between N generated and N true samples; the noise floor
 is the same metric between two independent true sets.
 
-    python bench/diffusion_samplers.py [--n 20000] [--dims 2 64] [--out bench/diffusion.md]
+    python bench/diffusion_samplers.py [--n 20000] [--dims 2 64] [--out table.md] [--rows sech] [--no-ddpm]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from imagen.diffusion import exponential_sigmas, get_sampler, karras_sigmas, schedule_sigmas
+from imagen.diffusion import exponential_sigmas, get_sampler, karras_sigmas, schedule_sigmas, sech_sigmas
 from imagen.diffusion.testing import random_mixture, sliced_wasserstein
 
 NFES = (5, 10, 20, 50, 100)
@@ -32,6 +32,9 @@ CONFIGS = [
     ("dpmpp_2m (exponential)", "dpmpp_2m", "exponential"),
     ("dpmpp_3m (exponential)", "dpmpp_3m", "exponential"),
     ("dpmpp_3m (cosine VP)", "dpmpp_3m", "cosine"),
+    ("dpmpp_2m (sech)", "dpmpp_2m", "sech"),
+    ("dpmpp_3m (sech)", "dpmpp_3m", "sech"),
+    ("dpmpp_2m (sech, centre 0.25)", "dpmpp_2m", "sech0.25"),
 ]
 
 
@@ -40,29 +43,38 @@ def sigmas_for(schedule: str, steps: int) -> torch.Tensor:
         return karras_sigmas(steps, 0.002, 80.0)
     if schedule == "exponential":
         return exponential_sigmas(steps, 0.002, 80.0)
+    if schedule == "sech":  # defaults: centre 0.5 (EDM's sigma_data), width 2
+        return sech_sigmas(steps, 0.002, 80.0)
+    if schedule == "sech0.25":
+        return sech_sigmas(steps, 0.002, 80.0, sigma_center=0.25)
     return schedule_sigmas("cosine", steps, 0.002, 80.0)
 
 
-def run(dim: int, n: int, seed: int = 0) -> tuple[float, dict[str, list[float]], float]:
+def run(dim: int, n: int, seed: int = 0, rows: list[str] | None = None,
+        ddpm: bool = True) -> tuple[float, dict[str, list[float]], float]:
     gen = torch.Generator().manual_seed(seed)
     data = random_mixture(8, dim, generator=gen)
     directions = torch.nn.functional.normalize(torch.randn(256, dim, generator=gen, dtype=torch.float64), dim=1)
     true, true2 = data.sample(n, gen), data.sample(n, gen)
     floor = sliced_wasserstein(true, true2, directions)
     noise = torch.randn(n, dim, generator=gen, dtype=torch.float64)
-    rows = {}
+    results = {}
     for label, name, schedule in CONFIGS:
-        rows[label] = []
+        if rows and not any(r in label for r in rows):
+            continue
+        results[label] = []
         for nfe in NFES:
             steps = (nfe + 1) // 2 if name == "heun" else nfe  # Heun: 2N - 1 evaluations
             sigmas = sigmas_for(schedule, steps).double()
             out = get_sampler(name)(data.denoiser, noise * sigmas[0], sigmas,
                                     generator=torch.Generator().manual_seed(seed + 1))
-            rows[label].append(sliced_wasserstein(out, true, directions))
-        print(dim, label, " ".join(f"{v:.4f}" for v in rows[label]), flush=True)
+            results[label].append(sliced_wasserstein(out, true, directions))
+        print(dim, label, " ".join(f"{v:.4f}" for v in results[label]), flush=True)
+    if not ddpm:
+        return floor, results, float("nan")
     sigmas = schedule_sigmas("cosine", 1000, 0.002, 80.0).double()
     out = get_sampler("ddpm")(data.denoiser, noise * sigmas[0], sigmas, generator=torch.Generator().manual_seed(1))
-    return floor, rows, sliced_wasserstein(out, true, directions)
+    return floor, results, sliced_wasserstein(out, true, directions)
 
 
 def main() -> None:
@@ -70,11 +82,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 64])
     parser.add_argument("--out", default=None, help="write the markdown table here")
+    parser.add_argument("--rows", nargs="+", default=None, help="only the rows whose label contains one of these")
+    parser.add_argument("--no-ddpm", action="store_true", help="skip the 1000-step DDPM reference")
     args = parser.parse_args()
     lines = []
     for dim in args.dims:
         start = time.perf_counter()
-        floor, rows, ddpm1000 = run(dim, args.n)
+        floor, rows, ddpm1000 = run(dim, args.n, rows=args.rows, ddpm=not args.no_ddpm)
         lines += [f"### d = {dim} (N = {args.n}, noise floor {floor:.4f}, DDPM 1000 steps on cosine: "
                   f"{ddpm1000:.4f}; {time.perf_counter() - start:.0f} s)", "",
                   "| sampler (sigmas) | " + " | ".join(f"NFE {n}" for n in NFES) + " |",

@@ -13,6 +13,7 @@ from imagen.diffusion import (
     karras_sigmas,
     log_snr_from_edm_sigma,
     schedule_sigmas,
+    sech_sigmas,
     timesteps,
     uniform_sigmas,
 )
@@ -33,7 +34,7 @@ def test_log_snr_is_strictly_decreasing_and_finite_with_the_reference_end_points
     assert log_snr[-1].item() == pytest.approx(end, rel=1e-6)  # (nearly) pure noise at t = 1
 
 
-@given(names, st.floats(0.0, 1.0))
+@given(names, st.floats(0.0, 0.9999))  # the cosine's tan is capped within 6.4e-5 of t = 1
 def test_time_inverts_log_snr(name, t):
     schedule = get_noise_schedule(name)
     t = torch.tensor([t], dtype=torch.float64)
@@ -55,6 +56,8 @@ def test_sigma_sequences_decrease_from_sigma_max_to_sigma_min_then_zero(steps, s
         karras_sigmas(steps, sigma_min, sigma_max, rho),
         exponential_sigmas(steps, sigma_min, sigma_max),
         uniform_sigmas(steps, sigma_min, sigma_max),
+        sech_sigmas(steps, sigma_min, sigma_max),
+        sech_sigmas(steps, sigma_min, sigma_max, sigma_center=rho / 10, width=rho / 3),
     ):
         assert sigmas.shape == (steps + 1,)
         assert sigmas[-1] == 0 and (sigmas[1:] < sigmas[:-1]).all()
@@ -75,6 +78,30 @@ def test_schedule_sigmas_are_capped_like_edm(name, steps, spacing):
         assert sigmas[-2].item() == pytest.approx(floor.item(), rel=1e-4)
 
 
+@given(st.integers(2, 40), st.floats(0.01, 5.0), st.floats(0.3, 5.0))
+def test_sech_sigmas_sit_at_even_quantiles_of_a_sech_density_in_log_sigma(steps, center, width):
+    sigmas = sech_sigmas(steps, 0.002, 80.0, sigma_center=center, width=width)[:-1].double()
+    # the CDF of sech(u) / pi is (2 / pi) atan(e^u), u = (log sigma - log c) / w: evenly spaced
+    cdf = 2 / math.pi * torch.atan(torch.exp((sigmas.log() - math.log(center)) / width))
+    gaps = cdf[:-1] - cdf[1:]
+    assert torch.allclose(gaps, gaps.mean().expand_as(gaps), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("steps", [2, 7, 20])
+def test_sech_sigmas_are_the_cosine_schedule_at_centre_1_width_1_and_exponential_when_wide(steps):
+    cosine = schedule_sigmas("cosine", steps, sigma_min=0.05, sigma_max=50.0)  # inside the cosine's range
+    assert torch.allclose(sech_sigmas(steps, 0.05, 50.0, sigma_center=1.0, width=1.0), cosine, rtol=1e-5)
+    wide = sech_sigmas(steps, 0.002, 80.0, sigma_center=0.5, width=1e4)
+    assert torch.allclose(wide, exponential_sigmas(steps, 0.002, 80.0), rtol=1e-3)
+
+
+def test_sech_sigmas_bad_shape_parameters_raise():
+    with pytest.raises(ValueError, match=r"sigma_center must be > 0, got 0"):
+        sech_sigmas(10, sigma_center=0)
+    with pytest.raises(ValueError, match=r"width must be > 0, got -1"):
+        sech_sigmas(10, width=-1)
+
+
 def test_timesteps_spacings():
     assert torch.allclose(timesteps(5), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0], dtype=torch.float64))
     assert torch.allclose(timesteps(3, spacing="quadratic"), torch.tensor([1.0, 0.25, 0.0], dtype=torch.float64))
@@ -86,7 +113,7 @@ def test_unknown_schedule_raises_naming_it(bad):
         get_noise_schedule(bad)
 
 
-@pytest.mark.parametrize("make", [karras_sigmas, exponential_sigmas, uniform_sigmas, timesteps])
+@pytest.mark.parametrize("make", [karras_sigmas, exponential_sigmas, uniform_sigmas, sech_sigmas, timesteps])
 def test_steps_below_one_raise(make):
     with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
         make(0)

@@ -47,6 +47,7 @@ from .schedules import (
     karras_sigmas,
     log_snr_from_edm_sigma,
     schedule_sigmas,
+    sech_sigmas,
     timesteps,
     uniform_sigmas,
 )
@@ -96,6 +97,7 @@ __all__ = [
     "sample_repaint",
     "sample_training_times",
     "schedule_sigmas",
+    "sech_sigmas",
     "static_clipping",
     "timesteps",
     "uniform_sigmas",

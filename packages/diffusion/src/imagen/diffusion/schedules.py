@@ -25,6 +25,7 @@ __all__ = [
     "karras_sigmas",
     "log_snr_from_edm_sigma",
     "schedule_sigmas",
+    "sech_sigmas",
     "timesteps",
     "uniform_sigmas",
 ]
@@ -136,6 +137,47 @@ def exponential_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 
         sigmas = torch.tensor([sigma_max], dtype=torch.float64)
     else:
         sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), steps, dtype=torch.float64).exp()
+    return _append_zero(sigmas).float().to(device)
+
+
+def sech_sigmas(
+    steps: int,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    sigma_center: float = 0.5,
+    width: float = 2.0,
+    device=None,
+) -> Tensor:
+    """Sigmas at evenly spaced quantiles of a hyperbolic-secant density over log sigma, then 0.
+
+    sigma_i = c tan(theta_i)^w with theta_i evenly spaced from atan((sigma_max/c)^(1/w)) down to
+    atan((sigma_min/c)^(1/w)), c = ``sigma_center``, w = ``width``. Since d theta = sech(u) du / 2 with
+    u = log tan(theta), the steps have density proportional to sech((log sigma - log c) / w) in
+    log sigma: dense where sigma is near the data's scale c, sparse at both ends, where the
+    probability-flow ODE is nearly linear and exponential integrators are almost exact.
+
+    This is the cosine schedule seen as a density over log-SNR (Kingma & Gao 2023, "Understanding
+    diffusion objectives", Sec. 3 and Table 1: the cosine schedule has p(lambda) proportional to
+    sech(lambda / 2)), shifted to centre c as in the shifted cosine schedule (Hoogeboom et al. 2023,
+    "simple diffusion", Sec. 3.1) and widened by w: width = 1, centre = 1 gives the cosine schedule's
+    own levels (without its offset s); width -> infinity tends to :func:`exponential_sigmas`.
+    The defaults (c = EDM's sigma_data = 0.5, w = 2) were chosen on the Gaussian-mixture benchmark
+    (bench/diffusion.md), where they halve DPM-Solver++(2M)'s error at NFE 10-20 against
+    exponential sigmas. Shape (steps + 1,), float32, decreasing from sigma_max to sigma_min, last entry 0.
+    """
+    check_steps(steps)
+    _check_range(sigma_min, sigma_max)
+    if not sigma_center > 0:
+        raise ValueError(f"sigma_center must be > 0, got {sigma_center}")
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    if steps == 1:
+        sigmas = torch.tensor([sigma_max], dtype=torch.float64)
+    else:
+        theta_max, theta_min = (math.atan((s / sigma_center) ** (1 / width)) for s in (sigma_max, sigma_min))
+        theta = torch.linspace(theta_max, theta_min, steps, dtype=torch.float64)
+        sigmas = sigma_center * torch.tan(theta) ** width
+        sigmas[0], sigmas[-1] = sigma_max, sigma_min  # exact end points despite rounding in atan / tan
     return _append_zero(sigmas).float().to(device)
 
 
