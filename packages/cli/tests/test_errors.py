@@ -31,6 +31,7 @@ def _files(folder: Path) -> set[Path]:
         (["sample", "a cat"], "--model"),
         (["sample", "--model", "m", "--cond-scale", "strong"], "not a number"),
         (["sample", "--model", "m", "--cond-scale", "-1"], "out of range"),
+        (["sample", "--model", "m", "--cond-scale", "4,x"], "not a number"),
         (["sample", "--model", "m", "--steps", "8,zero"], "not an integer"),
         (["sample", "--model", "m", "--sampler", "nope"], "unknown sampler"),
         (["sample", "--model", "m", "--batch-size", "0"], "out of range"),
@@ -157,3 +158,15 @@ def test_sample_errors_after_loading(config_file, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert run_cli("sample", "--model", str(tmp_path / "empty"), "a cat") == 2
     assert "holds no checkpoint" in _error_line(capsys)
+
+
+def test_per_stage_option_errors(config_file, tmp_path, capsys):
+    assert run_cli("train", "--config", str(config_file), "--steps", "1") == 0
+    capsys.readouterr()
+    model = str(tmp_path / "checkpoints")
+    assert run_cli("sample", "--model", model, "a cat", "--skip-steps", "2,0") == 2
+    assert "the first stage has no image to start from" in _error_line(capsys)
+    assert run_cli("sample", "--model", model, "a cat", "--cond-scale", "1,2,3") == 2
+    assert "--cond-scale gives 3 values" in _error_line(capsys)
+    assert run_cli("sample", "--model", model, "a cat", "--skip-steps", "-1") == 2
+    assert "out of range" in _error_line(capsys)

@@ -9,7 +9,7 @@ From Python: ``main(["sample", "--model", ...])`` returns the exit status.
 """
 
 from .config import CliConfig, DatasetConfig, TrainerConfig, default_config
-from .demo import DemoSettings, demo_cascade_config, run_demo
+from .demo import DemoSettings, ThreadTuner, demo_cascade_config, run_demo
 from .main import CliError, build_parser, main, prompt_filename
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "CliError",
     "DatasetConfig",
     "DemoSettings",
+    "ThreadTuner",
     "TrainerConfig",
     "build_parser",
     "default_config",

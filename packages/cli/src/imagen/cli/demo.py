@@ -81,26 +81,69 @@ class DemoSettings:
     prompts: int | None = None
     sample_steps: tuple[int, int] = (16, 8)
     cond_scale: float = 4.0
+    sr_cond_scale: float = 1.0
+    sr_skip_steps: int = 4
+    sr_noise_level: float = 0.1
     progress: bool = True
     threads: int | None = None
 
 
+class ThreadTuner:
+    """Keeps the faster of two torch thread counts while training.
+
+    On a machine whose cores are shared, OpenMP's spinning threads make every parallel region wait
+    for a thread that is not scheduled: one thread can then be ten times faster than two, while on
+    idle cores two are faster. Every ``period`` steps the other count is timed for ``window`` steps
+    (median step time) and the faster one is kept.
+    """
+
+    def __init__(self, *, enabled: bool = True, window: int = 8, period: int = 100):
+        self.counts = sorted({torch.get_num_threads(), 1}, reverse=True)
+        self.enabled = enabled and len(self.counts) > 1
+        self.window, self.period = window, period
+        self.median: dict[int, float] = {}
+        self.times: list[float] = []
+        self.since_probe, self.probing = 0, False
+
+    def record(self, seconds: float) -> None:
+        """Records one step's duration; may change ``torch.set_num_threads``."""
+        if not self.enabled:
+            return
+        self.times.append(seconds)
+        if len(self.times) < self.window:
+            return
+        current = torch.get_num_threads()
+        self.median[current] = sorted(self.times)[len(self.times) // 2]
+        self.times = []
+        if self.probing:  # the other count was just timed: keep the faster
+            torch.set_num_threads(min(self.median, key=self.median.get))
+            self.probing, self.since_probe = False, 0
+            return
+        self.since_probe += self.window
+        if len(self.median) < len(self.counts) or self.since_probe >= self.period:
+            torch.set_num_threads(next(c for c in self.counts if c != current))
+            self.probing = True
+
+
 def _train_stage(trainer: ImagenTrainer, unet_number: int, *, steps: int | None, seconds: float | None,
-                 progress: bool, seed: int) -> tuple[int, float]:
+                 progress: bool, seed: int, tune_threads: bool = True) -> tuple[int, float]:
     """Trains one stage for ``steps`` steps or until ``seconds`` pass; returns (steps, last loss EMA)."""
     total = steps if steps is not None else None
     bar = tqdm(total=total, disable=not progress, desc=f"train unet {unet_number}", unit="step")
     start, done, smooth = time.monotonic(), 0, math.nan
+    tuner = ThreadTuner(enabled=tune_threads)
     while True:
         if steps is not None and done >= steps:
             break
         if seconds is not None and time.monotonic() - start >= seconds:
             break
+        began = time.monotonic()
         loss = seeded_train_step(trainer, unet_number, seed)
+        tuner.record(time.monotonic() - began)
         smooth = loss if math.isnan(smooth) else 0.95 * smooth + 0.05 * loss
         done += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{smooth:.4f}")
+        bar.set_postfix(loss=f"{smooth:.4f}", threads=torch.get_num_threads())
     bar.close()
     return done, smooth
 
@@ -121,6 +164,26 @@ def save_grid(images: torch.Tensor, columns: int, path: Path) -> None:
         grid[:, r * (h + 2) + 1 : r * (h + 2) + 1 + h, q * (w + 2) + 1 : q * (w + 2) + 1 + w] = images[i]
     picture = to_pil_images(grid[None])[0]
     atomic_write(path, lambda p: picture.save(p, format="PNG"))
+
+
+def sample_two_stages(sampler, embeds: torch.Tensor, masks: torch.Tensor, settings: DemoSettings):
+    """Samples the base stage with guidance, then the super-resolution stage started from the
+    upsampled base image (SDEdit-style: the first ``sr_skip_steps`` of its ``sample_steps[1]`` steps
+    are skipped, so it refines the picture rather than redrawing it) with ``sr_cond_scale``.
+
+    ``sampler`` is an ``ImagenTrainer`` (samples through the EMA weights) or a cascade; ``embeds``
+    (B, L, D) and ``masks`` (B, L) are the prompts' text embeddings. Returns (base (B, 3, 16, 16),
+    super-resolved (B, 3, 32, 32)) in [0, 1] on the CPU.
+    """
+    common = dict(text_embeds=embeds, text_masks=masks, generator=settings.seed, use_tqdm=settings.progress)
+    base = sampler.sample(cond_scale=settings.cond_scale, steps=settings.sample_steps[0], stop_at_unet_number=1,
+                          **common)
+    sr = sampler.sample(
+        cond_scale=settings.sr_cond_scale, steps=(settings.sample_steps[0], settings.sample_steps[1]),
+        start_at_unet_number=2, start_image_or_video=base, init_images=base, skip_steps=(0, settings.sr_skip_steps),
+        lowres_sample_noise_level=settings.sr_noise_level, **common,
+    )
+    return base.float().cpu(), sr.float().cpu()
 
 
 def run_demo(settings: DemoSettings) -> dict:
@@ -163,7 +226,8 @@ def run_demo(settings: DemoSettings) -> dict:
                    dict(steps=None, seconds=train_seconds * (1 - settings.base_share))]
     steps_done, losses = [], []
     for unet_number, budget in enumerate(budgets, start=1):
-        n, loss = _train_stage(trainer, unet_number, progress=settings.progress, seed=settings.seed, **budget)
+        n, loss = _train_stage(trainer, unet_number, progress=settings.progress, seed=settings.seed,
+                               tune_threads=settings.threads is None, **budget)
         steps_done.append(n)
         losses.append(loss)
     train_seconds = time.monotonic() - started - prep_seconds
@@ -177,12 +241,8 @@ def run_demo(settings: DemoSettings) -> dict:
     expanded = [t for t in triples for _ in range(k)]
     sample_start = time.monotonic()
     embeds, masks = encoder.encode(prompts)
-    outputs = trainer.sample(
-        text_embeds=embeds, text_masks=masks, cond_scale=settings.cond_scale, generator=settings.seed,
-        steps=settings.sample_steps, return_all_unet_outputs=True, use_tqdm=settings.progress,
-    )
+    base_images, sr_images = sample_two_stages(trainer, embeds, masks, settings)
     sample_seconds = time.monotonic() - sample_start
-    base_images, sr_images = (o.float().cpu() for o in outputs)
     save_grid(sr_images, k, out / "samples.png")
     scores = {"base": shapes.score(base_images, expanded), "sr": shapes.score(sr_images, expanded)}
     return dict(

@@ -63,6 +63,15 @@ def _steps_list(text: str) -> list[int]:
     return [parse(part) for part in text.split(",")]
 
 
+def _scale_list(text: str) -> list[float]:
+    return [_non_negative_float(part) for part in text.split(",")]
+
+
+def _skip_list(text: str) -> list[int]:
+    parse = _int_at_least(0)
+    return [parse(part) for part in text.split(",")]
+
+
 def _sampler_list(text: str) -> list[str]:
     from imagen.diffusion import SAMPLERS, get_sampler
 
@@ -126,8 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("prompts", nargs="*", metavar="PROMPT", help="text prompts (one output each)")
     sample.add_argument("--model", required=True, help="a checkpoint file, a folder of checkpoints (the newest "
                         "is used) or a save_pretrained folder")
-    sample.add_argument("--cond-scale", type=_non_negative_float, default=None,
-                        help="classifier-free guidance scale (default: 3.0, or 1.0 for a cascade without guidance)")
+    sample.add_argument("--cond-scale", type=_scale_list, default=None,
+                        help="classifier-free guidance scale, one or one per stage, e.g. 4,1 (default: 3.0, or "
+                        "1.0 for a cascade without guidance)")
+    sample.add_argument("--skip-steps", type=_skip_list, default=None,
+                        help="per stage, e.g. 0,4: a later stage with N > 0 starts from the upsampled output of "
+                        "the stage before and skips its first N steps (refines instead of redrawing)")
     sample.add_argument("--steps", type=_steps_list, help="sampling steps, one or one per stage (e.g. 16,8)")
     sample.add_argument("--sampler", type=_sampler_list,
                         help="sampler, one or one per stage (ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, ...)")
@@ -366,10 +379,17 @@ def cmd_sample(args) -> int:
     steps = _per_stage(args.steps, cascade.num_unets, "--steps")
     sampler = _per_stage(args.sampler, cascade.num_unets, "--sampler")
     guided = cascade.condition_on_text and cascade.cond_drop_prob > 0
-    cond_scale = args.cond_scale if args.cond_scale is not None else (3.0 if guided else 1.0)
-    if cond_scale != 1 and not guided:
-        raise CliError(f"--cond-scale {cond_scale}: this cascade was not trained for classifier-free guidance "
+    scales = args.cond_scale if args.cond_scale is not None else [3.0 if guided else 1.0]
+    if any(scale != 1 for scale in scales) and not guided:
+        raise CliError(f"--cond-scale {args.cond_scale}: this cascade was not trained for classifier-free guidance "
                        "(it needs condition_on_text and cond_drop_prob > 0); use --cond-scale 1")
+    scales = _per_stage(scales, cascade.num_unets, "--cond-scale")
+    scales = scales if isinstance(scales, tuple) else (scales,) * cascade.num_unets
+    skips = _per_stage(args.skip_steps or [0], cascade.num_unets, "--skip-steps")
+    skips = skips if isinstance(skips, tuple) else (skips,) * cascade.num_unets
+    if skips[0] != 0:
+        raise CliError(f"--skip-steps {args.skip_steps}: the first stage has no image to start from; "
+                       "its value must be 0")
     prompts = list(args.prompts)
     if cascade.condition_on_text:
         if not prompts:
@@ -391,18 +411,33 @@ def cmd_sample(args) -> int:
     for start in range(0, count, args.batch_size):
         stop = min(count, start + args.batch_size)
         generators = [torch.Generator(device=cascade.device).manual_seed(args.seed + i) for i in range(start, stop)]
-        options = dict(cond_scale=cond_scale, steps=steps, sampler=sampler, generator=generators,
-                       use_tqdm=not args.quiet, batch_size=stop - start)
+        options = dict(steps=steps, sampler=sampler, use_tqdm=not args.quiet, batch_size=stop - start)
         if cascade.condition_on_text:
             options["texts"] = prompts[start:stop]
         if cascade.is_video:
             options["video_frames"] = args.video_frames
-        outputs = cascade.sample(**options).float().cpu()
+        outputs = _sample_by_stage(cascade, scales, skips, generators, options).float().cpu()
         write = _write_videos if cascade.is_video else _write_images
         written += write(outputs, stems[start:stop], output_dir)
     for path in written:
         print(path)
     return 0
+
+
+def _sample_by_stage(cascade, scales: tuple, skips: tuple, generators, options: dict):
+    """Samples all stages in one call, or stage by stage where guidance scales or skips differ."""
+    if len(set(scales)) == 1 and not any(skips):
+        return cascade.sample(cond_scale=scales[0], generator=generators, **options)
+    previous = None
+    for number in range(1, cascade.num_unets + 1):
+        stage = dict(options, cond_scale=scales[number - 1], start_at_unet_number=number, stop_at_unet_number=number,
+                     generator=generators)  # each sample's stream goes on from stage to stage
+        if previous is not None:
+            stage["start_image_or_video"] = previous
+            if skips[number - 1]:
+                stage.update(init_images=previous, skip_steps=tuple(skips))
+        previous = cascade.sample(**stage)
+    return previous
 
 
 def cmd_encode_text(args) -> int:
