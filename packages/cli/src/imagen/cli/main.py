@@ -486,6 +486,7 @@ def cmd_demo(args) -> int:
           f"(16 px base: colour {base['colour']:.0%}, position {base['position']:.0%}; chance 17% and 20%)")
     print(f"samples: {summary['grid']}")
     print(f"checkpoint: {summary['checkpoint']} (try: imagen sample --model {summary['checkpoint']} "
+          "--cond-scale 4,1 --skip-steps 0,4 --steps 16,8 "
           f"\"a red circle in the top left\")")
     print(f"total time {summary['total_seconds'] / 60:.1f} min")
     return 0
