@@ -302,6 +302,7 @@ class Cascade(CascadeSampling, nn.Module):
             lowres_cond_img=lowres,
             lowres_noise_times=lowres_times,
             cond_drop_prob=self.cond_drop_prob if self.condition_on_text else 0.0,
+            generator=generator,  # the conditioning dropout draws from it too
             **pixels,
         )
         if unet.is_video:

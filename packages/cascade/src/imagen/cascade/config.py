@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
+import torch
 
 from imagen.diffusion import get_noise_schedule, get_sampler
 from imagen.text import DEFAULT_T5_NAME
@@ -193,13 +194,17 @@ class CascadeConfig:
             raise ValueError(f"cascade config must be a JSON object, got {type(data).__name__}")
         return cls.from_dict(data)
 
-    def create(self):
-        """Builds the cascade (with freshly initialised U-Nets) that this config describes."""
+    def create(self, *, seed: int | None = None):
+        """Builds the cascade (with freshly initialised U-Nets) that this config describes; with
+        ``seed`` the initial weights are a function of it (the global RNG is left as it was)."""
         from .cascade import build_unet  # the cascades import this module: import late
 
-        unets = [build_unet(config, video=self.video) for config in self.unets]
         settings = {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.name != "unets"}
-        return self.cascade_class()(unets, **settings)
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            unets = [build_unet(config, video=self.video) for config in self.unets]
+            return self.cascade_class()(unets, **settings)
 
 
 @attrs.frozen(kw_only=True)
