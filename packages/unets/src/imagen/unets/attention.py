@@ -100,8 +100,11 @@ class CrossAttention(nn.Module):
         q = self.to_q(self.norm(x))
         k, v = self.null_kv(*self.to_kv(self.norm_context(context)).chunk(2, dim=-1))
         q, k, v = (_split_heads(t, self.heads) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=_key_mask(context_mask, extra_front=1))
-        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+        return self.to_out(rearrange(self._attend(q, k, v, context_mask), "b h n d -> b n (h d)"))
+
+    def _attend(self, q, k, v, context_mask):
+        """q: (b, h, n, d); k, v: (b, h, 1 + m, d) with the null token first -> (b, h, n, d)."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=_key_mask(context_mask, extra_front=1))
 
 
 def _linear_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
@@ -149,28 +152,16 @@ class LinearAttention(nn.Module):
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
 
-class LinearCrossAttention(nn.Module):
+class LinearCrossAttention(CrossAttention):
     """Linear-cost cross-attention: queries from ``x``, keys from the context (plus a null token)."""
 
     def __init__(self, dim: int, *, context_dim: int, heads: int = 8, dim_head: int = 64):
-        super().__init__()
-        inner = heads * dim_head
-        self.heads = heads
-        self.norm = nn.LayerNorm(dim)
-        self.norm_context = nn.LayerNorm(context_dim)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(context_dim, inner * 2, bias=False)
-        self.null_kv = _NullKV(inner)
-        self.to_out = nn.Sequential(nn.Linear(inner, dim, bias=False), nn.LayerNorm(dim))
+        super().__init__(dim, context_dim=context_dim, heads=heads, dim_head=dim_head)
+        self.to_out = nn.Sequential(self.to_out, nn.LayerNorm(dim))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (b, n, dim); context: (b, m, context_dim); context_mask: (b, m) bool -> (b, n, dim)."""
-        q = self.to_q(self.norm(x))
-        k, v = self.null_kv(*self.to_kv(self.norm_context(context)).chunk(2, dim=-1))
+    def _attend(self, q, k, v, context_mask):
         mask = None if context_mask is None else F.pad(context_mask, (1, 0), value=True)
-        q, k, v = (_split_heads(t, self.heads) for t in (q, k, v))
-        out = _linear_attend(q, k, v, mask)
-        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+        return _linear_attend(q, k, v, mask)
 
 
 class TemporalAttention(nn.Module):
