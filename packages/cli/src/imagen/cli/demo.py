@@ -207,9 +207,7 @@ def run_demo(settings: DemoSettings) -> dict:
     dataset = Dataset(data, image_size=SR_SIZE, text_embedding_cache=cache)
 
     config = CascadeConfig.from_dict(demo_cascade_config(str(t5_folder.resolve())))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings.seed)
-        imagen = config.create()
+    imagen = config.create(seed=settings.seed)
     trainer = ImagenTrainer(
         imagen, lr=settings.lr, warmup_steps=settings.warmup_steps, max_grad_norm=1.0, seed=settings.seed,
         ema_beta=0.99, ema_update_after_step=10, ema_update_every=1, verbose=settings.progress,

@@ -199,21 +199,12 @@ def prompt_filename(prompt: str, taken: set[str] | None = None) -> str:
     return stem
 
 
-def create_seeded(cascade_config, seed: int):
-    """``cascade_config.create()`` with weights initialised from ``seed`` (the global RNG is forked, so
-    its state is left as it was)."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return cascade_config.create()
-
-
 def seeded_train_step(trainer, unet_number: int, seed: int, **kwargs) -> float:
     """``trainer.train_step`` with the global RNG seeded from (seed, steps taken) inside a fork.
 
-    The trainer draws its own noise from its generators, but a U-Net's conditioning dropout draws
-    from the global RNG; seeding it per step makes a run, and a resumed run, reproducible.
+    The trainer's own generator drives the cascade's noise, crops and conditioning dropout, but
+    ``nn.Dropout`` layers (a U-Net's ``dropout``) draw from the global RNG; seeding it per step makes a
+    run, and a resumed run, reproducible whatever the U-Net.
     """
     import torch
 
@@ -318,7 +309,7 @@ def cmd_train(args) -> int:
         raise CliError(f"the cascade conditions on text but {config.dataset.folder!r} has no captions "
                        "(<image>.txt files or metadata.jsonl)")
 
-    imagen = create_seeded(config.imagen, config.trainer.seed)
+    imagen = config.imagen.create(seed=config.trainer.seed)
     kwargs = config.trainer.trainer_kwargs()
     kwargs.update(verbose=not args.quiet)
     trainer = ImagenTrainer(imagen, **kwargs)  # resumes from the newest checkpoint in checkpoint_path
