@@ -139,6 +139,17 @@ def test_progress_bar_can_be_turned_on(tiny_t5, capsys):
     assert "T5 encoding" not in capsys.readouterr().err
 
 
+def test_progress_false_silences_transformers_loading_bars_and_restores_the_switch(tiny_t5, capfd):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    T5Encoder(tiny_t5).load()
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()
+    T5Encoder(tiny_t5, progress=True).load()
+    assert "Loading weights" in capfd.readouterr().err
+
+
 def test_t5_encode_text_matches_the_encoder_and_reuses_it(tiny_t5, tiny_encoder):
     from imagen.text import encoder as encoder_module
 

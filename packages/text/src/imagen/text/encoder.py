@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -50,6 +51,20 @@ def check_dtype(dtype: torch.dtype) -> torch.dtype:
     if dtype not in ACCEPTED_DTYPES:
         raise ValueError(f"dtype={dtype!r} is not accepted; use torch.float32 or torch.bfloat16")
     return dtype
+
+
+@contextlib.contextmanager
+def _transformers_progress(enabled: bool):
+    """transformers' own loading bars follow ``progress`` while loading (its switch is global, so
+    the previous setting is put back afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
 
 
 class T5Encoder:
@@ -119,8 +134,9 @@ class T5Encoder:
         if not where.local and self.cache_dir is not None:
             options["cache_dir"] = os.fspath(self.cache_dir)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(where.source, **options)
-            model = T5EncoderModel.from_pretrained(where.source, dtype=self.dtype, **options)
+            with _transformers_progress(self.progress):
+                tokenizer = AutoTokenizer.from_pretrained(where.source, **options)
+                model = T5EncoderModel.from_pretrained(where.source, dtype=self.dtype, **options)
         except (OSError, ValueError, ImportError) as error:
             if not where.local:  # the one guarded download attempt failed
                 cache = Path(self.cache_dir) if self.cache_dir is not None else hf_hub_cache()
