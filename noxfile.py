@@ -20,7 +20,7 @@ import nox
 sys.path.insert(0, str(Path(__file__).parent / "tools"))
 from layout import PACKAGES, internal_closure
 
-nox.options.sessions = ["layout", "lint", "tests"]
+nox.options.sessions = ["layout", "lint", "tests", "reference"]
 nox.options.default_venv_backend = "venv"
 
 CONSTRAINTS = "constraints.txt"
@@ -54,3 +54,22 @@ def lint(session: nox.Session) -> None:
     """Runs ruff over the whole tree."""
     install_pinned(session, "ruff")
     session.run("ruff", "check", ".")
+
+
+# imagen-pytorch 2.1.0 and the requirements it imports, each pinned in constraints.txt. They go in
+# with --no-deps: the reference declares torchvision (a CUDA build on the registry, which does not
+# import with the CPU torch) and datasets; reference/standins/ replaces the little of them it uses.
+REFERENCE_PACKAGES = [
+    "imagen-pytorch", "kornia", "kornia_rs", "beartype", "pytorch-warmup", "fsspec", "pydantic",
+    "pydantic_core", "annotated-types", "typing-inspection", "click", "packaging",
+]
+
+
+@nox.session
+def reference(session: nox.Session) -> None:
+    """Checks that our packages compute what imagen-pytorch 2.1.0 computes with the same weights."""
+    install_pinned(session, "torch==2.13.0")
+    install_pinned(session, *[f"./packages/{name}[test]" for name in PACKAGES])
+    install_pinned(session, "--no-deps", *REFERENCE_PACKAGES)
+    session.env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
+    session.run("pytest", "reference", *session.posargs)
