@@ -11,7 +11,8 @@ TOLERANCE = 1e-5
 def randomize_(module: nn.Module, seed: int, scale: float = 0.2) -> nn.Module:
     """Overwrite every parameter and floating buffer with seeded noise (no zero-initialised output).
 
-    Norm gains get 1 + noise so activations keep their scale; everything else gets ``scale`` * noise.
+    Gains and scales (``g``, ``gamma``, ``*_scale`` and norm weights) get 1 + noise so activations
+    keep their size; everything else gets ``scale`` * noise.
     """
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -19,7 +20,8 @@ def randomize_(module: nn.Module, seed: int, scale: float = 0.2) -> nn.Module:
             if not tensor.is_floating_point():
                 continue
             noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float64).to(tensor.dtype)
-            is_gain = name.endswith(("g", "gamma")) or ".norm" in name and name.endswith("weight")
+            leaf = name.rsplit(".", 1)[-1]
+            is_gain = leaf in ("g", "gamma") or leaf.endswith("_scale") or (".norm" in name and leaf == "weight")
             tensor.copy_(1 + 0.1 * noise if is_gain else scale * noise)
     return module
 
