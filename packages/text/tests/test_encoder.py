@@ -154,8 +154,9 @@ def test_t5_encode_text_matches_the_encoder_and_reuses_it(tiny_t5, tiny_encoder)
     from imagen.text import encoder as encoder_module
 
     release_text_encoders()
-    embeds, mask = t5_encode_text(CAPTIONS, tiny_t5)
-    again = t5_encode_text(CAPTIONS[:2], tiny_t5)
+    embeds, mask = t5_encode_text(CAPTIONS, tiny_t5, return_attn_mask=True)
+    again = t5_encode_text(CAPTIONS[:2], tiny_t5, return_attn_mask=True)
+    assert torch.equal(t5_encode_text(CAPTIONS, tiny_t5), embeds)
     assert len(encoder_module._ENCODERS) == 1
     expected, expected_mask = tiny_encoder.encode(CAPTIONS)
     assert torch.equal(mask, expected_mask)

@@ -200,10 +200,11 @@ class T5Encoder:
 _ENCODERS: dict[tuple[str, str, torch.dtype], T5Encoder] = {}
 
 
-def t5_encode_text(texts: Sequence[str], name: str | os.PathLike = DEFAULT_T5_NAME, *,
-                   max_length: int = DEFAULT_MAX_LENGTH, device: str | torch.device | None = None,
-                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encodes ``texts`` with the T5 ``name``: embeds (B, L, D) zero on padding, and mask (B, L) bool.
+def t5_encode_text(texts: Sequence[str], name: str | os.PathLike = DEFAULT_T5_NAME, return_attn_mask: bool = False,
+                   *, max_length: int = DEFAULT_MAX_LENGTH, device: str | torch.device | None = None,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Encodes ``texts`` with the T5 ``name``: embeds (B, L, D), zero on padding; with
+    ``return_attn_mask`` also the mask (B, L) bool, True on real tokens (the reference's signature).
 
     Loaded encoders are kept per (name, device, dtype) and reused; :func:`release_text_encoders` frees them.
     """
@@ -211,7 +212,8 @@ def t5_encode_text(texts: Sequence[str], name: str | os.PathLike = DEFAULT_T5_NA
            check_dtype(dtype))
     if key not in _ENCODERS:
         _ENCODERS[key] = T5Encoder(name, max_length=max_length, device=device, dtype=dtype)
-    return _ENCODERS[key].encode(texts, max_length=max_length)
+    embeds, mask = _ENCODERS[key].encode(texts, max_length=max_length)
+    return (embeds, mask) if return_attn_mask else embeds
 
 
 def release_text_encoders() -> None:
