@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_T5_NAME = "google/t5-v1_1-base"
@@ -75,14 +78,12 @@ def is_local_folder(name_or_path: str | os.PathLike) -> bool:
 
 
 def cached_snapshot(repo_id: str, cache_dir: Path, revision: str = "main") -> Path | None:
-    """The snapshot folder of ``repo_id`` in a Hugging Face hub cache, or None when it is not cached."""
-    repo = cache_dir / ("models--" + repo_id.replace("/", "--"))
-    ref = repo / "refs" / revision
-    if ref.is_file():
-        snapshot = repo / "snapshots" / ref.read_text().strip()
-        return snapshot if snapshot.is_dir() else None
-    snapshots = sorted((repo / "snapshots").glob("*")) if (repo / "snapshots").is_dir() else []
-    return snapshots[-1] if snapshots else None
+    """The snapshot folder of ``repo_id`` at ``revision`` in a Hugging Face hub cache, or None when it
+    is not cached (resolved by huggingface_hub itself, without touching the network)."""
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
+        return None
 
 
 @dataclass(frozen=True)
