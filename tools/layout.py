@@ -38,8 +38,13 @@ def pyproject(package: str) -> dict:
     return tomllib.loads((ROOT / "packages" / package / "pyproject.toml").read_text())
 
 
+def normalized(distribution: str) -> str:
+    """A distribution name as pip compares them (PEP 503): lower case, runs of ``-_.`` as one ``-``."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
 def requirement_name(requirement: str) -> str:
-    return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower()
+    return normalized(re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0])
 
 
 def declared(package: str, extra: str | None = None) -> set[str]:
@@ -89,6 +94,7 @@ def layout_errors() -> list[str]:
             allowed_dists = declared(package, extra)
             for path in sorted((ROOT / "packages" / package / folder).rglob("*.py")):
                 where = path.relative_to(ROOT)
+                reported = set()
                 for module in sorted(imported_modules(path)):
                     top = module.split(".")[0]
                     if top == "imagen":
@@ -104,8 +110,9 @@ def layout_errors() -> list[str]:
                         elif len(parts) > 2 and module not in PUBLIC_SUBMODULES:
                             errors.append(f"{where}: imports the private module {module}")
                     elif top not in sys.stdlib_module_names and not (path.parent / f"{top}.py").exists():
-                        dist = DISTRIBUTION_OF.get(top, top).lower().replace("_", "-")
-                        if dist not in allowed_dists:
+                        dist = normalized(DISTRIBUTION_OF.get(top, top))
+                        if dist not in allowed_dists and top not in reported:
+                            reported.add(top)
                             errors.append(f"{where}: imports {top}, which imagen-{package} does not declare")
     return errors
 
