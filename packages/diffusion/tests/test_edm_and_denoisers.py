@@ -56,16 +56,19 @@ def test_edm_denoiser_round_trips_an_ideal_network(mixture):
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])
 def test_vp_wrappers_round_trip(objective, schedule, mixture):
     sched = get_noise_schedule(schedule)
-    denoiser = VPDenoiser(VPModelFromDenoiser(mixture.denoiser, sched, objective), sched, objective)
-    x, sigma = torch.randn(6, 2, dtype=torch.float64), torch.tensor([0.05, 0.3, 1.0, 3.0, 10.0, 30.0]).double()
-    torch.testing.assert_close(denoiser(x, sigma), mixture.denoiser(x, sigma), atol=1e-6, rtol=1e-6)
+    for noise_cond in ("log_snr", "time"):
+        denoiser = VPDenoiser(VPModelFromDenoiser(mixture.denoiser, sched, objective, noise_cond), sched, objective,
+                              noise_cond)
+        x, sigma = torch.randn(6, 2, dtype=torch.float64), torch.tensor([0.05, 0.3, 1.0, 3.0, 10.0, 30.0]).double()
+        torch.testing.assert_close(denoiser(x, sigma), mixture.denoiser(x, sigma), atol=1e-6, rtol=1e-6)
 
 
-def test_vp_denoiser_feeds_the_network_what_training_fed_it():
+@pytest.mark.parametrize("noise_cond", ["log_snr", "time"])
+def test_vp_denoiser_feeds_the_network_what_training_fed_it(noise_cond):
     sched, seen = get_noise_schedule("cosine"), {}
 
-    def network(z, t):
-        seen.update(z=z, t=t)
+    def network(z, level):
+        seen.update(z=z, level=level)
         return torch.zeros_like(z)
 
     x0, eps = torch.randn(2, 3, 2, 2, dtype=torch.float64), torch.randn(2, 3, 2, 2, dtype=torch.float64)
@@ -73,7 +76,7 @@ def test_vp_denoiser_feeds_the_network_what_training_fed_it():
     log_snr = sched.log_snr(t)
     alpha, sigma_vp = alpha_sigma_from_log_snr(log_snr)
     sigma = sigma_vp / alpha
-    VPDenoiser(network, sched, "noise")(x0 + sigma[:, None, None, None] * eps, sigma)
-    torch.testing.assert_close(seen["t"], t)
+    VPDenoiser(network, sched, "noise", noise_cond=noise_cond)(x0 + sigma[:, None, None, None] * eps, sigma)
+    torch.testing.assert_close(seen["level"], log_snr if noise_cond == "log_snr" else t)
     torch.testing.assert_close(seen["z"], q_sample(x0, log_snr, eps))
     torch.testing.assert_close(log_snr_from_edm_sigma(sigma), log_snr)

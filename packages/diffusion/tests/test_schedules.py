@@ -30,8 +30,17 @@ def test_log_snr_is_strictly_decreasing_and_finite_with_the_reference_end_points
     assert (log_snr[1:] < log_snr[:-1]).all()
     start = -math.log(math.expm1(1e-4)) if name == "linear" else -2 * math.log(math.tan(0.008 / 1.008 * math.pi / 2))
     assert log_snr[0].item() == pytest.approx(start, rel=1e-9)
-    end = -math.log(math.expm1(10.0001)) if name == "linear" else 2 * math.log(math.tan(1e-4))
+    end = -math.log(math.expm1(10.0001)) if name == "linear" else -math.log(math.cos(math.pi / 2) ** -2 - 1)
     assert log_snr[-1].item() == pytest.approx(end, rel=1e-6)  # (nearly) pure noise at t = 1
+
+
+def test_float32_log_snr_is_the_reference_float32_value_at_the_ends():
+    """The reference evaluates the formulas in float32: the cosine reaches about -33.9 at t = 1."""
+    t = torch.tensor([0.0, 1.0])
+    cosine, linear = (get_noise_schedule(name).log_snr(t) for name in ("cosine", "linear"))
+    assert cosine.dtype == torch.float32
+    assert cosine[1].item() == pytest.approx(-33.8913, abs=1e-3)
+    assert linear.tolist() == pytest.approx([9.21029, -10.00005], abs=1e-4)
 
 
 @given(names, st.floats(0.0, 0.9999))  # the cosine's tan is capped within 6.4e-5 of t = 1

@@ -18,11 +18,12 @@ from .gaussian import (
     prediction_from_x0,
     prediction_target,
     q_sample,
+    q_sample_from_to,
     sample_training_times,
     v_from_prediction,
     x0_from_prediction,
 )
-from .guidance import classifier_free_guidance, dynamic_thresholding, quantile, static_clipping
+from .guidance import classifier_free_guidance, dynamic_thresholding, quantile, split_parallel, static_clipping
 from .inpainting import broadcast_mask, repaint_plan, sample_repaint
 from .noise import randn_like
 from .samplers import (
@@ -36,6 +37,7 @@ from .samplers import (
     sample_euler,
     sample_euler_ancestral,
     sample_heun,
+    sampler_name,
 )
 from .schedules import (
     SCHEDULES,
@@ -51,6 +53,7 @@ from .schedules import (
     timesteps,
     uniform_sigmas,
 )
+from .vp_sampling import VPX0Model, sample_vp_ddpm, vp_time_grid
 
 __all__ = [
     "LOSS_TYPES",
@@ -62,6 +65,7 @@ __all__ = [
     "NoiseSchedule",
     "VPDenoiser",
     "VPModelFromDenoiser",
+    "VPX0Model",
     "alpha_sigma_from_log_snr",
     "as_sigma",
     "broadcast_mask",
@@ -83,6 +87,7 @@ __all__ = [
     "prediction_from_x0",
     "prediction_target",
     "q_sample",
+    "q_sample_from_to",
     "quantile",
     "randn_like",
     "repaint_plan",
@@ -96,11 +101,15 @@ __all__ = [
     "sample_heun",
     "sample_repaint",
     "sample_training_times",
+    "sample_vp_ddpm",
+    "sampler_name",
     "schedule_sigmas",
     "sech_sigmas",
+    "split_parallel",
     "static_clipping",
     "timesteps",
     "uniform_sigmas",
     "v_from_prediction",
+    "vp_time_grid",
     "x0_from_prediction",
 ]

@@ -26,6 +26,7 @@ __all__ = [
     "prediction_from_x0",
     "prediction_target",
     "q_sample",
+    "q_sample_from_to",
     "sample_training_times",
     "v_from_prediction",
     "x0_from_prediction",
@@ -46,6 +47,15 @@ def q_sample(x0: Tensor, log_snr: Tensor, noise: Tensor) -> Tensor:
     return alpha * x0 + sigma * noise
 
 
+def q_sample_from_to(x_from: Tensor, log_snr_from: Tensor, log_snr_to: Tensor, noise: Tensor) -> Tensor:
+    """Re-noising z_from (at log_snr_from) to the noisier log_snr_to as the reference's inpainting
+    resampling does: z_to = (alpha_to / alpha) z_from + ((sigma_to alpha - sigma alpha_to) / alpha) noise.
+    All of x_from, noise: (B, ...); log_snrs: (B,)."""
+    alpha, sigma = _alpha_sigma(log_snr_from, x_from)
+    alpha_to, sigma_to = _alpha_sigma(log_snr_to, x_from)
+    return x_from * (alpha_to / alpha) + noise * (sigma_to * alpha - sigma * alpha_to) / alpha
+
+
 def posterior_mean_variance(x_t: Tensor, x0: Tensor, log_snr_t: Tensor, log_snr_s: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and variance of q(z_s | z_t, x0) for s earlier (less noisy) than t.
 
@@ -59,8 +69,8 @@ def posterior_mean_variance(x_t: Tensor, x0: Tensor, log_snr_t: Tensor, log_snr_
     alpha_t, _ = _alpha_sigma(log_snr_t, x_t)
     alpha_s, sigma_s = _alpha_sigma(log_snr_s, x_t)
     c = -torch.expm1(expand_to(log_snr_t - log_snr_s, x_t))
-    mean = (alpha_s / alpha_t) * (1 - c) * x_t + alpha_s * c * x0
-    return mean, c * sigma_s**2
+    mean = alpha_s * (x_t * (1 - c) / alpha_t + c * x0)
+    return mean, sigma_s**2 * c
 
 
 def prediction_target(objective: str, x0: Tensor, noise: Tensor, log_snr: Tensor) -> Tensor:
@@ -84,7 +94,7 @@ def x0_from_prediction(objective: str, prediction: Tensor, x_t: Tensor, log_snr:
         return prediction
     alpha, sigma = _alpha_sigma(log_snr, x_t)
     if objective == "noise":
-        return (x_t - sigma * prediction) / alpha
+        return (x_t - sigma * prediction) / alpha.clamp(min=1e-8)  # the floor of the reference
     return alpha * x_t - sigma * prediction
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "sample_euler",
     "sample_euler_ancestral",
     "sample_heun",
+    "sampler_name",
 ]
 
 Callback = Callable[[dict[str, Any]], None] | None
@@ -79,27 +80,31 @@ def sample_heun(
     denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Mapping | None = None,
     generator: GeneratorArg = None, callback: Callback = None, progress: bool = False,
     S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = float("inf"), S_noise: float = 1.0,
+    churn_steps: int | None = None,
 ) -> Tensor:
     """Heun's 2nd-order method with EDM's stochastic churn (Karras et al. 2022, Algorithm 2).
 
-    With N nonzero sigmas, NFE = 2N - 1 (no correction on the final step to sigma = 0);
-    S_churn = 0 makes it deterministic (Algorithm 1).
+    gamma = min(S_churn / N, sqrt(2) - 1) where S_tmin <= sigma <= S_tmax, with N = ``churn_steps``
+    (default: the steps in ``sigmas``; a cascade that skips steps keeps its full count, as the
+    reference does). The churn noise is drawn on every step, as in the reference. With N nonzero
+    sigmas, NFE = 2N - 1 (no correction on the final step to sigma = 0); S_churn = 0 makes it
+    deterministic (Algorithm 1).
     """
     run = _Run(denoiser, x, sigmas, cond, callback, progress)
-    n = len(run.sigmas) - 1
+    n = churn_steps if churn_steps is not None else len(run.sigmas) - 1
     for i in run.steps():
         sigma, sigma_next = run.sigmas[i], run.sigmas[i + 1]
         # lines 4-6: raise the noise level to sigma_hat = sigma (1 + gamma) by adding fresh noise
         gamma = min(S_churn / n, math.sqrt(2) - 1) if S_tmin <= sigma <= S_tmax else 0.0
-        sigma_hat = sigma * (1 + gamma)
-        if gamma > 0:
-            x = x + math.sqrt(sigma_hat**2 - sigma**2) * S_noise * randn_like(x, generator)
+        eps = S_noise * randn_like(x, generator)
+        sigma_hat = sigma + gamma * sigma
+        x = x + math.sqrt(sigma_hat**2 - sigma**2) * eps
         denoised = run.denoise(x, sigma_hat)
         d = (x - denoised) / sigma_hat  # line 7
         x_next = x + (sigma_next - sigma_hat) * d  # line 8: Euler step
         if sigma_next > 0:  # lines 9-11: trapezoidal correction
             d_next = (x_next - run.denoise(x_next, sigma_next)) / sigma_next
-            x_next = x + (sigma_next - sigma_hat) * (d + d_next) / 2
+            x_next = x + 0.5 * (sigma_next - sigma_hat) * (d + d_next)
         x = x_next
         run.report(i, x, denoised)
     return x
@@ -321,13 +326,18 @@ def _normalise(name: str) -> str:
     return "".join(ch for ch in name.lower().replace("++", "pp") if ch.isalnum())
 
 
-def get_sampler(name: str) -> Callable[..., Tensor]:
-    """The sampler called ``name``: one of ``SAMPLERS`` or a k-diffusion / diffusers / web-UI alias
-    ("k_euler_a", "Euler a", "DPM++ 2M", "DPMSolverMultistepScheduler", ...)."""
+def sampler_name(name: str) -> str:
+    """The key in ``SAMPLERS`` of the sampler called ``name`` (a key or a k-diffusion / diffusers /
+    web-UI alias: "k_euler_a", "Euler a", "DPM++ 2M", "DPMSolverMultistepScheduler", ...)."""
     if not isinstance(name, str):
         raise TypeError(f"sampler name must be a str, got {type(name).__name__}")
     key = _normalise(name)
     by_key = {_normalise(k): k for k in SAMPLERS} | _ALIASES
     if key not in by_key:
         raise ValueError(f"unknown sampler {name!r}; known: {sorted(SAMPLERS)} (and their usual aliases)")
-    return SAMPLERS[by_key[key]]
+    return by_key[key]
+
+
+def get_sampler(name: str) -> Callable[..., Tensor]:
+    """The sampler called ``name``: one of ``SAMPLERS`` or an alias (see :func:`sampler_name`)."""
+    return SAMPLERS[sampler_name(name)]

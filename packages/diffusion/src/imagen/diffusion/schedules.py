@@ -30,31 +30,29 @@ __all__ = [
     "uniform_sigmas",
 ]
 
-# A VP schedule's log-SNR is kept inside this range so that every conversion stays finite.
-LOG_SNR_MIN, LOG_SNR_MAX = -30.0, 30.0
-
-
 @dataclass(frozen=True)
 class NoiseSchedule:
     """A continuous-time log-SNR schedule, t in [0, 1] (0 clean, 1 noisiest).
 
-    ``log_snr(t)`` is strictly decreasing and finite; ``time(log_snr)`` is its exact inverse on the
-    schedule's range (values beyond the range clamp to t = 0 or t = 1).
+    ``log_snr(t)`` evaluates the reference's (imagen-pytorch's) formula in ``t``'s own floating dtype,
+    so that float32 times give the reference's float32 numbers bit for bit in its precision (at
+    t = 1 the cosine schedule's float32 value is about -33.9, a finite "pure noise"). It is strictly
+    decreasing; ``time(log_snr)`` is its exact inverse in exact arithmetic (values beyond the range
+    clamp to t = 0 or t = 1).
     """
 
     name: str
 
     def log_snr(self, t: Tensor) -> Tensor:
         """log(alpha_t^2 / sigma_t^2) for times ``t`` (any shape, clamped to [0, 1])."""
-        t64 = t.double().clamp(0.0, 1.0)
+        t = t.to(_float_dtype(t)).clamp(0.0, 1.0)
         if self.name == "linear":
             # log_snr = -log(expm1(1e-4 + 10 t^2))  (Kingma et al. 2021, the reference's 'linear')
-            out = -torch.log(torch.expm1(1e-4 + 10.0 * t64**2))
-        else:
-            # log_snr = -2 log tan(u), u = (t + s) / (1 + s) * pi / 2  (Nichol & Dhariwal 2021 cosine)
-            u = (t64 + _COSINE_S) / (1 + _COSINE_S) * (math.pi / 2)
-            out = -2.0 * torch.log(torch.tan(u.clamp(max=_COSINE_U_MAX)))
-        return out.clamp(LOG_SNR_MIN, LOG_SNR_MAX).to(_float_dtype(t))
+            return -torch.log(torch.expm1(1e-4 + 10 * (t**2)).clamp(min=1e-12))
+        # log_snr = -log(cos(u)^-2 - 1) = -2 log tan(u), u = (t + s) / (1 + s) * pi / 2
+        # (Nichol & Dhariwal 2021 cosine), written as the reference writes it, floor 1e-5 included
+        u = (t + _COSINE_S) / (1 + _COSINE_S) * math.pi * 0.5
+        return -torch.log((torch.cos(u) ** -2 - 1).clamp(min=1e-5))
 
     def time(self, log_snr: Tensor) -> Tensor:
         """The time t in [0, 1] at which the schedule reaches ``log_snr`` (inverse of ``log_snr``)."""
@@ -69,7 +67,6 @@ class NoiseSchedule:
 
 
 _COSINE_S = 0.008
-_COSINE_U_MAX = math.pi / 2 - 1e-4  # tan stays finite: log_snr(1) = 2 log(1e-4) ~ -18.4, sigma_edm ~ 1e4
 SCHEDULES = ("cosine", "linear")
 
 
