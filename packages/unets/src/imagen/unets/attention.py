@@ -1,9 +1,12 @@
-"""Attention layers on token sequences ``(batch, tokens, dim)``.
+"""Attention layers of the reference 2.x U-Net, on token sequences ``(b, n, dim)`` or feature maps.
 
-Every softmax attention goes through :func:`torch.nn.functional.scaled_dot_product_attention`;
-heads are a tensor dimension, never a python loop. Masks are boolean, ``True`` = attend.
-Layers that read a context (text and time tokens) prepend one learned *null* key/value, so a
-query always has something to attend to, even when every context token is masked out.
+Softmax attention is *cosine-similarity* attention: queries and keys are l2-normalised, multiplied
+by learned per-dimension scales (``q_scale``, ``k_scale``) and compared with a fixed ``scale``
+(8), all through :func:`torch.nn.functional.scaled_dot_product_attention`. Self-attention is
+*multi-query*: one key/value head shared by every query head (expanded, never copied). Layers that
+read a context start their keys with one learned null key/value (``null_kv``), so a query always
+has something to attend to. Masks are boolean, ``True`` = attend; the reference never masks (its
+masked text positions hold the null text embedding instead), so ``None`` is the default everywhere.
 """
 
 from __future__ import annotations
@@ -13,223 +16,214 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-__all__ = ["Attention", "CrossAttention", "FeedForward", "LinearAttention", "LinearCrossAttention", "TemporalAttention"]
+from .layers import ChanLayerNorm, LayerNorm
+
+__all__ = [
+    "Attention", "ChanFeedForward", "CrossAttention", "FeedForward", "LinearAttention", "LinearCrossAttention",
+    "cosine_sim_attention", "linear_attend",
+]
 
 
-def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
-    # (b, n, h*d) -> (b, h, n, d)
-    return rearrange(t, "b n (h d) -> b h n d", h=heads)
+def cosine_sim_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_scale: torch.Tensor, k_scale: torch.Tensor, scale: float,
+    attn_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """softmax(scale * <q / |q| * q_scale, k / |k| * k_scale>) v through SDPA.
+
+    q: (b, h, n, d); k, v: (b, h or 1, m, d) (one head is expanded to all h, multi-query);
+    q_scale, k_scale: (d,); attn_mask: bool (True = attend) or float bias, broadcastable to
+    (b, h, n, m). Returns (b, h, n, d).
+    """
+    q = F.normalize(q, dim=-1) * q_scale
+    k = F.normalize(k, dim=-1) * k_scale
+    heads = q.shape[1]
+    k, v = k.expand(-1, heads, -1, -1), v.expand(-1, heads, -1, -1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
 
 
-def _key_mask(mask: torch.Tensor | None, extra_front: int, extra_back: int = 0) -> torch.Tensor | None:
-    """Pad a key mask (b, n) with ``True`` for always-visible keys and shape it for SDPA: (b, 1, 1, n')."""
+def _key_mask(mask: torch.Tensor | None, front: int = 0, back: int = 0) -> torch.Tensor | None:
+    """A key mask (b, m) padded with always-visible keys and shaped for SDPA: (b, 1, 1, front + m + back)."""
     if mask is None:
         return None
-    mask = F.pad(mask, (extra_front, extra_back), value=True)
-    return rearrange(mask, "b n -> b 1 1 n")
+    return rearrange(F.pad(mask, (front, back), value=True), "b m -> b 1 1 m")
 
 
-class _NullKV(nn.Module):
-    """One learned key/value token per head, prepended to the keys and values."""
-
-    def __init__(self, inner_dim: int):
-        super().__init__()
-        self.kv = nn.Parameter(torch.randn(2, 1, inner_dim) * 0.02)
-
-    def forward(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # k, v: (b, n, inner) -> (b, 1 + n, inner)
-        nk, nv = (t.to(k.dtype).expand(k.shape[0], -1, -1) for t in self.kv)
-        return torch.cat((nk, k), dim=1), torch.cat((nv, v), dim=1)
+def _with_bias(bias: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Combine a float bias (.., n, m) and a bool mask (b, 1, 1, m) into one SDPA ``attn_mask``."""
+    if bias is None:
+        return mask
+    if mask is None:
+        return bias
+    return bias.masked_fill(~mask, -torch.finfo(bias.dtype).max)
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over ``x``; context tokens, when given, are appended to the keys.
+    """Multi-query cosine-sim self-attention; context tokens, when given, join the keys first.
 
-    With ``context_dim`` set, the context (time and text tokens, Imagen appendix D.3.1) joins the
-    keys and values after a learned null token, so ``forward(x, context, context_mask)`` lets
-    every position of ``x`` attend to the image tokens and the unmasked context tokens.
+    Keys and values are ``[context (to_context); null_kv; x (to_kv)]``, one head of ``dim_head``
+    shared by the ``heads`` query heads (Imagen appendix D.3.1: the self-attention also attends
+    to the text and time tokens). ``attn_bias`` (float, broadcastable to ``(b, h, n, keys)`` over
+    all the keys in that order) is added to the scores (temporal attention's position bias).
     """
 
-    def __init__(self, dim: int, *, heads: int = 8, dim_head: int = 64, context_dim: int | None = None):
+    def __init__(self, dim: int, *, heads: int = 8, dim_head: int = 64, context_dim: int | None = None,
+                 scale: float = 8.0):
         super().__init__()
+        self.heads, self.scale = heads, scale
         inner = heads * dim_head
-        self.heads = heads
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
+        self.null_kv = nn.Parameter(torch.randn(2, dim_head))
         self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim, inner * 2, bias=False)
-        self.null_kv = _NullKV(inner)
-        self.to_context_kv = None
+        self.to_kv = nn.Linear(dim, dim_head * 2, bias=False)
+        self.q_scale = nn.Parameter(torch.ones(dim_head))
+        self.k_scale = nn.Parameter(torch.ones(dim_head))
+        self.to_context = None
         if context_dim is not None:
-            self.to_context_kv = nn.Sequential(nn.LayerNorm(context_dim), nn.Linear(context_dim, inner * 2, bias=False))
-        self.to_out = nn.Linear(inner, dim, bias=False)
+            self.to_context = nn.Sequential(nn.LayerNorm(context_dim), nn.Linear(context_dim, dim_head * 2))
+        self.to_out = nn.Sequential(nn.Linear(inner, dim, bias=False), LayerNorm(dim))
 
-    def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """x: (b, n, dim); context: (b, m, context_dim); context_mask: (b, m) bool -> (b, n, dim)."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (b, n, dim); context: (b, m, context_dim) or None; context_mask: (b, m) bool -> (b, n, dim)."""
+        b, n = x.shape[:2]
         x = self.norm(x)
-        q = self.to_q(x)
-        k, v = self.to_kv(x).chunk(2, dim=-1)
-        k, v = self.null_kv(k, v)
-        mask = None
-        if self.to_context_kv is not None and context is not None:
-            ck, cv = self.to_context_kv(context).chunk(2, dim=-1)
-            k, v = torch.cat((k, ck), dim=1), torch.cat((v, cv), dim=1)
-            mask = _key_mask(context_mask, extra_front=1 + x.shape[1])
-        q, k, v = (_split_heads(t, self.heads) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.heads)
+        k, v = self.to_kv(x).chunk(2, dim=-1)  # (b, n, d) each: one shared head
+        nk, nv = (t.to(x.dtype).expand(b, 1, -1) for t in self.null_kv)
+        ks, vs, mask = [nk, k], [nv, v], None
+        if context is not None:
+            if self.to_context is None:
+                raise ValueError("context was given to an Attention built without context_dim")
+            ck, cv = self.to_context(context).chunk(2, dim=-1)
+            ks, vs = [ck, *ks], [cv, *vs]
+            mask = _key_mask(context_mask, back=1 + n)
+        k, v = (rearrange(torch.cat(t, dim=1), "b m d -> b 1 m d") for t in (ks, vs))
+        out = cosine_sim_attention(q, k, v, self.q_scale, self.k_scale, self.scale, _with_bias(attn_bias, mask))
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
 
 class CrossAttention(nn.Module):
-    """Queries from ``x``, keys and values from the context tokens (plus a learned null token)."""
+    """Cosine-sim cross-attention: queries from ``x``, per-head keys/values from the context after ``null_kv``."""
 
-    def __init__(self, dim: int, *, context_dim: int, heads: int = 8, dim_head: int = 64):
+    def __init__(self, dim: int, *, context_dim: int | None = None, heads: int = 8, dim_head: int = 64,
+                 norm_context: bool = False, scale: float = 8.0):
         super().__init__()
+        self.heads, self.scale = heads, scale
         inner = heads * dim_head
-        self.heads = heads
-        self.norm = nn.LayerNorm(dim)
-        self.norm_context = nn.LayerNorm(context_dim)
+        context_dim = dim if context_dim is None else context_dim
+        self.norm = LayerNorm(dim)
+        self.norm_context = LayerNorm(context_dim) if norm_context else nn.Identity()
+        self.null_kv = nn.Parameter(torch.randn(2, dim_head))
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_kv = nn.Linear(context_dim, inner * 2, bias=False)
-        self.null_kv = _NullKV(inner)
-        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.q_scale = nn.Parameter(torch.ones(dim_head))
+        self.k_scale = nn.Parameter(torch.ones(dim_head))
+        self.to_out = nn.Sequential(nn.Linear(inner, dim, bias=False), LayerNorm(dim))
+
+    def _qkv(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q: (b, h, n, d); k, v: (b, h, 1 + m, d), the null key/value first."""
+        b = x.shape[0]
+        q = self.to_q(self.norm(x))
+        k, v = self.to_kv(self.norm_context(context)).chunk(2, dim=-1)
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
+        nk, nv = (t.to(k.dtype).expand(b, self.heads, 1, -1) for t in self.null_kv)
+        return q, torch.cat((nk, k), dim=2), torch.cat((nv, v), dim=2)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (b, n, dim); context: (b, m, context_dim); context_mask: (b, m) bool -> (b, n, dim)."""
-        q = self.to_q(self.norm(x))
-        k, v = self.null_kv(*self.to_kv(self.norm_context(context)).chunk(2, dim=-1))
-        q, k, v = (_split_heads(t, self.heads) for t in (q, k, v))
-        return self.to_out(rearrange(self._attend(q, k, v, context_mask), "b h n d -> b n (h d)"))
-
-    def _attend(self, q, k, v, context_mask):
-        """q: (b, h, n, d); k, v: (b, h, 1 + m, d) with the null token first -> (b, h, n, d)."""
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=_key_mask(context_mask, extra_front=1))
+        """x: (b, n, dim); context: (b, m, context_dim); context_mask: (b, m) bool or None -> (b, n, dim)."""
+        q, k, v = self._qkv(x, context)
+        out = cosine_sim_attention(q, k, v, self.q_scale, self.k_scale, self.scale, _key_mask(context_mask, front=1))
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
 
-def _linear_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-    """Linear attention (Shen et al. 2021): softmax(q) over features, softmax(k) over keys.
+def linear_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                  key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Linear attention (Shen et al. 2021): softmax(q) over features times scale, softmax(k) over keys.
 
-    q: (b, h, n, d); k, v: (b, h, m, d); key_mask: (b, m) bool or None -> (b, h, n, d).
+    q: (b, h, n, d); k, v: (b, h, m, d); key_mask: (b, m) bool (True = attend) or None -> (b, h, n, d).
     """
-    q = q.softmax(dim=-1) * q.shape[-1] ** -0.5
     if key_mask is not None:
         keep = rearrange(key_mask, "b m -> b 1 m 1")
-        k = k.masked_fill(~keep, torch.finfo(k.dtype).min)
+        k = k.masked_fill(~keep, -torch.finfo(k.dtype).max)
         v = v.masked_fill(~keep, 0.0)
+    q = q.softmax(dim=-1) * scale
     k = k.softmax(dim=-2)
     summary = torch.einsum("bhmd,bhme->bhde", k, v)
     return torch.einsum("bhnd,bhde->bhne", q, summary)
 
 
-class LinearAttention(nn.Module):
-    """Linear-cost self-attention over ``x`` (context tokens, when given, join the keys)."""
-
-    def __init__(self, dim: int, *, heads: int = 8, dim_head: int = 32, context_dim: int | None = None):
-        super().__init__()
-        inner = heads * dim_head
-        self.heads = heads
-        self.norm = nn.LayerNorm(dim)
-        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
-        self.to_context_kv = None
-        if context_dim is not None:
-            self.to_context_kv = nn.Sequential(nn.LayerNorm(context_dim), nn.Linear(context_dim, inner * 2, bias=False))
-        self.to_out = nn.Sequential(nn.Linear(inner, dim, bias=False), nn.LayerNorm(dim))
-
-    def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """x: (b, n, dim); context: (b, m, context_dim); context_mask: (b, m) bool -> (b, n, dim)."""
-        q, k, v = self.to_qkv(self.norm(x)).chunk(3, dim=-1)
-        mask = None
-        if self.to_context_kv is not None and context is not None:
-            ck, cv = self.to_context_kv(context).chunk(2, dim=-1)
-            k, v = torch.cat((k, ck), dim=1), torch.cat((v, cv), dim=1)
-            if context_mask is not None:
-                mask = F.pad(context_mask, (x.shape[1], 0), value=True)
-        q, k, v = (_split_heads(t, self.heads) for t in (q, k, v))
-        out = _linear_attend(q, k, v, mask)
-        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
-
-
 class LinearCrossAttention(CrossAttention):
-    """Linear-cost cross-attention: queries from ``x``, keys from the context (plus a null token)."""
+    """:class:`CrossAttention`'s layers, attending linearly (the fixed ``scale`` multiplies softmax(q))."""
 
-    def __init__(self, dim: int, *, context_dim: int, heads: int = 8, dim_head: int = 64):
-        super().__init__(dim, context_dim=context_dim, heads=heads, dim_head=dim_head)
-        self.to_out = nn.Sequential(self.to_out, nn.LayerNorm(dim))
-
-    def _attend(self, q, k, v, context_mask):
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (b, n, dim); context: (b, m, context_dim); context_mask: (b, m) bool or None -> (b, n, dim)."""
+        q, k, v = self._qkv(x, context)
         mask = None if context_mask is None else F.pad(context_mask, (1, 0), value=True)
-        return _linear_attend(q, k, v, mask)
-
-
-class TemporalAttention(nn.Module):
-    """Self-attention across frames, with a learned continuous relative-position bias.
-
-    The bias is an MLP of the signed frame distance (``rel_pos_bias_depth`` layers), one value
-    per head; with ``causal`` a frame attends only to itself and earlier frames.
-    """
-
-    def __init__(
-        self, dim: int, *, heads: int = 8, dim_head: int = 64, causal: bool = True, rel_pos_bias_depth: int = 2
-    ):
-        super().__init__()
-        inner = heads * dim_head
-        self.heads, self.causal = heads, causal
-        self.norm = nn.LayerNorm(dim)
-        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
-        hidden = max(dim_head, 16)
-        layers: list[nn.Module] = [nn.Linear(1, hidden), nn.SiLU()]
-        for _ in range(max(rel_pos_bias_depth, 1) - 1):
-            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
-        self.rel_pos_mlp = nn.Sequential(*layers, nn.Linear(hidden, heads))
-
-    def _bias(self, frames: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        pos = torch.arange(frames, device=device)
-        rel = (pos[:, None] - pos[None, :]).to(self.rel_pos_mlp[0].weight.dtype)  # (f, f): i - j
-        dist = torch.sign(rel) * torch.log1p(rel.abs())
-        bias = rearrange(self.rel_pos_mlp(dist[..., None]), "i j h -> h i j").to(dtype)
-        if self.causal:
-            bias = bias.masked_fill(rel[None] < 0, float("-inf"))
-        return bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (b, frames, dim) -> (b, frames, dim)."""
-        q, k, v = self.to_qkv(self.norm(x)).chunk(3, dim=-1)
-        q, k, v = (_split_heads(t, self.heads) for t in (q, k, v))
-        bias = self._bias(x.shape[1], x.device, q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = linear_attend(q, k, v, self.scale, mask)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
 
-class FeedForward(nn.Module):
-    """Pre-norm MLP ``dim -> dim * mult -> dim`` with GELU and a normalised hidden layer.
+class LinearAttention(nn.Module):
+    """Linear self-attention on a feature map (b, dim, h, w), with depthwise-conv projections.
 
-    With ``time_token_shift`` (video), a quarter of the hidden channels is shifted one frame
-    forward in time when ``forward`` is told the number of frames.
+    q, k, v are each dropout -> 1x1 conv -> depthwise 3x3 conv of the channel-normalised input;
+    context tokens (when given) join the keys after the pixels; the output is SiLU -> 1x1 conv ->
+    channel layer norm. ``dropout`` (0.05 as in the reference) acts in training mode only.
     """
 
-    def __init__(self, dim: int, *, mult: float = 2.0, dropout: float = 0.0, time_token_shift: bool = False):
+    def __init__(self, dim: int, *, heads: int = 8, dim_head: int = 32, dropout: float = 0.05,
+                 context_dim: int | None = None):
         super().__init__()
+        self.heads, self.scale = heads, dim_head**-0.5
+        inner = heads * dim_head
+        self.norm = ChanLayerNorm(dim)
+        self.nonlin = nn.SiLU()
+        self.to_q, self.to_k, self.to_v = (self._projection(dim, inner, dropout) for _ in range(3))
+        self.to_context = None
+        if context_dim is not None:
+            self.to_context = nn.Sequential(nn.LayerNorm(context_dim), nn.Linear(context_dim, inner * 2, bias=False))
+        self.to_out = nn.Sequential(nn.Conv2d(inner, dim, 1, bias=False), ChanLayerNorm(dim))
+
+    @staticmethod
+    def _projection(dim: int, inner: int, dropout: float) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Dropout(dropout), nn.Conv2d(dim, inner, 1, bias=False),
+            nn.Conv2d(inner, inner, 3, padding=1, groups=inner, bias=False),
+        )
+
+    def forward(self, fmap: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """fmap: (b, dim, h, w); context: (b, m, context_dim); context_mask: (b, m) bool -> (b, dim, h, w)."""
+        x, y = fmap.shape[-2:]
+        fmap = self.norm(fmap)
+        q, k, v = (rearrange(fn(fmap), "b (h c) x y -> b h (x y) c", h=self.heads)
+                   for fn in (self.to_q, self.to_k, self.to_v))
+        mask = None
+        if context is not None:
+            if self.to_context is None:
+                raise ValueError("context was given to a LinearAttention built without context_dim")
+            ck, cv = (rearrange(t, "b m (h d) -> b h m d", h=self.heads)
+                      for t in self.to_context(context).chunk(2, dim=-1))
+            k, v = torch.cat((k, ck), dim=2), torch.cat((v, cv), dim=2)
+            mask = None if context_mask is None else F.pad(context_mask, (x * y, 0), value=True)
+        out = linear_attend(q, k, v, self.scale, mask)
+        out = rearrange(out, "b h (x y) d -> b (h d) x y", x=x, y=y)
+        return self.to_out(self.nonlin(out))
+
+
+class FeedForward(nn.Sequential):
+    """Token MLP ``dim -> dim * mult -> dim``: LayerNorm, Linear, GELU, LayerNorm, Linear (no biases)."""
+
+    def __init__(self, dim: int, mult: float = 2.0):
         hidden = int(dim * mult)
-        self.time_token_shift = time_token_shift
-        self.net_in = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden, bias=False), nn.GELU())
-        self.net_out = nn.Sequential(nn.LayerNorm(hidden), nn.Dropout(dropout), nn.Linear(hidden, dim, bias=False))
-
-    def forward(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:
-        """x: (b * frames, n, dim), frames of one sample consecutive -> same shape."""
-        h = self.net_in(x)
-        if self.time_token_shift and frames > 1:
-            h = _shift_frames(h, frames)
-        return self.net_out(h)
+        super().__init__(LayerNorm(dim), nn.Linear(dim, hidden, bias=False), nn.GELU(), LayerNorm(hidden),
+                         nn.Linear(hidden, dim, bias=False))
 
 
-def _shift_frames(h: torch.Tensor, frames: int) -> torch.Tensor:
-    """Shift the first quarter of the channels of h ((b f), n, c) one frame later (zeros at frame 0)."""
-    h = rearrange(h, "(b f) n c -> b f n c", f=frames)
-    k = h.shape[-1] // 4
-    shifted = F.pad(h[:, :-1, :, :k], (0, 0, 0, 0, 1, 0))
-    h = torch.cat((shifted, h[..., k:]), dim=-1)
-    return rearrange(h, "b f n c -> (b f) n c")
+class ChanFeedForward(nn.Sequential):
+    """:class:`FeedForward` on a feature map (b, dim, h, w): channel norms and 1x1 convolutions."""
+
+    def __init__(self, dim: int, mult: float = 2.0):
+        hidden = int(dim * mult)
+        super().__init__(ChanLayerNorm(dim), nn.Conv2d(dim, hidden, 1, bias=False), nn.GELU(), ChanLayerNorm(hidden),
+                         nn.Conv2d(hidden, dim, 1, bias=False))

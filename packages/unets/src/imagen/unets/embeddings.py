@@ -1,8 +1,8 @@
-"""Conditioning embeddings: the noise level, the text tokens and the learned null text.
+"""Conditioning embeddings: learned sinusoidal noise-level features and the Perceiver text resampler.
 
 The noise level is whatever scalar the caller's diffusion process uses (continuous time in
-[0, 1], log-SNR or EDM's c_noise = log(sigma) / 4): it goes through learned sinusoidal features,
-so no fixed range is assumed.
+[0, 1], log-SNR or EDM's c_noise): it goes through learned sinusoidal features, so no fixed
+range is assumed.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from .attention import FeedForward
+from .attention import FeedForward, cosine_sim_attention
+from .layers import LayerNorm
 
-__all__ = ["LearnedSinusoidalPosEmb", "NoiseLevelEmbedding", "PerceiverResampler", "TextConditioning"]
+__all__ = ["LearnedSinusoidalPosEmb", "PerceiverAttention", "PerceiverResampler"]
 
 
 class LearnedSinusoidalPosEmb(nn.Module):
@@ -28,149 +28,79 @@ class LearnedSinusoidalPosEmb(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         if dim < 2 or dim % 2:
-            raise ValueError(f"learned_sinu_pos_emb_dim must be an even number >= 2, got {dim!r}")
+            raise ValueError(f"learned_sinu_pos_emb_dim must be an even int >= 2, got {dim!r}")
         self.weights = nn.Parameter(torch.randn(dim // 2))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """t: (b,) -> (b, dim + 1)."""
-        t = t.to(self.weights.dtype)[:, None]
-        freqs = t * self.weights[None, :] * (2 * math.pi)
+        t = t[:, None]
+        freqs = t * self.weights[None, :] * 2 * math.pi
         return torch.cat((t, freqs.sin(), freqs.cos()), dim=-1)
 
 
-class NoiseLevelEmbedding(nn.Module):
-    """A noise level -> a conditioning vector ``(b, cond_dim_out)`` and ``num_tokens`` context tokens."""
+class PerceiverAttention(nn.Module):
+    """Latents attend (cosine-sim, per-head keys) to ``[x; latents]`` (Imagen's variant of Perceiver)."""
 
-    def __init__(self, *, sinu_dim: int, hidden_dim: int, token_dim: int, num_tokens: int):
+    def __init__(self, *, dim: int, dim_head: int = 64, heads: int = 8, scale: float = 8.0):
         super().__init__()
-        self.num_tokens = num_tokens
-        self.to_hidden = nn.Sequential(
-            LearnedSinusoidalPosEmb(sinu_dim), nn.Linear(sinu_dim + 1, hidden_dim), nn.SiLU()
-        )
-        self.to_cond = nn.Linear(hidden_dim, hidden_dim)
-        self.to_tokens = nn.Linear(hidden_dim, token_dim * num_tokens) if num_tokens > 0 else None
-
-    def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """t: (b,) -> (cond (b, hidden_dim), tokens (b, num_tokens, token_dim) or None)."""
-        hidden = self.to_hidden(t)
-        tokens = None
-        if self.to_tokens is not None:
-            tokens = rearrange(self.to_tokens(hidden), "b (r d) -> b r d", r=self.num_tokens)
-        return self.to_cond(hidden), tokens
-
-
-class _PerceiverLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, dim_head: int, ff_mult: float):
-        super().__init__()
+        self.heads, self.scale = heads, scale
         inner = heads * dim_head
-        self.heads = heads
-        self.norm_x, self.norm_latents = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim)
+        self.norm_latents = nn.LayerNorm(dim)
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_kv = nn.Linear(dim, inner * 2, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
-        self.ff = FeedForward(dim, mult=ff_mult)
+        self.q_scale = nn.Parameter(torch.ones(dim_head))
+        self.k_scale = nn.Parameter(torch.ones(dim_head))
+        self.to_out = nn.Sequential(nn.Linear(inner, dim, bias=False), nn.LayerNorm(dim))
 
-    def forward(self, x: torch.Tensor, latents: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        # latents attend to [x; latents]; x: (b, n, d), latents: (b, r, d), mask: (b, n)
-        x, normed = self.norm_x(x), self.norm_latents(latents)
-        q = self.to_q(normed)
-        k, v = self.to_kv(torch.cat((x, normed), dim=1)).chunk(2, dim=-1)
+    def forward(self, x: torch.Tensor, latents: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (b, n, dim); latents: (b, r, dim); mask: (b, n) bool over x (latents always visible) -> (b, r, dim)."""
+        x, latents = self.norm(x), self.norm_latents(latents)
+        q = self.to_q(latents)
+        k, v = self.to_kv(torch.cat((x, latents), dim=1)).chunk(2, dim=-1)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
         attn_mask = None
         if mask is not None:
-            attn_mask = rearrange(F.pad(mask, (0, latents.shape[1]), value=True), "b n -> b 1 1 n")
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        latents = latents + self.to_out(rearrange(out, "b h n d -> b n (h d)"))
-        return latents + self.ff(latents)
+            attn_mask = rearrange(torch.nn.functional.pad(mask, (0, latents.shape[1]), value=True), "b j -> b 1 1 j")
+        out = cosine_sim_attention(q, k, v, self.q_scale, self.k_scale, self.scale, attn_mask)
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
 
 class PerceiverResampler(nn.Module):
-    """Perceiver-style attention pooling: ``num_latents`` learned queries read a masked token sequence.
+    """Attention pooling: ``num_latents_mean_pooled + num_latents`` latents read a token sequence.
 
-    Input ``(b, n, dim)`` with ``n <= max_seq_len`` and a key mask ``(b, n)``; output ``(b, num_latents, dim)``.
+    The sequence gets learned position embeddings; ``num_latents_mean_pooled`` latents come from
+    its mean (over every position), the others are learned. Input ``(b, n, dim)`` with
+    ``n <= max_seq_len``; output ``(b, num_latents_mean_pooled + num_latents, dim)``.
     """
 
-    def __init__(
-        self, *, dim: int, depth: int = 2, heads: int = 8, dim_head: int = 64, num_latents: int = 32,
-        max_seq_len: int = 512, ff_mult: float = 4.0,
-    ):
+    def __init__(self, *, dim: int, depth: int, dim_head: int = 64, heads: int = 8, num_latents: int = 64,
+                 num_latents_mean_pooled: int = 4, max_seq_len: int = 512, ff_mult: float = 4.0):
         super().__init__()
         if num_latents < 1:
-            raise ValueError(f"attn_pool_num_latents must be >= 1, got {num_latents!r}")
+            raise ValueError(f"attn_pool_num_latents must be an int >= 1, got {num_latents!r}")
         self.pos_emb = nn.Embedding(max_seq_len, dim)
         self.latents = nn.Parameter(torch.randn(num_latents, dim))
-        self.layers = nn.ModuleList([_PerceiverLayer(dim, heads, dim_head, ff_mult) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (b, n, dim); mask: (b, n) bool -> (b, num_latents, dim)."""
-        x = x + self.pos_emb(torch.arange(x.shape[1], device=x.device)).to(x.dtype)
-        latents = repeat(self.latents, "r d -> b r d", b=x.shape[0]).to(x.dtype)
-        for layer in self.layers:
-            latents = layer(x, latents, mask)
-        return self.norm(latents)
-
-
-class TextConditioning(nn.Module):
-    """Text embeddings -> context tokens for cross-attention and a pooled vector for the time embedding.
-
-    Positions where ``text_mask`` is False, and every position of a dropped sample
-    (classifier-free guidance), are replaced by learned null tokens; a dropped sample's pooled
-    vector is a learned null vector too. The returned key mask is the text mask for kept
-    samples and all True for dropped ones (they attend to their null tokens).
-    """
-
-    def __init__(
-        self, *, text_embed_dim: int, cond_dim: int, hidden_dim: int, max_text_len: int, attn_pool: bool,
-        num_latents: int, heads: int, dim_head: int,
-    ):
-        super().__init__()
-        self.text_embed_dim, self.max_text_len = text_embed_dim, max_text_len
-        self.to_cond = nn.Linear(text_embed_dim, cond_dim)
-        self.null_tokens = nn.Parameter(torch.randn(max_text_len, cond_dim))
-        self.null_hidden = nn.Parameter(torch.randn(hidden_dim))
-        self.attn_pool = None
-        if attn_pool:
-            self.attn_pool = PerceiverResampler(
-                dim=cond_dim, heads=heads, dim_head=dim_head, num_latents=num_latents, max_seq_len=max_text_len
+        self.num_latents_mean_pooled = num_latents_mean_pooled
+        self.to_latents_from_mean_pooled_seq = None
+        if num_latents_mean_pooled > 0:
+            self.to_latents_from_mean_pooled_seq = nn.Sequential(
+                LayerNorm(dim), nn.Linear(dim, dim * num_latents_mean_pooled)
             )
-        self.to_hidden = nn.Sequential(
-            nn.LayerNorm(cond_dim), nn.Linear(cond_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim)
+        self.layers = nn.ModuleList(
+            nn.ModuleList([PerceiverAttention(dim=dim, dim_head=dim_head, heads=heads), FeedForward(dim, mult=ff_mult)])
+            for _ in range(depth)
         )
 
-    def _fit_length(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # truncate or pad (b, L, d) / (b, L) to max_text_len
-        n = self.max_text_len
-        embeds, mask = embeds[:, :n], mask[:, :n]
-        pad = n - embeds.shape[1]
-        if pad > 0:
-            embeds = F.pad(embeds, (0, 0, 0, pad))
-            mask = F.pad(mask, (0, pad), value=False)
-        return embeds, mask
-
-    def forward(
-        self, text_embeds: torch.Tensor | None, text_mask: torch.Tensor | None, drop: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """text_embeds: (b, L, text_embed_dim) or None (= all dropped); text_mask: (b, L) bool; drop: (b,) bool.
-
-        Returns tokens (b, n, cond_dim), their key mask (b, n) or None (all visible), pooled (b, hidden_dim).
-        """
-        b = drop.shape[0]
-        if text_embeds is None:
-            text_embeds = self.null_tokens.new_zeros(b, 1, self.text_embed_dim)
-            drop = torch.ones_like(drop)
-        if text_mask is None:
-            text_mask = torch.ones(text_embeds.shape[:2], dtype=torch.bool, device=text_embeds.device)
-        embeds, mask = self._fit_length(text_embeds, text_mask.bool())
-        tokens = self.to_cond(embeds)
-        keep = mask & ~drop[:, None]  # (b, n)
-        tokens = torch.where(keep[..., None], tokens, self.null_tokens.to(tokens.dtype))
-        mask = torch.where(drop[:, None], True, mask)
-        mask = mask | ~mask.any(dim=1, keepdim=True)  # an empty text attends to its null tokens
-        if self.attn_pool is not None:
-            tokens, mask = self.attn_pool(tokens, mask), None
-        weights = torch.ones(tokens.shape[:2], device=tokens.device) if mask is None else mask.float()
-        pooled = (tokens * weights[..., None].to(tokens.dtype)).sum(1) / weights.sum(1, keepdim=True).to(tokens.dtype)
-        hidden = self.to_hidden(pooled)
-        hidden = torch.where(drop[:, None], self.null_hidden.to(hidden.dtype), hidden)
-        return tokens, mask, hidden
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (b, n, dim); mask: (b, n) bool (True = attend) or None -> (b, latents, dim)."""
+        x_with_pos = x + self.pos_emb(torch.arange(x.shape[1], device=x.device))
+        latents = repeat(self.latents, "r d -> b r d", b=x.shape[0])
+        if self.to_latents_from_mean_pooled_seq is not None:
+            pooled = self.to_latents_from_mean_pooled_seq(x.mean(dim=1))  # (b, r' * dim)
+            pooled = rearrange(pooled, "b (r d) -> b r d", r=self.num_latents_mean_pooled)
+            latents = torch.cat((pooled, latents), dim=1)
+        for attn, ff in self.layers:
+            latents = attn(x_with_pos, latents, mask=mask) + latents
+            latents = ff(latents) + latents
+        return latents

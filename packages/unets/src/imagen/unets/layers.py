@@ -1,0 +1,82 @@
+"""Small layers every U-Net block is built from: the reference's norms, a 'same' convolution, ``Parallel``.
+
+Every layer here is dimension-generic over the trailing spatial axes: feature maps are
+``(b, c, *spatial)`` with ``spatial = (h, w)`` for images and ``(f, h, w)`` for videos; the
+norms' gains carry one singleton per spatial axis (``spatial_dims``), so their state-dict
+shapes follow the reference (``(c, 1, 1)`` for images, ``(c, 1, 1, 1)`` for videos).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ChanLayerNorm", "ChanRMSNorm", "ConvFactory", "LayerNorm", "Parallel", "conv2d"]
+
+ConvFactory = Callable[..., nn.Module]
+"""``conv(dim_in, dim_out, kernel_size, **kwargs) -> module`` with 'same' padding (stride 1)."""
+
+
+def conv2d(dim_in: int, dim_out: int, kernel_size: int, **kwargs) -> nn.Conv2d:
+    """A 2D convolution that keeps the size (padding ``kernel_size // 2``)."""
+    return nn.Conv2d(dim_in, dim_out, kernel_size, padding=kernel_size // 2, **kwargs)
+
+
+class LayerNorm(nn.Module):
+    """Layer norm over axis ``dim`` with a gain and no bias (the reference's ``LayerNorm``).
+
+    ``(x - mean) / sqrt(var + eps) * g`` with the biased variance, ``eps`` 1e-5 in float32 and 1e-3
+    in lower precision; ``stable`` first divides by the (detached) maximum along ``dim``.
+    ``g`` has shape ``(feats,)`` for ``dim=-1`` and ``(feats, 1, ..., 1)`` (``-dim - 1`` ones) otherwise.
+    """
+
+    def __init__(self, feats: int, *, stable: bool = False, dim: int = -1):
+        super().__init__()
+        self.stable, self.dim = stable, dim
+        self.g = nn.Parameter(torch.ones(feats, *((1,) * (-dim - 1))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., feats, [spatial]) with ``feats`` at axis ``dim`` -> same shape."""
+        dtype = x.dtype
+        if self.stable:
+            x = x / x.amax(dim=self.dim, keepdim=True).detach()
+        eps = 1e-5 if x.dtype == torch.float32 else 1e-3
+        var, mean = torch.var_mean(x, dim=self.dim, unbiased=False, keepdim=True)
+        return (x - mean) * (var + eps).rsqrt().to(dtype) * self.g.to(dtype)
+
+
+class ChanLayerNorm(LayerNorm):
+    """:class:`LayerNorm` over the channels of ``(b, c, *spatial)`` (``spatial_dims`` trailing axes)."""
+
+    def __init__(self, feats: int, *, stable: bool = False, spatial_dims: int = 2):
+        super().__init__(feats, stable=stable, dim=-(spatial_dims + 1))
+
+
+class ChanRMSNorm(nn.Module):
+    """RMS norm over the channels: ``normalize(x, dim=1) * sqrt(c) * gamma``; gamma ``(c, 1, ..., 1)``."""
+
+    def __init__(self, dim: int, *, spatial_dims: int = 2):
+        super().__init__()
+        self.scale = dim**0.5
+        self.gamma = nn.Parameter(torch.ones(dim, *((1,) * spatial_dims)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (b, c, *spatial) -> same shape."""
+        return F.normalize(x, dim=1) * self.scale * self.gamma
+
+
+class Parallel(nn.Module):
+    """The sum of several modules applied to the same input (children ``fns.0``, ``fns.1``, ...)."""
+
+    def __init__(self, *fns: nn.Module):
+        super().__init__()
+        self.fns = nn.ModuleList(fns)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fns[0](x)
+        for fn in self.fns[1:]:
+            out = out + fn(x)
+        return out
