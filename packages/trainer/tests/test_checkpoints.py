@@ -114,8 +114,11 @@ def test_folder_rotation(tmp_path):
         "checkpoint.10.safetensors",
     ]
     assert latest_checkpoint(tmp_path / "missing") is None
+    save_checkpoint(tmp_path / folder_checkpoint_name(11), {"s": torch.tensor(11)})
+    assert prune_checkpoints(tmp_path, keep=0) == []  # as the reference: 0 keeps every checkpoint
+    assert len(checkpoint_folder_files(tmp_path)) == 3
     with pytest.raises(ValueError, match="max_checkpoints_keep"):
-        prune_checkpoints(tmp_path, keep=0)
+        prune_checkpoints(tmp_path, keep=2.5)
 
 
 def test_sigkill_while_saving_leaves_previous_checkpoint(tmp_path):

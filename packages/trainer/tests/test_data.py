@@ -33,13 +33,15 @@ def test_images_are_resized_and_centre_cropped(tmp_path):
 def test_identity_resize_is_exact(tmp_path):
     _write_image(tmp_path / "a.png", 8, 8, seed=3)
     expected = torch.from_numpy(np.array(Image.open(tmp_path / "a.png"))).permute(2, 0, 1).float() / 255
-    assert torch.equal(Dataset(tmp_path, 8)[0], expected)
+    assert torch.equal(Dataset(tmp_path, 8, augment_horizontal_flip=False)[0], expected)
 
 
 def test_flip_is_a_pure_function_of_the_augmentation_seed(tmp_path):
     _write_image(tmp_path / "a.png", 8, 8)
-    plain = Dataset(tmp_path, 8)[0]
-    ds = Dataset(tmp_path, 8, augment_horizontal_flip=True)
+    plain = Dataset(tmp_path, 8, augment_horizontal_flip=False)[0]
+    ds = Dataset(tmp_path, 8)  # flips by default, as the reference
+    drawn = [ds[0] for _ in range(32)]  # a plain index draws the flip from the dataset's generator
+    assert any(torch.equal(o, plain.flip(-1)) for o in drawn) and any(torch.equal(o, plain) for o in drawn)
     outs = [ds[(0, seed)] for seed in range(16)]
     assert all(torch.equal(o, plain) or torch.equal(o, plain.flip(-1)) for o in outs)
     assert any(torch.equal(o, plain.flip(-1)) for o in outs) and any(torch.equal(o, plain) for o in outs)
@@ -74,6 +76,27 @@ def test_sidecar_and_jsonl_captions(tmp_path):
     batch = collate([ds[0], ds[1]])
     assert batch["images"].shape == (2, 3, 8, 8) and batch["texts"] == ["a red square", "blue"]
     assert len(Dataset(tmp_path, 8, captions=False)) == 3
+
+
+def test_a_stray_sidecar_drops_no_image(tmp_path):
+    for name in "abc":
+        _write_image(tmp_path / f"{name}.png", 8, 8)
+    (tmp_path / "a.txt").write_text("a caption")
+    with pytest.warns(UserWarning, match="only 1 of 3 images have a caption"):
+        ds = Dataset(tmp_path, 8)
+    assert len(ds) == 3 and not ds.has_captions and ds.skipped == []
+    (tmp_path / "b.txt").write_text("b")
+    (tmp_path / "c.txt").write_text("c")
+    assert Dataset(tmp_path, 8).has_captions  # every image captioned: captions used
+    (tmp_path / "c.txt").unlink()
+    with pytest.warns(UserWarning, match=r"c\.png"):
+        required = Dataset(tmp_path, 8, captions=True)
+    assert len(required) == 2 and [p for p, _ in required.skipped] == [str(tmp_path / "c.png")]
+
+
+def test_reference_keyword_convert_image_to_type(tmp_path):
+    _write_image(tmp_path / "a.png", 8, 8)
+    assert Dataset(tmp_path, 8, convert_image_to_type="L")[0].shape == (1, 8, 8)
 
 
 class _Cache:

@@ -80,8 +80,12 @@ def test_bad_arguments(toy_cascade):
         _trainer(toy_cascade(), lr=(1e-3, 1e-3, 1e-3))
     with pytest.raises(TypeError, match="unexpected"):
         _trainer(toy_cascade(), not_an_option=1)
-    with pytest.raises(ValueError, match="checkpoint_fs"):
-        _trainer(toy_cascade(), checkpoint_fs="s3")
+    with pytest.raises(TypeError, match="checkpoint_fs"):
+        _trainer(toy_cascade(), checkpoint_path="ckpts", checkpoint_fs="s3")
+    with pytest.raises(TypeError, match="fs_kwargs"):
+        _trainer(toy_cascade(), checkpoint_path="memory://x", fs_kwargs=["a"])
+    with pytest.raises(ValueError, match="max_checkpoints_keep"):
+        _trainer(toy_cascade(), max_checkpoints_keep="all")
 
 
 def test_per_unet_lr_and_warmup_cosine(toy_cascade):
@@ -102,12 +106,33 @@ def test_warmup_cosine_closed_form(warmup, total, step):
     assert WarmupCosine()(step) == 1.0
 
 
-def test_weight_decay_groups(toy_cascade):
-    trainer = _trainer(toy_cascade(), weight_decay=0.1)
-    groups = trainer.optimizers[0].param_groups
-    assert isinstance(trainer.optimizers[0], torch.optim.AdamW)
-    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
-    assert all(p.ndim >= 2 for p in groups[0]["params"]) and all(p.ndim < 2 for p in groups[1]["params"])
+def test_optimizer_keywords_go_to_adam_as_in_the_reference(toy_cascade):
+    """The reference passes every other keyword to torch.optim.Adam: weight_decay is Adam's (L2 on
+    every parameter), amsgrad / decoupled_weight_decay... pass through; group_wd_params does nothing."""
+    trainer = _trainer(toy_cascade(), weight_decay=0.1, amsgrad=True, group_wd_params=True)
+    optimizer = trainer.optimizers[0]
+    assert type(optimizer) is torch.optim.Adam and len(optimizer.param_groups) == 1
+    group = optimizer.param_groups[0]
+    assert group["weight_decay"] == 0.1 and group["amsgrad"] is True and group["decoupled_weight_decay"] is False
+    assert len(group["params"]) == len(list(trainer.imagen.unets[0].parameters()))
+    decoupled = _trainer(toy_cascade(), weight_decay=0.1, decoupled_weight_decay=True)
+    assert decoupled.optimizers[1].param_groups[0]["decoupled_weight_decay"] is True
+    # one step equals torch's Adam with the same keywords on the same gradients
+    cascade = toy_cascade(noisy=False)
+    trainer = _trainer(cascade, lr=1e-2, weight_decay=0.1, amsgrad=True)
+    twin = [p.detach().clone().requires_grad_() for p in cascade.unets[0].parameters()]
+    images = torch.rand(2, 3, 4, 4)
+    trainer(images, unet_number=1)
+    grads = [p.grad.clone() for p in cascade.unets[0].parameters()]
+    trainer.update(1)
+    adam = torch.optim.Adam(twin, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, amsgrad=True)
+    for p, g in zip(twin, grads):
+        p.grad = g
+    adam.step()
+    for ours, expected in zip(cascade.unets[0].parameters(), twin):
+        torch.testing.assert_close(ours, expected)
+    with pytest.raises(TypeError, match=r"torch\.optim\.Adam"):
+        _trainer(toy_cascade(), amsgrad_typo=True)
 
 
 def test_nonfinite_loss_skips_the_step_and_stops_after_a_run(toy_cascade):

@@ -1,10 +1,11 @@
 """Image folders as datasets: resizing, flips, captions, precomputed text embeddings, corrupt files.
 
-``Dataset(folder, image_size)`` yields image tensors ``(C, H, W)`` in ``[0, 1]`` as the reference's
-does. With captions (a sidecar ``<image stem>.txt`` per image, or a ``metadata.jsonl`` in the folder
-with one ``{"file_name": ..., "text": ...}`` object per line) it yields dicts ``{"images", "texts"}``;
-with a text embedding cache as well (an object with ``lookup(captions) -> (embeds, mask)``, such as
-``imagen.text.TextEmbeddingCache``) it yields ``{"images", "text_embeds", "text_masks"}``.
+``Dataset(folder, image_size)`` yields image tensors ``(C, H, W)`` in ``[0, 1]``, flipped left-right
+with probability 1/2, as the reference's does. With captions (a sidecar ``<image stem>.txt`` per
+image, or a ``metadata.jsonl`` in the folder with one ``{"file_name": ..., "text": ...}`` object per
+line) it yields dicts ``{"images", "texts"}``; with a text embedding cache as well (an object with
+``lookup(captions) -> (embeds, mask)``, such as ``imagen.text.TextEmbeddingCache``) it yields
+``{"images", "text_embeds", "text_masks"}``.
 
 Images that cannot be read are skipped with a warning and counted in ``Dataset.skipped``.
 """
@@ -50,11 +51,15 @@ class Dataset(torch.utils.data.Dataset):
         folder: the folder holding the images.
         image_size: side of the square output, in pixels.
         exts: file extensions to use (case-insensitive).
-        augment_horizontal_flip: flip each image left-right with probability 1/2.
+        augment_horizontal_flip: flip each image left-right with probability 1/2 (on by default: the
+            reference always flips; turn it off when captions speak of left and right).
         convert_image_to: PIL mode every image is converted to (``"RGB"`` by default; None keeps the
-            file's own mode).
-        captions: ``"auto"`` (use captions when a ``metadata.jsonl`` or any sidecar ``.txt`` exists),
-            True (required: images without one are skipped and counted) or False.
+            file's own mode). ``convert_image_to_type`` (the reference's name) is an alias.
+        captions: ``"auto"``: use captions when the folder has a ``metadata.jsonl`` (images it does
+            not list are skipped and counted) or when every image has a sidecar ``.txt``; when only
+            some images have a sidecar the captions are ignored with a warning (no image is dropped
+            for a stray ``.txt``). True: required (images without one are skipped and counted).
+            False: images only.
         text_embedding_cache: an object with ``lookup(captions) -> (embeds (B, L, D), mask (B, L))``;
             when given, items carry ``text_embeds`` ``(L, D)`` and ``text_masks`` ``(L,)`` instead of
             ``texts``.
@@ -71,15 +76,18 @@ class Dataset(torch.utils.data.Dataset):
         folder: str | os.PathLike,
         image_size: int,
         exts: Sequence[str] = ("jpg", "jpeg", "png", "tiff", "webp", "bmp"),
-        augment_horizontal_flip: bool = False,
+        augment_horizontal_flip: bool = True,
         convert_image_to: str | None = "RGB",
         *,
+        convert_image_to_type: str | None = None,
         captions: bool | str = "auto",
         text_embedding_cache=None,
         verify_images: bool = True,
         seed: int = 0,
     ):
         super().__init__()
+        if convert_image_to_type is not None:
+            convert_image_to = convert_image_to_type
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise ValueError(f"folder must be an existing directory, got {str(folder)!r}")
@@ -103,9 +111,16 @@ class Dataset(torch.utils.data.Dataset):
         wanted = {e.lower().lstrip(".") for e in exts}
         paths = sorted(p for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in wanted)
         table = self._read_metadata_jsonl()
-        use_captions = captions is True or (
-            captions == "auto" and (table is not None or any(p.with_suffix(".txt").is_file() for p in paths))
-        )
+        use_captions = captions is True
+        if captions == "auto":
+            with_sidecar = sum(p.with_suffix(".txt").is_file() for p in paths)
+            use_captions = table is not None or (bool(paths) and with_sidecar == len(paths))
+            if not use_captions and with_sidecar:
+                warnings.warn(
+                    f"{folder}: only {with_sidecar} of {len(paths)} images have a caption (.txt); captions are "
+                    "ignored and every image is used (pass captions=True to train on the captioned ones only)",
+                    stacklevel=2,
+                )
         if text_embedding_cache is not None and not use_captions:
             raise ValueError(
                 "text_embedding_cache was given but the folder has no captions (captions=False or none found)"

@@ -39,21 +39,21 @@ def make_optimizer(
     eps: float,
     betas: tuple[float, float],
     weight_decay: float = 0.0,
-    group_wd_params: bool = True,
+    **adam_kwargs,
 ) -> torch.optim.Optimizer:
-    """Adam without weight decay; AdamW with it. With ``group_wd_params`` biases, norms and other
-    parameters of fewer than 2 dimensions get no weight decay."""
+    """``torch.optim.Adam`` over the module's trainable parameters, as the reference builds it.
+
+    ``weight_decay`` is Adam's (an L2 term added to every parameter's gradient, biases and norms
+    included); other keywords (``amsgrad``, ``foreach``, ``fused``, ``maximize``, ``capturable``,
+    ``differentiable``, ``decoupled_weight_decay`` for AdamW's decoupled decay) go to Adam unchanged.
+    """
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(module).__name__} has no trainable parameters")
-    if weight_decay == 0:
-        return torch.optim.Adam(params, lr=lr, eps=eps, betas=betas)
-    if group_wd_params:
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=lr, eps=eps, betas=betas, weight_decay=weight_decay)
-    return torch.optim.AdamW(params, lr=lr, eps=eps, betas=betas, weight_decay=weight_decay)
+    try:
+        return torch.optim.Adam(params, lr=lr, eps=eps, betas=betas, weight_decay=weight_decay, **adam_kwargs)
+    except TypeError as error:
+        raise TypeError(f"ImagenTrainer passes unknown keywords to torch.optim.Adam: {error}") from None
 
 
 def optimizer_state_to_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict]:

@@ -11,25 +11,37 @@ multi-process work goes through accelerate: the trained stage's U-Net and optimi
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from ema_pytorch import EMA
 from torch import nn
 
 from imagen.cascade import load_imagen_from_checkpoint
+from imagen.cascade.reference_checkpoint import ReferenceCheckpointError, is_torch_save, read_reference_checkpoint
 
-from .checkpoints import folder_checkpoint_name, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
-from .chunks import split_batch
+from .checkpoints import (
+    CheckpointError,
+    folder_checkpoint_name,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from .chunks import concatenate_outputs, split_batch, split_sample_kwargs
 from .data import _mix_seed
 from .optim import WarmupCosine, make_optimizer
+from .reference_import import checkpoint_from_reference
 from .sampling import ema_weights, save_image_grid
 from .setup import PRECISIONS, autocast, make_accelerator, per_unet, register_teardown, training_precision
 from .stage import NonFiniteTrainingError, StageOptimization
 from .state import gather_generator_states, pack_state, restore_generators, restore_training, restore_weights
+from .storage import is_local, join, resolve
 from .streams import DataStreams, LoaderStream, dataset_stream, split_validation
 
 __all__ = ["ImagenTrainer", "NonFiniteTrainingError"]
@@ -37,6 +49,39 @@ __all__ = ["ImagenTrainer", "NonFiniteTrainingError"]
 logger = logging.getLogger(__name__)
 
 _EMA_KEYS = {"ema_beta": "beta", "ema_update_after_step": "update_after_step", "ema_update_every": "update_every"}
+
+_ADAM_KEYWORDS = frozenset(inspect.signature(torch.optim.Adam).parameters) - {"params", "lr", "betas", "eps"}
+"""Keywords that go to ``torch.optim.Adam`` unchanged (``weight_decay``, ``amsgrad``, ``foreach``...)."""
+
+SAMPLING_ONLY_SETTINGS = frozenset({
+    "timesteps", "num_sample_steps", "sigma_min", "sigma_max", "rho", "S_churn", "S_tmin", "S_tmax", "S_noise",
+    "dynamic_thresholding", "dynamic_thresholding_percentile", "lowres_sample_noise_level", "sampler",
+    "only_train_unet_number",
+})
+"""Cascade settings that change neither the weights nor what a training step computes (how to
+sample, and which unet a session trains): ``load`` accepts a checkpoint where only these differ,
+and warns naming them. Any other difference (architecture, noise schedules, objectives, losses,
+conditioning dropout, image sizes, text encoder...) is refused."""
+
+_MISSING = object()
+
+
+def _as_tensor(value):
+    """A numpy array as a tensor (the reference's trainer accepts both); anything else unchanged."""
+    return torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+
+
+def _as_float_images(images):
+    """Images as a float tensor: numpy arrays become tensors, uint8 values in [0, 255] become [0, 1]."""
+    images = _as_tensor(images)
+    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+        return images.float() / 255
+    return images
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """The top-level settings whose values differ between two config dicts (sorted)."""
+    return sorted(k for k in set(saved) | set(current) if saved.get(k, _MISSING) != current.get(k, _MISSING))
 
 
 class ImagenTrainer(nn.Module):
@@ -53,6 +98,12 @@ class ImagenTrainer(nn.Module):
     ``accelerate.Accelerator``. With ``checkpoint_path`` the trainer resumes from the newest
     checkpoint there and writes one every ``checkpoint_every`` steps, keeping ``max_checkpoints_keep``.
     ``max_consecutive_nonfinite`` bad steps in a row raise :class:`NonFiniteTrainingError`.
+
+    As the reference: other keywords (``weight_decay``, ``amsgrad``, ``foreach``, ``fused``,
+    ``decoupled_weight_decay``...) go to each unet's ``torch.optim.Adam``; ``group_wd_params`` is
+    accepted and has no effect (the reference does not use it); ``checkpoint_path`` may be any fsspec
+    URL, with ``fs_kwargs`` for its filesystem, or a path on the fsspec filesystem ``checkpoint_fs``;
+    ``max_checkpoints_keep <= 0`` keeps every checkpoint.
     """
 
     def __init__(
@@ -80,6 +131,7 @@ class ImagenTrainer(nn.Module):
         checkpoint_path=None,
         checkpoint_every=None,
         checkpoint_fs=None,
+        fs_kwargs: dict | None = None,
         max_checkpoints_keep=20,
         *,
         weight_decay=0.0,
@@ -94,8 +146,8 @@ class ImagenTrainer(nn.Module):
             raise ValueError("give exactly one of imagen and imagen_checkpoint_path")
         if imagen is None:
             imagen = load_imagen_from_checkpoint(imagen_checkpoint_path)
-        if checkpoint_fs is not None:
-            raise ValueError(f"checkpoint_fs={checkpoint_fs!r} is not supported: checkpoints go to a local path")
+        if isinstance(max_checkpoints_keep, bool) or not isinstance(max_checkpoints_keep, int):
+            raise ValueError(f"max_checkpoints_keep must be an int (<= 0 keeps all), got {max_checkpoints_keep!r}")
         if fp16 and precision not in (None, "fp16"):
             raise ValueError(f"fp16=True conflicts with precision={precision!r}")
         precision = "fp16" if fp16 else precision
@@ -110,8 +162,20 @@ class ImagenTrainer(nn.Module):
 
         ema_kwargs = {_EMA_KEYS.get(k, k[4:]): kwargs.pop(k) for k in list(kwargs) if k.startswith("ema_")}
         accelerate_kwargs = {k[11:]: kwargs.pop(k) for k in list(kwargs) if k.startswith("accelerate_")}
+        optimizer_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _ADAM_KEYWORDS}
         if kwargs:
-            raise TypeError(f"ImagenTrainer got unexpected keyword arguments {sorted(kwargs)}")
+            raise TypeError(
+                f"ImagenTrainer got unexpected keyword arguments {sorted(kwargs)}; besides its own it accepts "
+                f"ema_<name>, accelerate_<name> and torch.optim.Adam's {sorted(_ADAM_KEYWORDS)}"
+            )
+        if fs_kwargs is not None and not isinstance(fs_kwargs, dict):
+            raise TypeError(f"fs_kwargs must be a dict of fsspec filesystem options, got {type(fs_kwargs).__name__}")
+        self.fs_kwargs = dict(fs_kwargs or {})
+        self.fs, self.checkpoint_path = resolve(
+            checkpoint_path if checkpoint_path is not None else ".", checkpoint_fs, self.fs_kwargs
+        )
+        if checkpoint_path is None:
+            self.checkpoint_path = None
         self.accelerator = accelerator if accelerator is not None else make_accelerator(accelerate_kwargs, log_with)
         precision = training_precision(self.accelerator, precision)
         register_teardown(self.accelerator)
@@ -123,7 +187,6 @@ class ImagenTrainer(nn.Module):
         self.split_valid_fraction, self.split_valid_from_train = split_valid_fraction, split_valid_from_train
         self.split_random_seed, self.seed = split_random_seed, seed
         self.precision, self.max_consecutive_nonfinite = precision, max_consecutive_nonfinite
-        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.checkpoint_every, self.max_checkpoints_keep = checkpoint_every, max_checkpoints_keep
 
         options = dict(
@@ -137,7 +200,7 @@ class ImagenTrainer(nn.Module):
         for i, unet in enumerate(imagen.unets):
             if not getattr(unet, "is_null", False):
                 self.stages[i] = self._stage_optimization(i, unet, {k: v[i] for k, v in per.items()},
-                                                          group_wd_params, ema_kwargs)
+                                                          optimizer_kwargs, ema_kwargs)
 
         process_seed = _mix_seed(seed, self.accelerator.process_index)
         self._generator = torch.Generator(self.device).manual_seed(process_seed)
@@ -146,15 +209,15 @@ class ImagenTrainer(nn.Module):
         self.data = DataStreams(dl_tuple_output_keywords_names)
         """The train / valid batch streams (:class:`~imagen.trainer.streams.DataStreams`)."""
         if self.checkpoint_path is not None:
-            newest = latest_checkpoint(self.checkpoint_path)
+            newest = latest_checkpoint(self.checkpoint_path, self.fs, include_reference=True)
             if newest is not None:
                 logger.info("resuming from %s", newest)
                 self.load(newest)
 
-    def _stage_optimization(self, index, unet, options, group_wd_params, ema_kwargs) -> StageOptimization:
+    def _stage_optimization(self, index, unet, options, optimizer_kwargs, ema_kwargs) -> StageOptimization:
         optimizer = make_optimizer(
             unet, lr=options["lr"], eps=options["eps"], betas=(options["beta1"], options["beta2"]),
-            weight_decay=options["weight_decay"], group_wd_params=group_wd_params,
+            weight_decay=options["weight_decay"], **optimizer_kwargs,
         )
         schedule = WarmupCosine(options["warmup_steps"], options["cosine_decay_max_steps"])
         scaler = self.accelerator.scaler  # accelerate's fp16 scaler (GPU) when it has one, else ours
@@ -276,10 +339,14 @@ class ImagenTrainer(nn.Module):
     def forward(self, images=None, *, unet_number: int | None = None, max_batch_size: int | None = None, **kwargs):
         """Accumulates the gradients of stage ``unet_number``'s loss on ``images`` (B, C, H, W) (or
         videos (B, C, F, H, W)) in chunks of ``max_batch_size``, and returns the loss (a float).
+        As in the reference, numpy arrays become tensors and uint8 images (and ``cond_images``) are
+        divided by 255.
         Other keywords (``texts``, ``text_embeds``, ``text_masks``, ``cond_images``, ...) go to the
         cascade; those with the batch as first dimension are chunked with the images."""
         if images is None:
             images = kwargs.pop("images", None)
+        images, kwargs = _as_float_images(images), {k: _as_float_images(v) if k == "cond_images" else _as_tensor(v)
+                                                    for k, v in kwargs.items()}
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"images must be a tensor (B, C, H, W) or (B, C, F, H, W), got {type(images).__name__}")
         stage = self._stage(unet_number)
@@ -354,7 +421,7 @@ class ImagenTrainer(nn.Module):
         stage = self._stage(unet_number)
         batch = {**self.data.next_kwargs("valid"), **kwargs}
         max_batch_size = batch.pop("max_batch_size", None)
-        images = batch.pop("images")
+        images = _as_float_images(batch.pop("images"))
         with self.use_ema_unets() if use_ema_unets else contextlib.nullcontext():
             return self._loss(stage, images, max_batch_size, batch, train=False, generator=self._valid_generator)
 
@@ -368,16 +435,27 @@ class ImagenTrainer(nn.Module):
             yield self.imagen
 
     @torch.no_grad()
-    def sample(self, *args, use_ema: bool | None = None, **kwargs):
-        """``imagen.sample(...)`` through the EMA weights (unless ``use_ema=False`` or the trainer
-        keeps no EMA); progress bars follow ``verbose`` unless ``use_tqdm`` is given."""
+    def sample(self, *args, use_ema: bool | None = None, use_non_ema: bool = False, max_batch_size: int | None = None,
+               **kwargs):
+        """``imagen.sample(...)`` through the EMA weights (unless ``use_non_ema=True`` as in the reference,
+        ``use_ema=False``, or the trainer keeps no EMA); progress bars follow ``verbose`` unless
+        ``use_tqdm`` is given. With ``max_batch_size`` the batch is sampled in chunks of at most that
+        many (``texts``, ``text_embeds``, ``cond_images``... split with it, or ``batch_size`` for an
+        unconditional cascade) and the outputs concatenated."""
         kwargs.setdefault("use_tqdm", self.verbose and self.is_main)
+        if use_non_ema:
+            if use_ema:
+                raise ValueError("use_non_ema=True conflicts with use_ema=True")
+            use_ema = False
         use_ema = self.use_ema if use_ema is None else use_ema
         was_training = self.imagen.training
         self.imagen.eval()
         try:
             with self.use_ema_unets() if use_ema else contextlib.nullcontext():
-                return self.imagen.sample(*args, **kwargs)
+                if max_batch_size is None:
+                    return self.imagen.sample(*args, **kwargs)
+                chunks = split_sample_kwargs(kwargs, max_batch_size)
+                return concatenate_outputs([self.imagen.sample(*args, **chunk) for chunk in chunks])
         finally:
             self.imagen.train(was_training)
 
@@ -428,11 +506,20 @@ class ImagenTrainer(nn.Module):
 
     # ------------------------------------------------------------------------------ checkpoints
 
-    def save(self, path, overwrite: bool = True, without_optim_and_sched: bool = False) -> Path | None:
-        """Writes the trainer's whole state to ``path`` (one safetensors file, atomically; only the
-        main process writes). Call it on every process. Refuses to write non-finite weights."""
-        path = Path(path)
-        if not overwrite and path.exists():
+    def _locate(self, path):
+        """``(fs, path)``: a URL picks its own filesystem (with ``fs_kwargs``); a plain path lies on the
+        checkpoint filesystem (``checkpoint_path``'s or ``checkpoint_fs``; local without them)."""
+        text = str(path)
+        if "://" in text:
+            return resolve(text, None, self.fs_kwargs)
+        return resolve(path, None if is_local(self.fs) else self.fs)
+
+    def save(self, path, overwrite: bool = True, without_optim_and_sched: bool = False) -> Path | str | None:
+        """Writes the trainer's whole state to ``path`` (one safetensors file, atomically on a local
+        disk, else written under a temporary name and moved; only the main process writes). ``path``
+        may be an fsspec URL. Call it on every process. Refuses to write non-finite weights."""
+        fs, path = self._locate(path)
+        if not overwrite and fs.exists(str(path)):
             raise ValueError(f"{path} exists and overwrite=False")
         for name, value in self.imagen.named_parameters():  # the same weights on every rank: all refuse
             if not torch.isfinite(value).all():
@@ -445,33 +532,72 @@ class ImagenTrainer(nn.Module):
             tensors, state = pack_state(
                 self.imagen, self.stages, self.accelerator, meta=meta, rng_states=rng_states, data=data
             )
-            written = save_checkpoint(path, tensors, imagen_config=self.imagen.config.to_json(), trainer_state=state)
+            written = save_checkpoint(path, tensors, imagen_config=self.imagen.config.to_json(), trainer_state=state,
+                                      fs=fs)
             logger.info("saved checkpoint %s", path)
         self.accelerator.wait_for_everyone()
         return written
 
-    def save_to_checkpoint_folder(self) -> Path | None:
+    def save_to_checkpoint_folder(self) -> Path | str | None:
         """Writes ``checkpoint.<total steps>.safetensors`` into ``checkpoint_path`` and removes all but
-        the ``max_checkpoints_keep`` newest."""
+        the ``max_checkpoints_keep`` newest (all are kept when it is <= 0)."""
         if self.checkpoint_path is None:
             raise ValueError("save_to_checkpoint_folder needs checkpoint_path")
-        path = self.save(self.checkpoint_path / folder_checkpoint_name(self.num_steps_taken()))
+        path = self.save(join(self.checkpoint_path, folder_checkpoint_name(self.num_steps_taken())))
         if self.is_main:
-            prune_checkpoints(self.checkpoint_path, self.max_checkpoints_keep)
+            prune_checkpoints(self.checkpoint_path, self.max_checkpoints_keep, self.fs)
         self.accelerator.wait_for_everyone()
         return path
 
+    def _read(self, fs, path):
+        """Our checkpoint, or an imagen-pytorch ``.pt`` converted to our layout (weights-only load)."""
+        with fs.open(str(path), "rb") as handle:
+            head = handle.read(4)
+        if not is_torch_save(head):
+            return load_checkpoint(path, fs)
+        try:
+            ref = read_reference_checkpoint(str(path), fs=fs)
+        except ReferenceCheckpointError as error:
+            raise CheckpointError(str(error)) from None
+        return checkpoint_from_reference(ref, self.imagen, config_json=None)
+
+    def _check_config(self, path, ckpt) -> None:
+        """Refuses a checkpoint of another cascade; warns when only sampling settings differ."""
+        if ckpt.imagen_config is None:
+            return
+        saved, current = json.loads(ckpt.imagen_config), json.loads(self.imagen.config.to_json())
+        differences = config_differences(saved, current)
+        refused = [k for k in differences if k not in SAMPLING_ONLY_SETTINGS]
+        if refused:
+            details = "; ".join(f"{k}: checkpoint {saved.get(k, '(absent)')!r}, trainer {current.get(k, '(absent)')!r}"
+                                for k in refused[:4])
+            raise ValueError(
+                f"{path} was written for another cascade config than this trainer's imagen ({details}); only sampling "
+                f"settings may differ ({sorted(SAMPLING_ONLY_SETTINGS)})"
+            )
+        if differences:
+            warnings.warn(
+                f"{path} was saved with other sampling settings ({', '.join(differences)}); the weights and training "
+                "state are loaded, and this trainer's imagen keeps its own settings",
+                stacklevel=3,
+            )
+
     def load(self, path, only_model: bool = False, strict: bool = True, noop_if_not_exist: bool = False):
-        """Restores the state written by :meth:`save` (every process reads the same file). Checks
-        the file's integrity and never unpickles. Returns the checkpoint's trainer state dict."""
-        path = Path(path)
-        if noop_if_not_exist and not path.exists():
-            logger.info("no checkpoint at %s; nothing loaded", path)
-            return None
-        ckpt = load_checkpoint(path)
-        if strict and ckpt.imagen_config is not None:
-            if json.loads(ckpt.imagen_config) != json.loads(self.imagen.config.to_json()):
-                raise ValueError(f"{path} was written for another cascade config than this trainer's imagen")
+        """Restores the state written by :meth:`save` (every process reads the same file), or the
+        state of an imagen-pytorch trainer checkpoint (``torch.load(weights_only=True)`` only; one
+        that needs custom classes is refused). ``path`` may be an fsspec URL. Checks the file's
+        integrity. The cascade must be the one saved, except for sampling settings
+        (:data:`SAMPLING_ONLY_SETTINGS`), which may differ (with a warning). Returns the checkpoint's
+        trainer state dict."""
+        fs, path = self._locate(path)
+        if not fs.exists(str(path)):
+            if noop_if_not_exist:
+                logger.info("no checkpoint at %s; nothing loaded", path)
+                return None
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        ckpt = self._read(fs, path)
+        if strict:
+            self._check_config(path, ckpt)
         restore_weights(self.imagen, self.stages, ckpt, strict=strict)
         state = ckpt.trainer_state
         if only_model:
