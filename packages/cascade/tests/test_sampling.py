@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from cascade_testing import tiny_unet
+from cascade_testing import randomize_cascade_, tiny_unet
 
 from imagen.cascade import ElucidatedImagen, Imagen, load_imagen_from_checkpoint
 from imagen.diffusion import classifier_free_guidance
@@ -14,7 +14,7 @@ def text_imagen(cls=Imagen, **settings):
         settings.setdefault("timesteps", 3)
     else:
         settings.setdefault("num_sample_steps", 3)
-    return cls(unets=(tiny_unet(), tiny_unet()), **settings).eval()
+    return randomize_cascade_(cls(unets=(tiny_unet(), tiny_unet()), **settings), seed=1).eval()
 
 
 @pytest.mark.parametrize("cls", [Imagen, ElucidatedImagen])
@@ -23,7 +23,7 @@ def test_a_seed_gives_the_same_samples_whatever_the_batch(cls):
     embeds = torch.randn(4, 5, 16)
     four = imagen.sample(text_embeds=embeds, cond_scale=2.0, generator=7, use_tqdm=False)
     one = imagen.sample(text_embeds=embeds[:1], cond_scale=2.0, generator=7, use_tqdm=False)
-    torch.testing.assert_close(one[0], four[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(one[0], four[0], atol=1e-3, rtol=0)  # batched kernels round differently
     again = imagen.sample(text_embeds=embeds, cond_scale=2.0, generator=7, use_tqdm=False)
     assert torch.equal(four, again)
 
@@ -34,7 +34,7 @@ def test_batched_guidance_equals_separate_conditional_and_null_forwards():
     x, sigma = torch.randn(2, 3, 8, 8), torch.tensor([0.5, 3.0])
     cond = dict(text_embeds=torch.randn(2, 5, 16), text_mask=torch.ones(2, 5, dtype=torch.bool),
                 cond_drop_mask=torch.zeros(2, dtype=torch.bool))
-    base = imagen.stages[0].denoiser(unet)
+    base = imagen.stages[0].x0_model(unet, "ddim")  # the sigma-space denoiser of the network
     null_cond = {"cond_drop_mask": torch.ones(2, dtype=torch.bool)}
     with torch.no_grad():
         conditional = base(x, sigma, **cond)
@@ -103,7 +103,7 @@ def test_init_images_with_skip_steps_start_from_the_given_image():
     # skipping all but the last step starts at the smallest noise level: the result stays near init
     out = imagen.sample(batch_size=2, init_images=init, skip_steps=3, stop_at_unet_number=1, use_tqdm=False)
     assert out.shape == (2, 3, 8, 8)
-    with pytest.raises(ValueError, match="skip_steps=4 leaves no step"):
+    with pytest.raises(ValueError, match=r"skip_steps for unet 1 must be an int in \[0, 4\)"):
         imagen.sample(batch_size=2, init_images=init, skip_steps=4, use_tqdm=False)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from typing import ClassVar
 
+import attrs
 import torch
 from torch import nn
 
@@ -18,6 +19,7 @@ from imagen.diffusion import (
     get_noise_schedule,
     q_sample,
     randn_like,
+    sample_training_times,
 )
 from imagen.text import T5Encoder, get_encoded_dim
 from imagen.unets import Unet, Unet3D, unet_from_config
@@ -30,8 +32,25 @@ from .conditioning import (
 )
 from .config import CascadeConfig, ElucidatedImagenConfig, ImagenConfig, per_unet
 from .images import normalize, random_crop, resize, unnormalize
-from .sampling import CascadeSampling
+from .sampling import CascadeSampling, _as_float_images, _warn_once
 from .stages import ElucidatedStage, GaussianStage
+
+
+@attrs.frozen(kw_only=True)
+class TrainingDraws:
+    """The random draws of one training step: the stage's noise level (t for a Gaussian stage,
+    sigma for EDM) (B,), the noise like x0, the low-res augmentation times (B,) and noise (or None)
+    and the self-conditioning coin."""
+
+    noise_level: torch.Tensor = attrs.field(eq=False)
+    noise: torch.Tensor = attrs.field(eq=False)
+    lowres_times: torch.Tensor | None = attrs.field(eq=False)
+    lowres_noise: torch.Tensor | None = attrs.field(eq=False)
+    self_condition: bool
+
+
+def _generator_device(generator: torch.Generator | None):
+    return None if generator is None else generator.device
 
 
 def build_unet(config: dict, *, video: bool = False) -> nn.Module:
@@ -56,6 +75,7 @@ class Cascade(CascadeSampling, nn.Module):
         if len(kinds) > 1:
             raise ValueError("unets mix image U-Nets and video U-Nets (Unet3D); use one kind for every stage")
         settings.setdefault("video", kinds == {True})
+        settings.setdefault("cond_drop_prob", 0.1)  # the reference's Imagen / ElucidatedImagen default
         config = self.config_class(unets=[unet.config for unet in unets], **settings)
         num_unets = len(unets)
         per_unet(config.image_sizes, num_unets, "image_sizes")
@@ -101,8 +121,6 @@ class Cascade(CascadeSampling, nn.Module):
     @property
     def config(self) -> CascadeConfig:
         """The cascade's config, with each unet's current config: ``config.create()`` rebuilds it."""
-        import attrs
-
         return attrs.evolve(self._config, unets=[unet.config for unet in self.unets])
 
     @property
@@ -163,8 +181,10 @@ class Cascade(CascadeSampling, nn.Module):
     def _text_condition(self, texts, text_embeds, text_masks, batch: int | None):
         """(text_embeds, text_mask) on the cascade's device, or (None, None) for an unconditional cascade."""
         if not self.condition_on_text:
-            if texts is not None or text_embeds is not None:
-                raise ValueError("this cascade has condition_on_text=False; it takes no texts or text_embeds")
+            if text_embeds is not None:
+                raise ValueError("this cascade has condition_on_text=False; it takes no text_embeds")
+            if texts is not None:
+                _warn_once("texts are ignored: this cascade has condition_on_text=False (as in the reference)")
             return None, None
         if texts is not None and text_embeds is not None:
             raise ValueError("give texts or text_embeds, not both")
@@ -233,10 +253,36 @@ class Cascade(CascadeSampling, nn.Module):
             conditions[name] = self._resize(self._to_model_range(value), index, frames)
         return conditions
 
-    def _lowres_augmentation(self, lowres: torch.Tensor, times: torch.Tensor, generators):
-        """Noise-conditioning augmentation: the low-res image noised to ``times`` of the lowres schedule."""
+    def _lowres_augmentation(self, lowres: torch.Tensor, times: torch.Tensor, generators, noise=None):
+        """Noise-conditioning augmentation: the low-res image noised to ``times`` (B,) of the lowres
+        schedule. Returns the noised image and the log-SNR the U-Net is conditioned on."""
         log_snr = get_noise_schedule(self._config.lowres_noise_schedule).log_snr(times)
-        return q_sample(lowres, log_snr, randn_like(lowres, generators))
+        noise = randn_like(lowres, generators) if noise is None else noise
+        return q_sample(lowres, log_snr, noise), log_snr
+
+    def _training_draws(self, index: int, x0: torch.Tensor, lowres: torch.Tensor | None, generator) -> TrainingDraws:
+        """Every random draw of one training step, in the reference's order (the one helper a test
+        replaces to feed the reference's draws)."""
+        batch, device = x0.shape[0], x0.device
+        stage = self.stages[index]
+        gaussian = not isinstance(stage, ElucidatedStage)
+        noise_level = stage.draw_noise_level(batch, generator, device) if gaussian else None
+        lowres_times = lowres_noise = None
+        if lowres is not None:
+            count = batch if self._config.per_sample_random_aug_noise_level else 1
+            lowres_times = sample_training_times(count, generator=generator, device=device).expand(batch)
+        if gaussian:  # Gaussian: times, lowres times, the image noise, the lowres noise
+            noise = randn_like(x0, generator)
+            lowres_noise = None if lowres is None else randn_like(lowres, generator)
+        else:  # EDM: lowres times, the lowres noise, sigmas, the image noise
+            lowres_noise = None if lowres is None else randn_like(lowres, generator)
+            noise_level = stage.draw_noise_level(batch, generator, device)
+            noise = randn_like(x0, generator)
+        coin = generator[0] if isinstance(generator, list | tuple) else generator
+        self_cond = bool(self.unets[index].self_cond) and bool(
+            torch.rand((), generator=coin, device=_generator_device(coin)) < 0.5)
+        return TrainingDraws(noise_level=noise_level, noise=noise, lowres_times=lowres_times,
+                             lowres_noise=lowres_noise, self_condition=self_cond)
 
     # ------------------------------------------------------------------------------- training
 
@@ -276,7 +322,8 @@ class Cascade(CascadeSampling, nn.Module):
         wrapped, unet = unet, self.unets[index]
         if unet.is_null:
             raise ValueError(f"unet {unet_number} is a NullUnet placeholder and cannot be trained")
-        images = self._to_model_range(self._check_pixels("images", torch.as_tensor(images), index))
+        images = _as_float_images(images)
+        images = self._to_model_range(self._check_pixels("images", images, index))
         batch = images.shape[0]
         text_embeds, text_masks = self._text_condition(texts, text_embeds, text_masks, batch)
         if self.is_video and images.ndim == 4:  # images train a video U-Net as single frames
@@ -284,32 +331,35 @@ class Cascade(CascadeSampling, nn.Module):
         frames = images.shape[2] if images.ndim == 5 else None
         stage_frames = self._frames(index, frames)
         x0 = self._resize(images, index, stage_frames)
-        lowres = lowres_times = None
+        lowres = None
         if index > 0:
             lowres = self._resize(self._resize(images, index - 1, self._frames(index - 1, frames)), index, stage_frames)
-            shape = (batch,) if self._config.per_sample_random_aug_noise_level else (1,)
-            lowres_times = torch.rand(shape, generator=generator).to(self.device).expand(batch)
-            lowres = self._lowres_augmentation(lowres, lowres_times, generator)
+        if cond_images is not None:
+            cond_images = _as_float_images(cond_images)
         pixels = self._pixel_conditions(index, batch, cond_images=cond_images, cond_video_frames=cond_video_frames,
                                         post_cond_video_frames=post_cond_video_frames)
         crop = (self._config.random_crop_sizes or (None,) * self.num_unets)[index]
         if crop is not None:
             x0, lowres, *cropped = random_crop([x0, lowres, *pixels.values()], crop, generator)
             pixels = dict(zip(pixels, cropped))
+        draws = self._training_draws(index, x0, lowres, generator)
+        lowres_log_snr = None
+        if lowres is not None:
+            lowres, lowres_log_snr = self._lowres_augmentation(lowres, draws.lowres_times, None, draws.lowres_noise)
         kwargs = dict(
             text_embeds=text_embeds,
             text_mask=text_masks,
             lowres_cond_img=lowres,
-            lowres_noise_times=lowres_times,
+            lowres_noise_times=lowres_log_snr,
             cond_drop_prob=self.cond_drop_prob if self.condition_on_text else 0.0,
             generator=generator,  # the conditioning dropout draws from it too
             **pixels,
         )
         if unet.is_video:
             kwargs["ignore_time"] = ignore_time
-        model = functools.partial(unet if wrapped is None else wrapped, **kwargs)
-        self_condition = bool(unet.self_cond) and bool(torch.rand((), generator=generator) < 0.5)
-        return self.stages[index].training_loss(model, x0, generator=generator, self_condition=self_condition)
+        net = functools.partial(unet if wrapped is None else wrapped, **kwargs)
+        return self.stages[index].training_loss(net, x0, noise_level=draws.noise_level, noise=draws.noise,
+                                                self_condition=draws.self_condition)
 
     # ---------------------------------------------------------------------------- persistence
 

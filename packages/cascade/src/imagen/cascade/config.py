@@ -29,6 +29,27 @@ def _tuple_if_sequence(value: Any) -> Any:
     return value
 
 
+# The reference's ``UnetConfig`` / ``Unet3DConfig`` defaults for a U-Net given as a dict of keywords
+# (without "type"): they differ from the ``Unet`` class's own (8 heads x 64).
+REFERENCE_UNET_CONFIG_DEFAULTS = {
+    "text_embed_dim": 768, "cond_dim": None, "channels": 3, "attn_dim_head": 32, "attn_heads": 16,
+}
+
+
+def _reference_unet_dict(config: Mapping, name: str) -> dict:
+    """A user's U-Net dict as the reference's config classes read it: ``dict(is_null=True)`` is a
+    ``NullUnet``; other dicts need ``dim`` and ``dim_mults`` and get the reference's defaults."""
+    config = dict(config)
+    if "type" in config:  # a U-Net's own config (``unet.config``): complete as it is
+        return config
+    if config.pop("is_null", False):
+        return {"type": "NullUnet"}
+    missing = [key for key in ("dim", "dim_mults") if key not in config]
+    if missing:
+        raise ValueError(f"{name} must give {missing} (as the reference's UnetConfig requires), got {config!r}")
+    return {**REFERENCE_UNET_CONFIG_DEFAULTS, **config}
+
+
 def _unet_configs(value: Any) -> tuple[dict, ...]:
     if isinstance(value, Mapping):
         value = (value,)
@@ -37,7 +58,9 @@ def _unet_configs(value: Any) -> tuple[dict, ...]:
     for i, config in enumerate(value):
         if not isinstance(config, Mapping):
             raise ValueError(f"unets[{i}] must be a dict of U-Net keywords, got {type(config).__name__}")
-    return tuple(_json_form(config, f"unets[{i}]") for i, config in enumerate(value))
+    return tuple(
+        _json_form(_reference_unet_dict(config, f"unets[{i}]"), f"unets[{i}]") for i, config in enumerate(value)
+    )
 
 
 def _json_form(config: Mapping, name: str) -> dict:
@@ -128,7 +151,8 @@ class CascadeConfig:
     text_embed_dim: int | None = attrs.field(default=None)
     channels: int = _field(3, _positive_int)
     video: bool = False
-    cond_drop_prob: float = attrs.field(default=0.1, converter=float, validator=_probability)
+    # 0.5 as the reference's config classes (the cascade classes themselves default to 0.1)
+    cond_drop_prob: float = attrs.field(default=0.5, converter=float, validator=_probability)
     random_crop_sizes: tuple | None = attrs.field(
         default=None, converter=_tuple_if_sequence, validator=_optional_crop_sizes
     )
@@ -149,6 +173,7 @@ class CascadeConfig:
         if not isinstance(self.image_sizes, tuple):
             object.__setattr__(self, "image_sizes", (self.image_sizes,))
         n = len(self.unets)
+        self._expand_defaults(n)
         for field in attrs.fields(type(self)):
             value = getattr(self, field.name)
             if field.name not in ("unets", "random_crop_sizes") and isinstance(value, tuple):
@@ -161,6 +186,9 @@ class CascadeConfig:
             raise ValueError(f"only_train_unet_number must lie in [1, {n}], got {self.only_train_unet_number!r}")
         if self.text_embed_dim is not None:
             _positive_int("text_embed_dim", self.text_embed_dim)
+
+    def _expand_defaults(self, num_unets: int) -> None:
+        """Fills in settings whose default depends on the number of unets (see ``ImagenConfig``)."""
 
     def to_dict(self) -> dict:
         """The config as plain JSON types, tagged with its kind."""
@@ -214,7 +242,9 @@ class ImagenConfig(CascadeConfig):
     ``timesteps`` is the default number of sampling steps per stage; ``noise_schedules``
     (``cosine`` or ``linear``), ``pred_objectives`` (``noise``, ``x_start`` or ``v``) and
     ``loss_type`` (``l1``, ``l2``, ``huber``) define each stage's training; ``min_snr_loss_weight``
-    with ``min_snr_gamma`` weights the loss as in Hang et al. 2023.
+    with ``min_snr_gamma`` weights the loss as in Hang et al. 2023. As in the reference,
+    ``noise_schedules`` is padded to one per unet with ``cosine`` up to the second unet and
+    ``linear`` beyond (the default gives cosine, cosine, linear, ...).
     """
 
     kind: ClassVar[str] = "Imagen"
@@ -224,6 +254,15 @@ class ImagenConfig(CascadeConfig):
     loss_type: str | tuple = _field("l2", _one_of("l1", "l2", "huber"))
     min_snr_loss_weight: bool | tuple = _field(True)
     min_snr_gamma: float | tuple = _field(5.0, _positive_float)
+
+    def _expand_defaults(self, num_unets: int) -> None:
+        schedules = self.noise_schedules if isinstance(self.noise_schedules, tuple) else (self.noise_schedules,)
+        if len(schedules) > num_unets:
+            raise ValueError(
+                f"noise_schedules has {len(schedules)} entries {schedules!r}, but the cascade has {num_unets} unets"
+            )
+        padded = schedules + ("cosine",) * max(0, 2 - len(schedules)) + ("linear",) * num_unets
+        object.__setattr__(self, "noise_schedules", padded[:num_unets])
 
     @staticmethod
     def cascade_class():

@@ -76,7 +76,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         raise ValueError(f"{path} is not a readable safetensors file (corrupt or truncated?): {error}") from None
 
 
-def load_weights(cascade, tensors: dict[str, torch.Tensor], source) -> None:
+def load_weights_into(cascade, tensors: dict[str, torch.Tensor], source) -> None:
     """Loads ``tensors`` into ``cascade``, or raises ValueError listing every key that does not fit."""
     expected = cascade.state_dict()
     missing = sorted(set(expected) - set(tensors))
@@ -111,25 +111,47 @@ def load_pretrained(folder, *, device=None):
             raise ValueError(f"{folder} is not a saved cascade: {name} is missing")
     cascade = imagen_from_config_json(_config_document((folder / CONFIG_FILE).read_text(), folder / CONFIG_FILE))
     tensors, _ = read_safetensors(folder / WEIGHTS_FILE)
-    load_weights(cascade, tensors, folder / WEIGHTS_FILE)
+    load_weights_into(cascade, tensors, folder / WEIGHTS_FILE)
     return cascade.to(device) if device is not None else cascade
 
 
-def load_imagen_from_checkpoint(path, *, use_ema: bool = True, device=None):
-    """The cascade stored at ``path``: a ``save_pretrained`` folder or a trainer checkpoint file.
+def is_pickle_file(path) -> bool:
+    """Whether ``path`` starts like a ``torch.save`` archive or a raw pickle (e.g. a reference ``.pt``)."""
+    with open(path, "rb") as handle:
+        return handle.read(8).startswith(PICKLE_SIGNATURES)
 
-    With ``use_ema`` (the default) a checkpoint's EMA weights are used when it has them.
+
+def load_imagen_from_checkpoint(
+    checkpoint_path, load_weights: bool = True, load_ema_if_available: bool = False, *, device=None,
+    use_ema: bool | None = None,
+):
+    """The cascade stored at ``checkpoint_path``: a ``save_pretrained`` folder or a trainer checkpoint.
+
+    As in the reference: ``load_weights=False`` gives the freshly initialised cascade of the stored
+    config; otherwise the trained (online) weights, or the EMA weights when
+    ``load_ema_if_available`` and the checkpoint has them. ``use_ema`` is the former name of
+    ``load_ema_if_available`` (kept for callers not yet moved).
     """
-    path = Path(path)
+    if use_ema is not None:
+        load_ema_if_available = use_ema
+    path = Path(checkpoint_path)
     if path.is_dir():
-        return load_pretrained(path, device=device)
+        cascade = load_pretrained(path) if load_weights else imagen_from_config_json(
+            _config_document((path / CONFIG_FILE).read_text(), path / CONFIG_FILE))
+        return cascade.to(device) if device is not None else cascade
     if not path.is_file():
         raise ValueError(f"no checkpoint at {path}")
+    if is_pickle_file(path):
+        # An imagen-pytorch .pt checkpoint: read by reference_checkpoint.py (weights_only, never a full
+        # unpickle); until it is wired in here, read_safetensors below refuses the file.
+        pass
     tensors, metadata = read_safetensors(path)
     if "imagen_config" not in metadata:
         raise ValueError(f"{path} has no imagen_config in its metadata: it is not a cascade checkpoint")
     cascade = imagen_from_config_json(_config_document(metadata["imagen_config"], path))
-    prefix = "ema_imagen." if use_ema and any(k.startswith("ema_imagen.") for k in tensors) else "imagen."
-    weights = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
-    load_weights(cascade, weights, path)
+    if load_weights:
+        has_ema = any(k.startswith("ema_imagen.") for k in tensors)
+        prefix = "ema_imagen." if load_ema_if_available and has_ema else "imagen."
+        weights = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+        load_weights_into(cascade, weights, path)
     return cascade.to(device) if device is not None else cascade

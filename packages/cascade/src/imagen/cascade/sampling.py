@@ -1,47 +1,167 @@
-"""Sampling a cascade: each stage's denoiser (self-conditioning, guidance, thresholding), its
-sampler, inpainting, and the hand-over from one stage to the next.
+"""Sampling a cascade: one plan per stage (``StagePlan``, built once by ``sampling_plan``), then each
+stage's x0 model (guidance on the network output, thresholding, self-conditioning), its sampler,
+inpainting, and the hand-over from one stage to the next.
 
 ``CascadeSampling`` is mixed into ``Cascade``; it uses the cascade's set-up (``unets``, ``stages``,
-settings) and adds ``sample``.
+settings) and adds ``sampling_plan`` and ``sample``.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import warnings
 from collections.abc import Callable
 
+import attrs
 import torch
 
 from imagen.diffusion import (
     classifier_free_guidance,
     dynamic_thresholding,
-    get_sampler,
-    randn_like,
-    sample_repaint,
+    sampler_name,
     static_clipping,
 )
 
 from .conditioning import batch_size_of, make_generators
 from .config import per_unet
 from .images import resize, to_pil_images
+from .stages import Inpainting
+
+
+@attrs.frozen(kw_only=True)
+class StagePlan:
+    """Everything one stage's sampling needs, resolved once from ``sample``'s keywords and the config.
+
+    ``levels`` is the stage's full grid (times from 1 to 0 for the time-grid ``ddpm`` of a Gaussian
+    stage, EDM sigmas ending in 0 otherwise); sampling starts at ``levels[skip_steps]``.
+    ``init_images`` (B, C, [F,] H, W) in the caller's range, or None.
+    """
+
+    unet_number: int
+    image_size: int
+    frames: int | None
+    sampler: str
+    sampler_options: dict = attrs.field(factory=dict)
+    steps: int
+    skip_steps: int
+    cond_scale: float
+    dynamic_threshold: bool
+    lowres_noise_level: float | None
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    levels: torch.Tensor = attrs.field(eq=False, repr=False)
+    init_images: torch.Tensor | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def _per_stage(value, num_unets: int, name: str) -> tuple:
+    """A sample() keyword as one value per unet: a list or tuple must have one entry per unet."""
+    if isinstance(value, list):
+        value = tuple(value)
+    return per_unet(value, num_unets, name)
+
+
+class SelfConditioned:
+    """An x0 model for a self-conditioned unet: each call gets the previous call's (guided,
+    thresholded) x0 estimate as ``self_cond`` (None on the first call), as the reference feeds it."""
+
+    def __init__(self, x0_model: Callable):
+        self.x0_model, self.previous = x0_model, None
+
+    def __call__(self, x, level, **cond):
+        self.previous = self.x0_model(x, level, self_cond=self.previous, **cond)
+        return self.previous
 
 
 class CascadeSampling:
-    """``sample`` and its parts, for ``Cascade``."""
+    """``sampling_plan``, ``sample`` and their parts, for ``Cascade``."""
 
-    def _denoiser(self, index: int, cond_scale: float, batch: int) -> Callable:
-        """Stage ``index``'s denoiser ``(x, sigma, **cond) -> x0_hat`` with self-conditioning,
-        classifier-free guidance (one batched forward) and thresholding."""
-        unet, stage = self.unets[index], self.stages[index]
-        denoiser = stage.denoiser(unet)
-        if unet.self_cond:
-            denoiser = SelfConditioned(stage.denoiser, unet)
-        if cond_scale != 1:
-            null = {"cond_drop_mask": torch.ones(batch, dtype=torch.bool, device=self.device)}
-            denoiser = classifier_free_guidance(denoiser, cond_scale, null)
-        if self._setting("dynamic_thresholding", index):
-            return dynamic_thresholding(denoiser, self._config.dynamic_thresholding_percentile)
-        return static_clipping(denoiser)
+    # --------------------------------------------------------------------------------- the plan
+
+    def sampling_plan(
+        self,
+        *,
+        video_frames: int | None = None,
+        cond_scale=1.0,
+        init_images=None,
+        skip_steps=None,
+        lowres_sample_noise_level: float | None = None,
+        start_at_unet_number: int = 1,
+        stop_at_unet_number: int | None = None,
+        sigma_min=None,
+        sigma_max=None,
+        sampler=None,
+        steps=None,
+        device=None,
+        **_ignored,
+    ) -> list[StagePlan]:
+        """The stages ``sample`` runs with these keywords, each fully resolved (see ``StagePlan``).
+
+        Per-unet keywords (``cond_scale``, ``init_images``, ``skip_steps``, ``sigma_min``,
+        ``sigma_max``, ``sampler``, ``steps``) take one value for every stage or a list/tuple with one
+        entry per unet, as in the reference. Other ``sample`` keywords are accepted and ignored, so
+        ``sampling_plan(**sample_kwargs)`` works.
+        """
+        n = self.num_unets
+        first = self._index(start_at_unet_number)
+        last = self._index(stop_at_unet_number or n)
+        if last < first:
+            raise ValueError(f"stop_at_unet_number {last + 1} comes before start_at_unet_number {first + 1}")
+        device = torch.device(device) if device is not None else self.device
+        scales = _per_stage(cond_scale, n, "cond_scale")
+        inits = _per_stage(init_images, n, "init_images")
+        skips = _per_stage(skip_steps, n, "skip_steps")
+        samplers = _per_stage(sampler, n, "sampler")
+        stepss = _per_stage(steps, n, "steps")
+        mins, maxs = _per_stage(sigma_min, n, "sigma_min"), _per_stage(sigma_max, n, "sigma_max")
+        if self.is_video and video_frames is None:
+            raise ValueError("a video cascade needs video_frames (the number of frames to sample)")
+        level = self._config.lowres_sample_noise_level if lowres_sample_noise_level is None \
+            else float(lowres_sample_noise_level)
+        plans = []
+        for index in range(first, last + 1):
+            stage = self.stages[index]
+            if (mins[index] is not None or maxs[index] is not None) and not hasattr(stage, "sigma_max"):
+                raise ValueError("sigma_min / sigma_max are ElucidatedImagen sample keywords; Imagen stages "
+                                 "sample on their time grid")
+            name = sampler_name(samplers[index] or self._setting("sampler", index) or stage.default_sampler)
+            count = stepss[index] if stepss[index] is not None else stage.sample_steps
+            skip = skips[index] or 0
+            if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip < count:
+                raise ValueError(f"skip_steps for unet {index + 1} must be an int in [0, {count}), got {skip!r}")
+            options = stage.sampler_options(count) if name == stage.default_sampler else {}
+            plans.append(StagePlan(
+                unet_number=index + 1,
+                image_size=self.image_sizes[index],
+                frames=self._frames(index, video_frames),
+                sampler=name,
+                sampler_options=options,
+                steps=count,
+                skip_steps=skip,
+                cond_scale=self._checked_cond_scale(scales[index]),
+                dynamic_threshold=bool(self._setting("dynamic_thresholding", index)),
+                lowres_noise_level=level if index > 0 else None,
+                sigma_min=mins[index],
+                sigma_max=maxs[index],
+                levels=stage.levels(name, count, device, sigma_min=mins[index], sigma_max=maxs[index]),
+                init_images=inits[index],
+            ))
+        return plans
+
+    def _checked_cond_scale(self, scale) -> float:
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale >= 0:
+            raise ValueError(f"cond_scale must be a number >= 0 (or one per unet), got {scale!r}")
+        if scale != 1 and not self.cond_drop_prob > 0:
+            raise ValueError(
+                f"cond_scale={scale} needs a cascade trained with cond_drop_prob > 0 (classifier-free "
+                f"guidance); this one has cond_drop_prob={self.cond_drop_prob}"
+            )
+        if scale != 1 and not self.condition_on_text:
+            _warn_once("cond_scale != 1 on a cascade with condition_on_text=False is ignored (as in the "
+                       "reference, guidance without text changes nothing)")
+            return 1.0
+        return float(scale)
+
+    # ------------------------------------------------------------------------------- sampling
 
     @torch.no_grad()
     def sample(
@@ -53,97 +173,116 @@ class CascadeSampling:
         cond_images: torch.Tensor | None = None,
         cond_video_frames: torch.Tensor | None = None,
         post_cond_video_frames: torch.Tensor | None = None,
-        inpaint_images: torch.Tensor | None = None,
         inpaint_videos: torch.Tensor | None = None,
+        inpaint_images: torch.Tensor | None = None,
         inpaint_masks: torch.Tensor | None = None,
         inpaint_resample_times: int = 5,
-        init_images: torch.Tensor | None = None,
-        skip_steps: int | tuple | None = None,
+        init_images=None,
+        skip_steps=None,
+        sigma_min=None,
+        sigma_max=None,
         batch_size: int = 1,
-        cond_scale: float = 1.0,
+        cond_scale=1.0,
+        cfg_remove_parallel_component: bool = True,
+        cfg_keep_parallel_frac: float = 0.0,
         lowres_sample_noise_level: float | None = None,
         start_at_unet_number: int = 1,
         start_image_or_video: torch.Tensor | None = None,
         stop_at_unet_number: int | None = None,
         return_all_unet_outputs: bool = False,
         return_pil_images: bool = False,
-        device: torch.device | str | None = None,
         use_tqdm: bool = True,
-        sampler: str | tuple | None = None,
-        steps: int | tuple | None = None,
+        use_one_unet_in_gpu: bool = True,
+        device: torch.device | str | None = None,
+        sampler=None,
+        steps=None,
         generator=None,
         callback: Callable | None = None,
     ):
         """Samples through the stages ``start_at_unet_number`` .. ``stop_at_unet_number``.
 
-        Returns images (B, C, H, W) (videos (B, C, F, H, W)) in [0, 1] from the last stage, a list with
-        every stage's output (``return_all_unet_outputs``) or PIL images (``return_pil_images``).
-        Beyond the reference: per-stage ``sampler`` (any name of ``imagen.diffusion.SAMPLERS``) and
-        ``steps``; ``generator`` an int seed gives the same sample i whatever the batch size.
+        Every keyword of the reference's ``sample`` with its meaning (``cond_scale``, ``init_images``,
+        ``skip_steps``, ``sigma_min``/``sigma_max`` one value or one per unet; guidance removes the
+        update's part parallel to the conditional output unless ``cfg_remove_parallel_component=False``;
+        ``use_one_unet_in_gpu`` keeps only the active stage on an accelerator). Returns images
+        (B, C, H, W) (videos (B, C, F, H, W)) in [0, 1] from the last stage, a list with every stage's
+        output (``return_all_unet_outputs``) or PIL images (``return_pil_images``). Beyond the
+        reference: per-stage ``sampler`` (any name of ``imagen.diffusion.SAMPLERS``) and ``steps``;
+        ``generator`` an int seed gives the same sample i whatever the batch size.
         """
         if device is not None:
             self.to(device)
         device = self.device
-        if not cond_scale >= 0:
-            raise ValueError(f"cond_scale must be >= 0, got {cond_scale!r}")
-        if cond_scale != 1 and not (self.condition_on_text and self.cond_drop_prob > 0):
-            raise ValueError(
-                f"cond_scale={cond_scale} needs a text-conditioned cascade trained with cond_drop_prob > 0 "
-                f"(classifier-free guidance); this one has condition_on_text={self.condition_on_text}, "
-                f"cond_drop_prob={self.cond_drop_prob}"
-            )
+        if not self.condition_on_text and texts is not None:
+            _warn_once("texts are ignored: this cascade has condition_on_text=False (as in the reference)")
+            texts = None
         batch = None if texts is None and text_embeds is None else len(texts if texts is not None else text_embeds)
         inpaint = inpaint_images if inpaint_images is not None else inpaint_videos
         if inpaint is not None:
+            inpaint = _as_float_images(inpaint)
+            if batch is None and batch_size != 1:
+                batch = batch_size
             batch = batch_size_of("inpaint_images", inpaint, batch)
-            inpaint = self._to_model_range(self._check_pixels("inpaint_images", inpaint, self.num_unets - 1))
+            self._check_pixels("inpaint_images", inpaint, self.num_unets - 1)
             inpaint_masks = check_inpaint_masks(inpaint_masks, inpaint).to(device)
             if inpaint.ndim == 5:
-                video_frames = video_frames or inpaint.shape[2]
+                video_frames = inpaint.shape[2]
+        elif inpaint_masks is not None:
+            raise ValueError("inpaint_masks need inpaint_images (or inpaint_videos)")
         batch = batch or batch_size
         text_embeds, text_masks = self._text_condition(texts, text_embeds, text_masks, batch)
-        if self.is_video and video_frames is None:
-            raise ValueError("a video cascade needs video_frames (the number of frames to sample)")
-        first = self._index(start_at_unet_number)
-        last = self._index(stop_at_unet_number or self.num_unets)
-        if last < first:
-            raise ValueError(f"stop_at_unet_number {last + 1} comes before start_at_unet_number {first + 1}")
+        plans = self.sampling_plan(
+            video_frames=video_frames, cond_scale=cond_scale, init_images=init_images, skip_steps=skip_steps,
+            lowres_sample_noise_level=lowres_sample_noise_level, start_at_unet_number=start_at_unet_number,
+            stop_at_unet_number=stop_at_unet_number, sigma_min=sigma_min, sigma_max=sigma_max, sampler=sampler,
+            steps=steps, device=device,
+        )
         previous = None
-        if first > 0:
+        if plans[0].unet_number > 1:
             if start_image_or_video is None:
-                raise ValueError(f"start_at_unet_number={first + 1} needs start_image_or_video (the low-res input)")
+                raise ValueError(f"start_at_unet_number={plans[0].unet_number} needs start_image_or_video "
+                                 "(the low-res input)")
             batch_size_of("start_image_or_video", start_image_or_video, batch)
-            previous = self._to_model_range(start_image_or_video)
+            index = plans[0].unet_number - 2
+            previous = self._resize(_as_float_images(start_image_or_video).to(device), index,
+                                    self._frames(index, video_frames))
+        cond_images = None if cond_images is None else _as_float_images(cond_images)
         generators = make_generators(generator, batch, device)
+        guidance = dict(remove_parallel_component=cfg_remove_parallel_component,
+                        keep_parallel_frac=cfg_keep_parallel_frac)
         outputs = []
-        for index in range(first, last + 1):
-            previous = self._sample_stage(
-                index,
-                batch=batch,
-                previous=previous,
-                frames=self._frames(index, video_frames),
-                cond=self._stage_cond(index, batch, text_embeds, text_masks, cond_images=cond_images,
-                                      cond_video_frames=cond_video_frames,
-                                      post_cond_video_frames=post_cond_video_frames),
-                cond_scale=cond_scale,
-                lowres_level=self._config.lowres_sample_noise_level
-                if lowres_sample_noise_level is None
-                else lowres_sample_noise_level,
-                init=init_images,
-                skip=per_unet(skip_steps, self.num_unets, "skip_steps")[index] if skip_steps is not None else 0,
-                inpaint=(inpaint, inpaint_masks, inpaint_resample_times) if inpaint is not None else None,
-                sampler=per_unet(sampler, self.num_unets, "sampler")[index] if sampler is not None else None,
-                steps=per_unet(steps, self.num_unets, "steps")[index] if steps is not None else None,
-                generators=generators,
-                callback=callback,
-                progress=use_tqdm,
-            )
-            outputs.append(self._to_output_range(previous))
+        for plan in plans:
+            index = plan.unet_number - 1
+            cond = self._stage_cond(index, batch, text_embeds, text_masks, cond_images=cond_images,
+                                    cond_video_frames=cond_video_frames, post_cond_video_frames=post_cond_video_frames)
+            with self._one_unet_on(index, enabled=use_one_unet_in_gpu):
+                previous = self._sample_stage(plan, batch=batch, previous=previous, cond=cond, guidance=guidance,
+                                              inpaint=(inpaint, inpaint_masks, inpaint_resample_times),
+                                              generators=generators, callback=callback, progress=use_tqdm)
+            outputs.append(previous)
         if return_pil_images:
             if self.is_video:
                 raise ValueError("return_pil_images is for image cascades; a video cascade returns tensors")
             outputs = [to_pil_images(images) for images in outputs]
         return outputs if return_all_unet_outputs else outputs[-1]
+
+    @contextlib.contextmanager
+    def _one_unet_on(self, index: int, *, enabled: bool):
+        """With ``enabled`` on an accelerator: only unet ``index`` on the cascade's device while it
+        samples, the others on the CPU, every unet back where it was afterwards (the reference's
+        ``one_unet_in_gpu``)."""
+        device = self.device
+        if not enabled or device.type == "cpu":
+            yield
+            return
+        homes = [next(unet.parameters()).device for unet in self.unets]
+        for i, unet in enumerate(self.unets):
+            unet.to(device if i == index else "cpu")
+        try:
+            yield
+        finally:
+            for unet, home in zip(self.unets, homes):
+                unet.to(home)
 
     def _stage_cond(self, index, batch, text_embeds, text_masks, **pixels) -> dict:
         cond = {}
@@ -156,56 +295,75 @@ class CascadeSampling:
         cond.update(self._pixel_conditions(index, batch, **pixels))
         return cond
 
-    def _sample_stage(self, index, *, batch, previous, frames, cond, cond_scale, lowres_level, init, skip,
-                      inpaint, sampler, steps, generators, callback, progress) -> torch.Tensor:
-        """Runs one stage's sampler; returns its output in [-1, 1]."""
+    def _x0_model(self, plan: StagePlan, batch: int, guidance: dict) -> Callable:
+        """Stage ``plan``'s x0 estimate: guidance on the network output (one batched forward),
+        conversion to x0, thresholding, self-conditioning."""
+        index = plan.unet_number - 1
+        unet, stage = self.unets[index], self.stages[index]
+        net = unet
+        if plan.cond_scale != 1:
+            null = {"cond_drop_mask": torch.ones(batch, dtype=torch.bool, device=self.device)}
+            net = classifier_free_guidance(unet, plan.cond_scale, null, **guidance)
+        x0_model = stage.x0_model(net, plan.sampler)
+        if plan.dynamic_threshold:
+            x0_model = dynamic_thresholding(x0_model, self._config.dynamic_thresholding_percentile)
+        else:
+            x0_model = static_clipping(x0_model)
+        return SelfConditioned(x0_model) if unet.self_cond else x0_model
+
+    def _sample_stage(self, plan: StagePlan, *, batch, previous, cond, guidance, inpaint, generators, callback,
+                      progress) -> torch.Tensor:
+        """Runs one stage; returns its output in the caller's range ([0, 1] with auto_normalize_img)."""
+        index = plan.unet_number - 1
         unet, stage = self.unets[index], self.stages[index]
         if unet.is_null:
             raise ValueError(
                 f"unet {index + 1} is a NullUnet placeholder and cannot sample; start_at_unet_number="
                 f"{index + 2} with start_image_or_video gives the low-res input instead"
             )
-        size = self.image_sizes[index]
+        size, frames = plan.image_size, plan.frames
         shape = (batch, self.channels, *(() if frames is None else (frames,)), size, size)
-        if index > 0:
-            lowres = self._resize(previous, index, frames)
-            times = torch.full((batch,), float(lowres_level), device=self.device)
-            cond = dict(cond, lowres_cond_img=self._lowres_augmentation(lowres, times, generators),
-                        lowres_noise_times=times)
-        sampler = sampler or self._setting("sampler", index) or stage.default_sampler
-        options = stage.sampler_options() if sampler == stage.default_sampler else {}
-        sigmas = stage.sigmas(steps or stage.sample_steps, self.device)[skip:]
-        if len(sigmas) < 2:
-            raise ValueError(f"skip_steps={skip} leaves no step to sample for unet {index + 1}")
-        noise = randn_like(torch.zeros(shape, device=self.device), generators)
-        x = noise * sigmas[0]
-        if init is not None:
-            x = x + self._resize(self._to_model_range(init), index, frames)
-        denoiser = self._denoiser(index, cond_scale, batch)
-        common = dict(cond=cond, generator=generators, callback=callback, progress=progress)
-        if inpaint is not None:
-            known, masks, resample_times = inpaint
-            known = self._resize(known, index, frames)
-            masks = resize_mask(masks, size, frames)
-            # jump_length=1: every step is redone resample_times times, as in the reference
-            return sample_repaint(denoiser, x, sigmas, known=known, mask=masks, resample_times=resample_times,
-                                  jump_length=1,
-                                  **common).clamp(-1, 1)
-        return get_sampler(sampler)(denoiser, x, sigmas, **common, **options).clamp(-1, 1)
+        if index > 0:  # the previous stage's output, resized and noised to the sampling noise level
+            lowres = self._to_model_range(self._resize(previous, index, frames))
+            times = torch.full((batch,), plan.lowres_noise_level, device=self.device)
+            lowres, log_snr = self._lowres_augmentation(lowres, times, generators)
+            cond = dict(cond, lowres_cond_img=lowres, lowres_noise_times=log_snr)
+        init = None
+        if plan.init_images is not None:
+            init = self._resize(self._to_model_range(_as_float_images(plan.init_images)), index, frames)
+        known, masks, resample_times = inpaint
+        region = None
+        if known is not None:
+            region = Inpainting(known=self._resize(self._to_model_range(known), index, frames),
+                                mask=resize_mask(masks, size, frames, self._setting("resize_mode", 0)),
+                                resample_times=resample_times)
+        x = stage.sample(self._x0_model(plan, batch, guidance), shape, sampler=plan.sampler,
+                         options=plan.sampler_options, levels=plan.levels, skip=plan.skip_steps, init=init,
+                         inpaint=region, cond=cond, generator=generators, callback=callback, progress=progress)
+        x = x.clamp(-1.0, 1.0)
+        if region is not None:  # the known region exactly, as the reference pastes it at the end
+            x = torch.where(_broadcastable(region.mask, x), region.known, x)
+        return self._to_output_range(x)
 
 
-class SelfConditioned:
-    """A stage denoiser for a self-conditioned unet: each call feeds the previous x0 estimate back."""
+_WARNED: set[str] = set()
 
-    def __init__(self, make_denoiser, unet):
-        self.make_denoiser, self.unet, self.previous = make_denoiser, unet, None
 
-    def __call__(self, x, sigma, **cond):
-        if self.previous is None or self.previous.shape != x.shape:
-            self.previous = torch.zeros_like(x)
-        x0 = self.make_denoiser(functools.partial(self.unet, self_cond=self.previous))(x, sigma, **cond)
-        self.previous = x0
-        return x0
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def _as_float_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels are divided by 255 (as the reference); other tensors are taken as they are."""
+    images = torch.as_tensor(images)
+    return images / 255 if images.dtype == torch.uint8 else images
+
+
+def _broadcastable(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A (B, H, W) or (B, F, H, W) mask shaped to broadcast against x (B, C, [F,] H, W)."""
+    return mask[:, None] if mask.ndim == x.ndim - 1 else mask[:, None, None]
 
 
 def check_inpaint_masks(masks: torch.Tensor | None, known: torch.Tensor) -> torch.Tensor:
@@ -217,6 +375,11 @@ def check_inpaint_masks(masks: torch.Tensor | None, known: torch.Tensor) -> torc
     return masks.bool()
 
 
-def resize_mask(masks: torch.Tensor, size: int, frames: int | None) -> torch.Tensor:
-    resized = resize(masks.float().unsqueeze(1), size, frames=frames if masks.ndim == 4 else None)
-    return resized.squeeze(1) > 0.5
+def resize_mask(masks: torch.Tensor, size: int, frames: int | None, mode: str = "nearest") -> torch.Tensor:
+    """Masks (B, H, W) or (B, F, H, W) resized like images; any nonzero value keeps (the reference's
+    ``.bool()`` of the resized float mask)."""
+    resized = resize(masks.float().unsqueeze(1), size, frames=frames if masks.ndim == 4 else None, mode=mode)
+    return resized.squeeze(1) != 0
+
+
+__all__ = ["CascadeSampling", "SelfConditioned", "StagePlan", "check_inpaint_masks", "resize_mask"]

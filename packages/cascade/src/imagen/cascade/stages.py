@@ -1,8 +1,9 @@
 """How one stage of a cascade is trained and sampled: the Gaussian (VP) process or EDM.
 
-A stage sees its U-Net only as ``model(x_in, noise_cond, **kwargs) -> raw output``; it knows the
-noise process, the loss and the denoiser wrapper that turns the raw output into ``x0_hat``, the
-contract every sampler of ``imagen.diffusion`` works with.
+A stage sees its U-Net only as ``net(x_in, noise_cond, **kwargs) -> raw output`` (the noise
+condition is the log-SNR for a Gaussian stage, EDM's c_noise for an EDM stage, as in the
+reference). It knows the noise process, the loss, how the raw output becomes an x0 estimate, and
+how its samplers walk from noise to data.
 """
 
 from __future__ import annotations
@@ -16,35 +17,47 @@ import torch
 from imagen.diffusion import (
     EDMDenoiser,
     VPDenoiser,
-    alpha_sigma_from_log_snr,
+    VPX0Model,
+    broadcast_mask,
     diffusion_loss,
     edm_loss_weight,
     edm_training_sigmas,
     get_noise_schedule,
+    get_sampler,
     karras_sigmas,
     min_snr_loss_weight,
     prediction_target,
     q_sample,
     randn_like,
+    sample_repaint,
     sample_training_times,
+    sample_vp_ddpm,
     schedule_sigmas,
+    vp_time_grid,
+    x0_from_prediction,
 )
 
 Model = Callable[..., torch.Tensor]
 
 
-def _with_self_condition(model: Model, make_denoiser, x: torch.Tensor, sigma: torch.Tensor) -> Model:
-    """Self-conditioning (Chen et al. 2022, Analog Bits): a first, gradient-free estimate of x0 is fed
-    back to the network as an extra input."""
-    with torch.no_grad():
-        x0_estimate = make_denoiser(model)(x, sigma)
-    return functools.partial(model, self_cond=x0_estimate.detach())
+@attrs.frozen(kw_only=True)
+class Inpainting:
+    """What to keep while sampling a stage: ``known`` (B, C, [F,] H, W) in [-1, 1] at the stage's
+    size and ``mask`` (B, H, W) or (B, F, H, W) bool at that size, True = keep."""
+
+    known: torch.Tensor = attrs.field(eq=False)
+    mask: torch.Tensor = attrs.field(eq=False)
+    resample_times: int
+
+
+def _expand(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *[1] * (x.ndim - 1))
 
 
 @attrs.frozen(kw_only=True)
 class GaussianStage:
     """A variance-preserving stage: continuous time t in [0, 1], log-SNR from ``noise_schedule``, the
-    network predicts ``objective`` and is conditioned on t."""
+    network predicts ``objective`` and is conditioned on the log-SNR."""
 
     noise_schedule: str
     objective: str
@@ -57,31 +70,59 @@ class GaussianStage:
     def schedule(self):
         return get_noise_schedule(self.noise_schedule)
 
-    def denoiser(self, model: Model):
-        return VPDenoiser(model, self.schedule, self.objective)
+    # ------------------------------------------------------------------------------- training
 
-    def sigmas(self, steps: int, device) -> torch.Tensor:
-        return schedule_sigmas(self.schedule, steps).to(device)
+    def draw_noise_level(self, batch: int, generator, device) -> torch.Tensor:
+        """Training times t ~ U[0, 1], (batch,)."""
+        return sample_training_times(batch, generator=generator, device=device)
 
-    def sampler_options(self) -> dict:
+    def training_loss(self, net: Model, x0, *, noise_level, noise, self_condition=False) -> torch.Tensor:
+        """The reference's p_losses for clean ``x0`` (B, C, ...) in [-1, 1], times ``noise_level``
+        (B,) and ``noise`` (like x0): weighted regression of the objective, the weight being
+        min(SNR, gamma) (or SNR without min-SNR) over what the objective's loss carries."""
+        log_snr = self.schedule.log_snr(noise_level)
+        x_t = q_sample(x0, log_snr, noise)
+        if self_condition:  # a first, gradient-free estimate of x0 fed back (Chen et al. 2022)
+            with torch.no_grad():
+                estimate = x0_from_prediction(self.objective, net(x_t, log_snr), x_t, log_snr)
+            net = functools.partial(net, self_cond=estimate.detach())
+        prediction = net(x_t, log_snr)
+        target = prediction_target(self.objective, x0, noise, log_snr)
+        gamma = self.min_snr_gamma if self.min_snr_gamma is not None else float("inf")
+        weight = min_snr_loss_weight(log_snr, gamma, self.objective)
+        return diffusion_loss(prediction, target, self.loss_type, weight)
+
+    # ------------------------------------------------------------------------------- sampling
+
+    def x0_model(self, net: Model, sampler: str) -> Model:
+        """The x0 estimate the ``sampler`` works with: ``(z_t, log_snr)`` for the time-grid DDPM,
+        ``(x, sigma)`` (the denoiser contract) for the sigma samplers."""
+        if sampler == "ddpm":
+            return VPX0Model(net, self.objective)
+        return VPDenoiser(net, self.schedule, self.objective)
+
+    def sampler_options(self, steps: int) -> dict:
         return {}
 
-    def training_loss(self, model: Model, x0: torch.Tensor, *, generator=None, self_condition=False):
-        """The stage's loss for clean data ``x0`` (B, C, ...) in [-1, 1]."""
-        t = sample_training_times(x0.shape[0], generator=generator, device=x0.device)
-        log_snr = self.schedule.log_snr(t)
-        noise = randn_like(x0, generator)
-        x_t = q_sample(x0, log_snr, noise)
-        if self_condition:
-            alpha, sigma = alpha_sigma_from_log_snr(log_snr)
-            alpha = alpha.view(-1, *[1] * (x0.ndim - 1))
-            model = _with_self_condition(model, self.denoiser, x_t / alpha, sigma / alpha.flatten())
-        prediction = model(x_t, t)
-        target = prediction_target(self.objective, x0, noise, log_snr)
-        weight = None
-        if self.min_snr_gamma is not None:
-            weight = min_snr_loss_weight(log_snr, self.min_snr_gamma, self.objective)
-        return diffusion_loss(prediction, target, self.loss_type, weight)
+    def levels(self, sampler: str, steps: int, device, **_) -> torch.Tensor:
+        """The full grid of the ``sampler``: times from 1 to 0, or EDM sigmas."""
+        if sampler == "ddpm":
+            return vp_time_grid(steps, device)
+        return schedule_sigmas(self.schedule, steps).to(device)
+
+    def sample(self, x0_model: Model, shape, *, sampler: str, options: dict, levels: torch.Tensor, skip: int,
+               init, inpaint: Inpainting | None, cond: dict, generator, callback, progress: bool) -> torch.Tensor:
+        """One stage from noise (plus ``init``) to data; returns the unclamped result in [-1, 1]."""
+        device = levels.device
+        noise = randn_like(torch.zeros(shape, device=device), generator)
+        if sampler != "ddpm":
+            return _sample_sigmas(x0_model, noise * levels[0], sampler, options, levels[skip:], init, inpaint,
+                                  cond, generator, callback, progress)
+        z = noise if init is None else noise + init
+        known = {} if inpaint is None else dict(known=inpaint.known, mask=broadcast_mask(inpaint.mask, z),
+                                                resample_times=inpaint.resample_times)
+        return sample_vp_ddpm(x0_model, z, levels[skip:], schedule=self.schedule, cond=cond, generator=generator,
+                              callback=callback, progress=progress, **known)
 
 
 @attrs.frozen(kw_only=True)
@@ -102,21 +143,48 @@ class ElucidatedStage:
     S_noise: float
     default_sampler: str = "heun"
 
-    def denoiser(self, model: Model):
-        return EDMDenoiser(model, self.sigma_data)
+    def draw_noise_level(self, batch: int, generator, device) -> torch.Tensor:
+        """Training sigmas, ln sigma ~ N(P_mean, P_std^2), (batch,)."""
+        return edm_training_sigmas(batch, self.P_mean, self.P_std, generator=generator, device=device)
 
-    def sigmas(self, steps: int, device) -> torch.Tensor:
-        return karras_sigmas(steps, self.sigma_min, self.sigma_max, rho=self.rho, device=device)
-
-    def sampler_options(self) -> dict:
-        """Keywords for the stochastic Heun sampler (EDM Algorithm 2)."""
-        return dict(S_churn=self.S_churn, S_tmin=self.S_tmin, S_tmax=self.S_tmax, S_noise=self.S_noise)
-
-    def training_loss(self, model: Model, x0: torch.Tensor, *, generator=None, self_condition=False):
-        """EDM's loss: lambda(sigma) * |D(x0 + sigma n, sigma) - x0|^2 with log-normal sigma."""
-        sigma = edm_training_sigmas(x0.shape[0], self.P_mean, self.P_std, generator=generator, device=x0.device)
-        x = x0 + sigma.view(-1, *[1] * (x0.ndim - 1)) * randn_like(x0, generator)
+    def training_loss(self, net: Model, x0, *, noise_level, noise, self_condition=False) -> torch.Tensor:
+        """EDM's loss: lambda(sigma) * |D(x0 + sigma n, sigma) - x0|^2 with sigma = ``noise_level`` (B,)."""
+        sigma = noise_level
+        x = x0 + _expand(sigma, x0) * noise
         if self_condition:
-            model = _with_self_condition(model, self.denoiser, x, sigma)
-        denoised = self.denoiser(model)(x, sigma)
+            with torch.no_grad():
+                estimate = EDMDenoiser(net, self.sigma_data)(x, sigma)
+            net = functools.partial(net, self_cond=estimate.detach())
+        denoised = EDMDenoiser(net, self.sigma_data)(x, sigma)
         return diffusion_loss(denoised, x0, "l2", edm_loss_weight(sigma, self.sigma_data))
+
+    def x0_model(self, net: Model, sampler: str) -> Model:
+        return EDMDenoiser(net, self.sigma_data)
+
+    def levels(self, sampler: str, steps: int, device, sigma_min=None, sigma_max=None) -> torch.Tensor:
+        sigma_min = self.sigma_min if sigma_min is None else sigma_min
+        sigma_max = self.sigma_max if sigma_max is None else sigma_max
+        return karras_sigmas(steps, sigma_min, sigma_max, rho=self.rho, device=device)
+
+    def sampler_options(self, steps: int) -> dict:
+        """Keywords for the stochastic Heun sampler (EDM Algorithm 2; churn over all ``steps``)."""
+        return dict(S_churn=self.S_churn, S_tmin=self.S_tmin, S_tmax=self.S_tmax, S_noise=self.S_noise,
+                    churn_steps=steps)
+
+    def sample(self, x0_model: Model, shape, *, sampler: str, options: dict, levels: torch.Tensor, skip: int,
+               init, inpaint: Inpainting | None, cond: dict, generator, callback, progress: bool) -> torch.Tensor:
+        noise = randn_like(torch.zeros(shape, device=levels.device), generator)
+        return _sample_sigmas(x0_model, noise * levels[0], sampler, options, levels[skip:], init, inpaint, cond,
+                              generator, callback, progress)
+
+
+def _sample_sigmas(denoiser, x, sampler, options, sigmas, init, inpaint, cond, generator, callback, progress):
+    """A sampler of ``imagen.diffusion.SAMPLERS`` (or RePaint when inpainting) from x at sigmas[0]."""
+    if init is not None:
+        x = x + init
+    common = dict(cond=cond, generator=generator, callback=callback, progress=progress)
+    if inpaint is not None:
+        # jump_length=1: every step is redone resample_times times, as in the reference
+        return sample_repaint(denoiser, x, sigmas, known=inpaint.known, mask=inpaint.mask,
+                              resample_times=inpaint.resample_times, jump_length=1, **common)
+    return get_sampler(sampler)(denoiser, x, sigmas, **common, **options)
