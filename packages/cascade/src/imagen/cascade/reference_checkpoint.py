@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickletools
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,12 +53,34 @@ def is_torch_save(head: bytes) -> bool:
     return head.startswith(TORCH_SAVE_SIGNATURES)
 
 
+_SAFE_PREFIXES = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset", "_codecs.encode")
+
+
+def _pickle_globals(data: bytes) -> list[str]:
+    """The ``module.name`` globals a raw (or legacy torch) pickle refers to, read from its opcodes
+    with ``pickletools`` (a disassembler: nothing is built or run)."""
+    found, strings = set(), []
+    try:
+        for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
+            if opcode.name == "GLOBAL":
+                found.add(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.add(f"{strings[-2]}.{strings[-1]}")
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # truncated or not a pickle: the loader's own error says so
+        pass
+    return sorted(name for name in found if not name.startswith(_SAFE_PREFIXES))
+
+
 def _unsafe_globals(data: bytes) -> list[str]:
     """The classes / functions a weights-only load would refuse, found by disassembling the pickle
-    (nothing is executed); empty when the format cannot be disassembled that way."""
+    (nothing is executed)."""
+    if not data.startswith(b"PK"):
+        return _pickle_globals(data)
     try:
         return sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))))
-    except Exception:  # a legacy (non-zip) file: the weights-only error message names the class
+    except Exception:  # a torn archive: the loader's own error says so
         return []
 
 

@@ -32,7 +32,10 @@ from .checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, Checkpoin
 from .optim import optimizer_state_to_tensors
 from .state import unet_prefixes
 
-__all__ = ["checkpoint_from_reference"]
+__all__ = ["REFERENCE_SOURCE", "checkpoint_from_reference"]
+
+REFERENCE_SOURCE = "imagen-pytorch"
+"""``metadata["source"]`` of a checkpoint converted in memory from a reference file."""
 
 
 def _parameter_order(weights: dict, prefix: str, parameter_names: set[str]) -> list[str]:
@@ -130,7 +133,7 @@ def checkpoint_from_reference(ref: ReferenceCheckpoint, imagen, config_json: str
         for key in ("optimizers", "schedulers", "scalers", "data"):
             del state[key]
     metadata = {"format": CHECKPOINT_FORMAT, "format_version": str(CHECKPOINT_FORMAT_VERSION),
-                "trainer_state": json.dumps(state)}
+                "trainer_state": json.dumps(state), "source": REFERENCE_SOURCE}
     if config_json is not None:
         metadata["imagen_config"] = config_json
     tensors = {k: v.detach().to("cpu") if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}

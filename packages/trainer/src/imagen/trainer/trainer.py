@@ -36,7 +36,7 @@ from .checkpoints import (
 from .chunks import concatenate_outputs, split_batch, split_sample_kwargs
 from .data import _mix_seed
 from .optim import WarmupCosine, make_optimizer
-from .reference_import import checkpoint_from_reference
+from .reference_import import REFERENCE_SOURCE, checkpoint_from_reference
 from .sampling import ema_weights, save_image_grid
 from .setup import PRECISIONS, autocast, make_accelerator, per_unet, register_teardown, training_precision
 from .stage import NonFiniteTrainingError, StageOptimization
@@ -557,15 +557,21 @@ class ImagenTrainer(nn.Module):
             return load_checkpoint(path, fs)
         try:
             ref = read_reference_checkpoint(str(path), fs=fs)
+            config_json = ref.config().to_json() if ref.imagen_params is not None else None
+            return checkpoint_from_reference(ref, self.imagen, config_json=config_json)
         except ReferenceCheckpointError as error:
             raise CheckpointError(str(error)) from None
-        return checkpoint_from_reference(ref, self.imagen, config_json=None)
 
     def _check_config(self, path, ckpt) -> None:
         """Refuses a checkpoint of another cascade; warns when only sampling settings differ."""
         if ckpt.imagen_config is None:
             return
         saved, current = json.loads(ckpt.imagen_config), json.loads(self.imagen.config.to_json())
+        if ckpt.metadata.get("source") == REFERENCE_SOURCE:
+            # the reference records the unet keywords as given, ours with every default filled in:
+            # the architecture is checked by the weights instead (every key and shape must fit)
+            saved.pop("unets", None)
+            current.pop("unets", None)
         differences = config_differences(saved, current)
         refused = [k for k in differences if k not in SAMPLING_ONLY_SETTINGS]
         if refused:
