@@ -107,3 +107,13 @@ def test_other_files_are_refused(tmp_path):
     (tmp_path / "torn.pt").write_bytes(b"PK\x03\x04" + b"\x00" * 20)
     with pytest.raises(ReferenceCheckpointError, match=r"not a readable torch\.save"):
         read_reference_checkpoint(tmp_path / "torn.pt")
+
+
+def test_load_imagen_from_checkpoint_reads_a_reference_file(tmp_path):
+    from imagen.cascade import load_imagen_from_checkpoint
+
+    online, ema = _reference_file(tmp_path / "ref.pt")
+    trained = load_imagen_from_checkpoint(tmp_path / "ref.pt")
+    assert all(torch.equal(v, online[k]) for k, v in trained.state_dict().items())
+    averaged = load_imagen_from_checkpoint(tmp_path / "ref.pt", load_ema_if_available=True)
+    assert all(torch.equal(v, ema[k]) for k, v in averaged.unets[0].state_dict().items())

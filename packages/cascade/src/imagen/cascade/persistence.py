@@ -142,9 +142,12 @@ def load_imagen_from_checkpoint(
     if not path.is_file():
         raise ValueError(f"no checkpoint at {path}")
     if is_pickle_file(path):
-        # An imagen-pytorch .pt checkpoint: read by reference_checkpoint.py (weights_only, never a full
-        # unpickle); until it is wired in here, read_safetensors below refuses the file.
-        pass
+        # An imagen-pytorch .pt checkpoint: torch.load(weights_only=True) only, never a full unpickle.
+        from .reference_checkpoint import imagen_from_reference_checkpoint
+
+        cascade = imagen_from_reference_checkpoint(
+            path, load_weights=load_weights, load_ema_if_available=load_ema_if_available)
+        return cascade.to(device) if device is not None else cascade
     tensors, metadata = read_safetensors(path)
     if "imagen_config" not in metadata:
         raise ValueError(f"{path} has no imagen_config in its metadata: it is not a cascade checkpoint")
