@@ -84,13 +84,13 @@ def test_readme_config_checkpoint_is_loadable_and_finetunable(tmp_path):
         trainer(torch.rand(2, 3, 16, 16), text_embeds=torch.randn(2, 4, 16), unet_number=1)
         trainer.update(unet_number=1)
     trainer.save(tmp_path / "checkpoint.pt")
-    imagen = load_imagen_from_checkpoint(tmp_path / "checkpoint.pt")
+    imagen = load_imagen_from_checkpoint(tmp_path / "checkpoint.pt", load_ema_if_available=True)
     ema_unet = trainer.emas["0"].ema_model
     for a, b in zip(imagen.unets[0].parameters(), ema_unet.parameters()):
-        assert torch.equal(a, b)  # the EMA weights by default
-    online = load_imagen_from_checkpoint(tmp_path / "checkpoint.pt", use_ema=False)
+        assert torch.equal(a, b)  # the EMA weights when asked for
+    online = load_imagen_from_checkpoint(tmp_path / "checkpoint.pt")
     for a, b in zip(online.unets[0].parameters(), trainer.imagen.unets[0].parameters()):
-        assert torch.equal(a, b)
+        assert torch.equal(a, b)  # as the reference: the trained weights by default
     trainer = ImagenTrainer(imagen, verbose=False)
     trainer(torch.rand(2, 3, 16, 16), text_embeds=torch.randn(2, 4, 16), unet_number=2)
     assert trainer.update(unet_number=2)
