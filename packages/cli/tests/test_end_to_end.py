@@ -134,10 +134,10 @@ def test_console_script_runs_as_a_subprocess(tmp_path):
 
 @pytest.mark.parametrize("kind", ["Imagen"])
 def test_default_config_matches_the_demo_architecture(kind):
+    from imagen.cascade import CascadeConfig
     from imagen.cli import demo_cascade_config
 
-    assert default_config().imagen.unets == tuple(
-        json.loads(json.dumps(u)) for u in demo_cascade_config("x")["unets"])
+    assert default_config().imagen.unets == CascadeConfig.from_dict(demo_cascade_config("x")).unets
 
 
 def test_per_stage_guidance_and_refining_super_resolution(config_file, tmp_path):

@@ -101,7 +101,7 @@ class TrainerConfig:
     seed: int = attrs.field(default=0, validator=_int_at_least(0, "trainer"))
     checkpoint_path: str = "./checkpoints"
     checkpoint_every: int | None = attrs.field(default=500, validator=_int_at_least(1, "trainer"))
-    max_checkpoints_keep: int = attrs.field(default=3, validator=_int_at_least(1, "trainer"))
+    max_checkpoints_keep: int = attrs.field(default=3, validator=_int_at_least(0, "trainer"))  # 0: keep all
     max_batch_size: int | None = attrs.field(default=None, validator=_int_at_least(1, "trainer"))
 
     def trainer_kwargs(self) -> dict:
@@ -122,7 +122,7 @@ class DatasetConfig:
     image_size: int | None = attrs.field(default=None, validator=_int_at_least(1, "dataset"))
     batch_size: int = attrs.field(default=16, validator=_int_at_least(1, "dataset"))
     exts: tuple[str, ...] = attrs.field(default=("jpg", "jpeg", "png", "tiff", "webp", "bmp"), converter=tuple)
-    augment_horizontal_flip: bool = False
+    augment_horizontal_flip: bool = True
     convert_image_to: str | None = "RGB"
     captions: bool | str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", True, False)))
     text_embedding_cache: str | None = None

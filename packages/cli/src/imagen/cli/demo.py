@@ -204,7 +204,8 @@ def run_demo(settings: DemoSettings) -> dict:
     dataset_probe = Dataset(data, image_size=SR_SIZE)
     TextEmbeddingCache.build(cache_folder, dataset_probe.captions, encoder, overwrite=True)
     cache = TextEmbeddingCache(cache_folder)
-    dataset = Dataset(data, image_size=SR_SIZE, text_embedding_cache=cache)
+    # no flips: the captions name left and right
+    dataset = Dataset(data, image_size=SR_SIZE, text_embedding_cache=cache, augment_horizontal_flip=False)
 
     config = CascadeConfig.from_dict(demo_cascade_config(str(t5_folder.resolve())))
     imagen = config.create(seed=settings.seed)

@@ -17,6 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 PROG = "imagen"
+DEFAULT_COND_SCALE = 5.0
+"""``imagen sample``'s guidance scale when none is given (the reference CLI's ``--cond_scale`` default)."""
+DEFAULT_EPOCHS = 50
+"""``imagen train``'s passes over the dataset when neither ``--epochs`` nor ``--steps`` is given (the reference's)."""
 logger = logging.getLogger(__name__)
 
 
@@ -56,6 +60,15 @@ def _positive_float(text: str) -> float:
     if value == 0:
         raise argparse.ArgumentTypeError("it must be > 0")
     return value
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "t", "yes", "y", "on"):
+        return True
+    if value in ("0", "false", "f", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true or false)")
 
 
 def _steps_list(text: str) -> list[int]:
@@ -118,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--unet", type=_int_at_least(1), default=1, help="unet number to train, from 1 (default: 1)")
     length = train.add_mutually_exclusive_group()
     length.add_argument("--epochs", "--epoches", type=_int_at_least(1), dest="epochs",
-                        help="passes over the dataset (default: 1)")
+                        help="passes over the dataset (default: 50, as the reference)")
     length.add_argument("--steps", type=_int_at_least(1), help="optimizer steps (instead of --epochs)")
     train.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                        help="continue from CHECKPOINT, or (no value) require a checkpoint in "
@@ -133,11 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         "list with one value per stage, e.g. --steps 16,8 --sampler dpmpp_2m,euler.",
     )
     sample.add_argument("prompts", nargs="*", metavar="PROMPT", help="text prompts (one output each)")
-    sample.add_argument("--model", required=True, help="a checkpoint file, a folder of checkpoints (the newest "
-                        "is used) or a save_pretrained folder")
-    sample.add_argument("--cond-scale", type=_scale_list, default=None,
-                        help="classifier-free guidance scale, one or one per stage, e.g. 4,1 (default: 3.0, or "
-                        "1.0 for a cascade without guidance)")
+    sample.add_argument("--model", default="./imagen.pt", help="a checkpoint file (ours, or an imagen-pytorch .pt), "
+                        "a folder of checkpoints (the newest is used) or a save_pretrained folder "
+                        "(default: %(default)s)")
+    sample.add_argument("--cond-scale", "--cond_scale", dest="cond_scale", type=_scale_list, default=None,
+                        help="classifier-free guidance scale, one or one per stage, e.g. 4,1 (default: 5.0 as the "
+                        "reference, or 1.0 for a cascade without guidance)")
     sample.add_argument("--skip-steps", type=_skip_list, default=None,
                         help="per stage, e.g. 0,4: a later stage with N > 0 starts from the upsampled output of "
                         "the stage before and skips its first N steps (refines instead of redrawing)")
@@ -151,7 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--video-frames", type=_int_at_least(1), default=8, help="frames of a video (default: 8)")
     sample.add_argument("--output-dir", default=".", help="folder for the outputs (default: the current folder)")
     sample.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
-    sample.add_argument("--no-ema", action="store_true", help="use the online weights instead of the EMA weights")
+    ema = sample.add_mutually_exclusive_group()
+    ema.add_argument("--no-ema", action="store_true", help="use the online weights instead of the EMA weights")
+    ema.add_argument("--load_ema", "--load-ema", dest="load_ema", type=_boolean, default=None, metavar="BOOL",
+                     help="the reference's spelling: true (default) samples with the EMA weights when the "
+                     "checkpoint has them, false with the online weights")
 
     encode = commands.add_parser(
         "encode-text",
@@ -164,6 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--output", default=None, help="cache folder (default: dataset.text_embedding_cache)")
     encode.add_argument("--batch-size", type=_int_at_least(1), default=64, help="captions per encoder call")
     encode.add_argument("--overwrite", action="store_true", help="replace an existing cache")
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert an imagen-pytorch trainer checkpoint (.pt) into ours (safetensors)",
+        description="Reads an imagen-pytorch ImagenTrainer checkpoint with torch.load(weights_only=True) (a file "
+        "that needs custom classes is refused, nothing in it is run) and writes our checkpoint: online and "
+        "EMA weights, step counts, optimizer and schedule state. The cascade comes from the checkpoint's "
+        "imagen_params, or from --config when it has none.",
+    )
+    convert.add_argument("reference", metavar="REF.pt", help="the imagen-pytorch checkpoint")
+    convert.add_argument("output", metavar="OUT", help="the checkpoint to write (one safetensors file)")
+    convert.add_argument("--config", default=None, help="a cascade config JSON (an `imagen config` file, its "
+                         "imagen section, or a save_pretrained config.json) when REF.pt holds no imagen_params")
+    convert.add_argument("--force", action="store_true", help="replace an existing OUT")
 
     demo = commands.add_parser(
         "demo",
@@ -237,7 +269,7 @@ def _resolve_model_path(model: str) -> Path:
     if not path.exists():
         raise CliError(f"--model {model}: no such file or folder")
     if path.is_dir() and not (path / "config.json").is_file():
-        newest = latest_checkpoint(path)
+        newest = latest_checkpoint(path, include_reference=True)
         if newest is None:
             raise CliError(f"--model {model}: the folder holds no checkpoint (checkpoint.<steps>.safetensors) "
                            "and no save_pretrained cascade (config.json)")
@@ -295,13 +327,14 @@ def cmd_train(args) -> int:
     config = CliConfig.read(args.config)
     num_unets = len(config.imagen.unets)
     _check_unet(args.unet, num_unets)
+    remote = "://" in config.trainer.checkpoint_path  # an fsspec URL: the trainer reads it
     folder = Path(config.trainer.checkpoint_path)
     resume_from = None
     if isinstance(args.resume, str):
         resume_from = Path(args.resume)
         if not resume_from.is_file():
             raise CliError(f"--resume {args.resume}: no such checkpoint file")
-    elif args.resume is True and latest_checkpoint(folder) is None:
+    elif args.resume is True and not remote and latest_checkpoint(folder, include_reference=True) is None:
         raise CliError(f"--resume: no checkpoint in {folder} to continue from")
     image_size = config.dataset.image_size or max(config.imagen.image_sizes)
     dataset = _dataset(config, image_size=image_size)
@@ -315,11 +348,13 @@ def cmd_train(args) -> int:
     trainer = ImagenTrainer(imagen, **kwargs)  # resumes from the newest checkpoint in checkpoint_path
     if resume_from is not None:
         trainer.load(resume_from)
+    if args.resume is True and remote and trainer.num_steps_taken() == 0:
+        raise CliError(f"--resume: no checkpoint in {config.trainer.checkpoint_path} to continue from")
     if trainer.num_steps_taken() > 0:
         logger.info("continuing from step %s", list(trainer.steps.tolist()))
     trainer.add_train_dataset(dataset, batch_size=config.dataset.batch_size)
     steps_per_epoch = math.ceil(len(dataset) / config.dataset.batch_size)
-    steps = args.steps if args.steps is not None else (args.epochs or 1) * steps_per_epoch
+    steps = args.steps if args.steps is not None else (args.epochs or DEFAULT_EPOCHS) * steps_per_epoch
     bar = tqdm(range(steps), desc=f"train unet {args.unet}", unit="step", disable=args.quiet)
     for _ in bar:
         loss = seeded_train_step(trainer, args.unet, config.trainer.seed, max_batch_size=config.trainer.max_batch_size)
@@ -365,12 +400,13 @@ def cmd_sample(args) -> int:
     from imagen.cascade import load_imagen_from_checkpoint
 
     path = _resolve_model_path(args.model)
-    cascade = load_imagen_from_checkpoint(path, use_ema=not args.no_ema, device=args.device)
+    use_ema = not args.no_ema and args.load_ema is not False
+    cascade = load_imagen_from_checkpoint(path, load_ema_if_available=use_ema, device=args.device)
     cascade.eval()
     steps = _per_stage(args.steps, cascade.num_unets, "--steps")
     sampler = _per_stage(args.sampler, cascade.num_unets, "--sampler")
     guided = cascade.condition_on_text and cascade.cond_drop_prob > 0
-    scales = args.cond_scale if args.cond_scale is not None else [3.0 if guided else 1.0]
+    scales = args.cond_scale if args.cond_scale is not None else [DEFAULT_COND_SCALE if guided else 1.0]
     if any(scale != 1 for scale in scales) and not guided:
         raise CliError(f"--cond-scale {args.cond_scale}: this cascade was not trained for classifier-free guidance "
                        "(it needs condition_on_text and cond_drop_prob > 0); use --cond-scale 1")
@@ -416,9 +452,12 @@ def cmd_sample(args) -> int:
 
 
 def _sample_by_stage(cascade, scales: tuple, skips: tuple, generators, options: dict):
-    """Samples all stages in one call, or stage by stage where guidance scales or skips differ."""
-    if len(set(scales)) == 1 and not any(skips):
-        return cascade.sample(cond_scale=scales[0], generator=generators, **options)
+    """Samples all stages in one call (the cascade's per-stage plan takes one guidance scale per
+    unet); only a later stage that refines the upsampled output of the one before (``skips``) needs
+    that output first, so it is sampled stage by stage."""
+    if not any(skips):
+        return cascade.sample(cond_scale=scales if len(set(scales)) > 1 else scales[0], generator=generators,
+                              **options)
     previous = None
     for number in range(1, cascade.num_unets + 1):
         stage = dict(options, cond_scale=scales[number - 1], start_at_unet_number=number, stop_at_unet_number=number,
@@ -458,6 +497,58 @@ def cmd_encode_text(args) -> int:
     return 0
 
 
+def _cascade_config_file(path: str):
+    """A cascade config from a JSON file: an `imagen config` file, a bare cascade config, or a
+    ``save_pretrained`` config.json document."""
+    import json
+
+    from imagen.cascade import CascadeConfig
+
+    file = Path(path)
+    if not file.is_file():
+        raise CliError(f"--config {path}: no such file")
+    try:
+        document = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CliError(f"--config {path} is not a JSON file ({error})") from None
+    if isinstance(document, dict) and isinstance(document.get("imagen"), dict):
+        document = document["imagen"]
+    elif isinstance(document, dict) and isinstance(document.get("config"), dict):
+        document = document["config"]
+    if not isinstance(document, dict):
+        raise CliError(f"--config {path} must hold a JSON object (a cascade config)")
+    return CascadeConfig.from_dict(document)
+
+
+def cmd_convert(args) -> int:
+    from imagen.cascade.reference_checkpoint import is_torch_save, read_reference_checkpoint
+    from imagen.trainer import checkpoint_from_reference, save_checkpoint
+
+    source, output = Path(args.reference), Path(args.output)
+    if not source.is_file():
+        raise CliError(f"{args.reference}: no such file")
+    with open(source, "rb") as handle:
+        if not is_torch_save(handle.read(4)):
+            raise CliError(f"{args.reference} is not a torch.save file (an imagen-pytorch checkpoint is one)")
+    if output.exists() and not args.force:
+        raise CliError(f"{args.output} already exists; pass --force to replace it")
+    if output.resolve() == source.resolve():
+        raise CliError("OUT must not be REF.pt itself")
+    config = _cascade_config_file(args.config) if args.config is not None else None
+    ref = read_reference_checkpoint(source)
+    cascade = (config or ref.config()).create()
+    converted = checkpoint_from_reference(ref, cascade, config_json=cascade.config.to_json())
+    if output.parent != Path() and not output.parent.is_dir():
+        output.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(output, converted.tensors, imagen_config=converted.imagen_config,
+                    trainer_state=converted.trainer_state)
+    state = converted.trainer_state
+    print(f"converted {source} (imagen-pytorch {ref.version}, steps {state['steps']}, "
+          f"EMA {'yes' if state['ema'] else 'no'}, optimizer state {'yes' if 'optimizers' in state else 'no'}) "
+          f"-> {output}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import DemoSettings, run_demo
 
@@ -484,7 +575,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"config": cmd_config, "train": cmd_train, "sample": cmd_sample, "encode-text": cmd_encode_text,
-            "demo": cmd_demo}
+            "convert": cmd_convert, "demo": cmd_demo}
 
 
 def _one_line(error: BaseException) -> str:

@@ -10,6 +10,7 @@ from imagen.trainer.checkpoints import (
 )
 from imagen.trainer.data import Dataset, EpochSampler, collate, pad_text_embeds
 from imagen.trainer.optim import WarmupCosine
+from imagen.trainer.reference_import import checkpoint_from_reference
 from imagen.trainer.trainer import ImagenTrainer, NonFiniteTrainingError
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "ImagenTrainer",
     "NonFiniteTrainingError",
     "WarmupCosine",
+    "checkpoint_from_reference",
     "collate",
     "latest_checkpoint",
     "load_checkpoint",
