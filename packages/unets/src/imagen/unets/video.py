@@ -61,9 +61,10 @@ def frame_conv(dim_in: int, dim_out: int, kernel_size: int, *, stride: int = 1, 
 class SpaceTimeConv(nn.Module):
     """A k x k conv per frame (``spatial_conv``), then a causal conv of k frames (``temporal_conv``).
 
-    The temporal conv sees frame t and the k - 1 before it (zeros before the first frame) and
-    starts as the identity (Dirac weights, zero bias), so a fresh layer is a per-frame conv.
-    Kernel size 1 has no temporal conv.
+    The temporal conv sees frame t and the k - 1 before it (zeros before the first frame). It is
+    initialised as the reference initialises it, with Dirac weights (the kernel's centre tap) and
+    zero bias: with the causal padding a fresh layer passes frame t - 1 to frame t (zeros at the
+    first frame), a one-frame delay of the per-frame conv. Kernel size 1 has no temporal conv.
     """
 
     def __init__(self, dim: int, dim_out: int | None = None, kernel_size: int = 3):
