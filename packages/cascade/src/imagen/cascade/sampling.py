@@ -327,7 +327,8 @@ class CascadeSampling:
             lowres = self._to_model_range(self._resize(previous, index, frames))
             times = torch.full((batch,), plan.lowres_noise_level, device=self.device)
             lowres, log_snr = self._lowres_augmentation(lowres, times, generators)
-            cond = dict(cond, lowres_cond_img=lowres, lowres_noise_times=log_snr)
+            condition = stage.lowres_sampling_condition(times, log_snr)
+            cond = dict(cond, lowres_cond_img=lowres, lowres_noise_times=condition)
         init = None
         if plan.init_images is not None:
             init = self._resize(self._to_model_range(_as_float_images(plan.init_images)), index, frames)

@@ -104,6 +104,10 @@ class GaussianStage:
     def sampler_options(self, steps: int) -> dict:
         return {}
 
+    def lowres_sampling_condition(self, times: torch.Tensor, log_snr: torch.Tensor) -> torch.Tensor:
+        """The low-res noise condition at sampling: its log-SNR, as in training."""
+        return log_snr
+
     def levels(self, sampler: str, steps: int, device, **_) -> torch.Tensor:
         """The full grid of the ``sampler``: times from 1 to 0, or EDM sigmas."""
         if sampler == "ddpm":
@@ -165,6 +169,11 @@ class ElucidatedStage:
         sigma_min = self.sigma_min if sigma_min is None else sigma_min
         sigma_max = self.sigma_max if sigma_max is None else sigma_max
         return karras_sigmas(steps, sigma_min, sigma_max, rho=self.rho, device=device)
+
+    def lowres_sampling_condition(self, times: torch.Tensor, log_snr: torch.Tensor) -> torch.Tensor:
+        """The low-res noise condition at sampling: the reference's ElucidatedImagen gives its U-Nets
+        the raw time here (training gives the log-SNR); kept so that its checkpoints sample the same."""
+        return times
 
     def sampler_options(self, steps: int) -> dict:
         """Keywords for the stochastic Heun sampler (EDM Algorithm 2; churn over all ``steps``)."""

@@ -118,7 +118,8 @@ def karras_sigmas(
     _check_range(sigma_min, sigma_max)
     if not rho > 0:
         raise ValueError(f"rho must be > 0, got {rho}")
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    # in float32 from i / (steps - 1), as the reference computes it (same numbers, bit for bit)
+    ramp = torch.arange(steps, dtype=torch.float32) / max(steps - 1, 1)
     inv_max, inv_min = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
     sigmas = (inv_max + ramp * (inv_min - inv_max)) ** rho
     if steps == 1:
