@@ -159,3 +159,22 @@ def test_converted_checkpoint_samples_the_reference_image(ema, reference_run, tm
     for stage_got, stage_expected in zip(got, expected, strict=True):
         assert_close(stage_got, stage_expected)
     assert embeds.shape == (BATCH, TEXT_LEN, TEXT_DIM)
+
+
+def test_every_reference_trainer_keyword_is_accepted_with_its_default():
+    import inspect
+
+    from imagen_pytorch.data import Dataset as RefDataset
+
+    from imagen.trainer import Dataset
+
+    ours = inspect.signature(ImagenTrainer.__init__).parameters
+    for name, parameter in inspect.signature(RefImagenTrainer.__init__).parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        assert name in ours, name
+        assert ours[name].default == parameter.default, (name, ours[name].default, parameter.default)
+    dataset = inspect.signature(Dataset.__init__).parameters
+    for name in inspect.signature(RefDataset.__init__).parameters:
+        assert name in dataset, name
+    assert dataset["augment_horizontal_flip"].default is True  # the reference always flips

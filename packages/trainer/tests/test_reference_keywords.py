@@ -153,3 +153,23 @@ def test_load_accepts_other_sampling_settings_and_refuses_other_training(tmp_pat
     sampling.config = _Config(kind="toy", timesteps=25, dynamic_thresholding=True, cond_drop_prob=0.5)
     with pytest.warns(UserWarning, match="timesteps"):
         assert _trainer(sampling, checkpoint_path=folder).steps.tolist() == [0, 2]
+
+
+def test_reference_helpers_and_extra_save_keywords(tmp_path, toy_cascade):
+    trainer = _trainer(toy_cascade(), checkpoint_path=tmp_path, checkpoint_every=1, lr=(1e-3, 2e-3),
+                       max_checkpoints_keep=0)
+    assert trainer.get_lr(1) == pytest.approx(1e-3) and trainer.get_lr(2) == pytest.approx(2e-3)
+    assert trainer.print_untrained_unets() == [1, 2] and not trainer.is_distributed
+    _run(trainer, 2)
+    assert trainer.print_untrained_unets() == [1]
+    assert trainer.get_ema_unet(2) is trainer.emas["1"].ema_model and len(trainer.unets) == 2
+    assert [p.name for p in trainer.all_checkpoints_sorted] == ["checkpoint.2.safetensors", "checkpoint.1.safetensors"]
+    again = _trainer(toy_cascade(), checkpoint_path=tmp_path)
+    assert again.steps.tolist() == [0, 2]
+    again.load_from_checkpoint_folder(last_total_steps=1)
+    assert again.steps.tolist() == [0, 1]
+    trainer.save(tmp_path / "extra.safetensors", epoch=3, note="hello")
+    loaded = again.load(tmp_path / "extra.safetensors")
+    assert (loaded["epoch"], loaded["note"]) == (3, "hello")
+    with pytest.raises(TypeError, match="JSON"):
+        trainer.save(tmp_path / "bad.safetensors", tensor=torch.zeros(1))

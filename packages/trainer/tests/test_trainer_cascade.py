@@ -169,3 +169,14 @@ def test_fit_writes_sample_grids_and_checkpoints(tmp_path, unet_factory, image_f
         checkpoint_path=tmp_path / "ckpt",
     )
     assert again.steps.tolist() == [4]
+
+
+def test_encode_text_is_the_cascades_encoder(tiny_t5, unet_factory):
+    from imagen.cascade import Imagen
+
+    imagen = Imagen(unets=[unet_factory()], image_sizes=8, text_encoder_name=tiny_t5, timesteps=2)
+    trainer = ImagenTrainer(imagen, verbose=False)
+    embeds, masks = trainer.encode_text(["a puppy"], return_attn_mask=True)
+    expected, expected_masks = imagen.text_encoder.encode(["a puppy"])
+    assert torch.equal(embeds, expected) and torch.equal(masks, expected_masks)
+    assert torch.equal(trainer.encode_text("a puppy"), expected)

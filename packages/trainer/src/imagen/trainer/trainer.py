@@ -27,6 +27,7 @@ from imagen.cascade.reference_checkpoint import ReferenceCheckpointError, is_tor
 
 from .checkpoints import (
     CheckpointError,
+    checkpoint_folder_files,
     folder_checkpoint_name,
     latest_checkpoint,
     load_checkpoint,
@@ -209,10 +210,7 @@ class ImagenTrainer(nn.Module):
         self.data = DataStreams(dl_tuple_output_keywords_names)
         """The train / valid batch streams (:class:`~imagen.trainer.streams.DataStreams`)."""
         if self.checkpoint_path is not None:
-            newest = latest_checkpoint(self.checkpoint_path, self.fs, include_reference=True)
-            if newest is not None:
-                logger.info("resuming from %s", newest)
-                self.load(newest)
+            self.load_from_checkpoint_folder()
 
     def _stage_optimization(self, index, unet, options, optimizer_kwargs, ema_kwargs) -> StageOptimization:
         optimizer = make_optimizer(
@@ -315,6 +313,62 @@ class ImagenTrainer(nn.Module):
 
     def _stage(self, unet_number: int | None) -> StageOptimization:
         return self.stages[self._resolve_unet_number(unet_number) - 1]
+
+    # ------------------------------------------------------------------ the reference's helpers
+
+    @property
+    def is_distributed(self) -> bool:
+        """Whether more than one process trains (or accelerate runs distributed)."""
+        return self.accelerator.num_processes > 1 or self.accelerator.distributed_type.value != "NO"
+
+    def get_lr(self, unet_number: int | None = None) -> float:
+        """The current learning rate of a unet's optimizer."""
+        return self._stage(unet_number).optimizer.param_groups[0]["lr"]
+
+    def get_ema_unet(self, unet_number: int | None = None):
+        """The EMA copy of a unet (None without EMA)."""
+        stage = self._stage(unet_number)
+        return stage.ema.ema_model if stage.ema is not None else None
+
+    @property
+    def unets(self) -> nn.ModuleList:
+        """The EMA copies of the trained unets (as the reference's ``trainer.unets``)."""
+        return nn.ModuleList([stage.ema.ema_model for stage in self.stages.values() if stage.ema is not None])
+
+    def encode_text(self, text, return_attn_mask: bool = False, **kwargs):
+        """The texts' embeddings (B, L, D) from the cascade's text encoder, with the (B, L) mask too
+        when ``return_attn_mask`` (the reference's ``imagen.encode_text``)."""
+        if hasattr(self.imagen, "encode_text"):
+            return self.imagen.encode_text(text, return_attn_mask=return_attn_mask, **kwargs)
+        embeds, masks = self.imagen.text_encoder.encode([text] if isinstance(text, str) else list(text), **kwargs)
+        return (embeds, masks) if return_attn_mask else embeds
+
+    def print_untrained_unets(self) -> list[int]:
+        """Logs, and returns, the numbers of the unets that have taken no step (NullUnets aside)."""
+        untrained = [i + 1 for i in self.stages if self.stages[i].steps == 0]
+        for number in untrained:
+            logger.warning("unet %d has not been trained (pass stop_at_unet_number to sample before it)", number)
+        return untrained
+
+    @property
+    def all_checkpoints_sorted(self) -> list:
+        """The checkpoints in ``checkpoint_path``, newest (most steps) first (the reference's order)."""
+        if self.checkpoint_path is None:
+            return []
+        return checkpoint_folder_files(self.checkpoint_path, self.fs, include_reference=True)[::-1]
+
+    def load_from_checkpoint_folder(self, last_total_steps: int = -1):
+        """Loads the newest checkpoint of ``checkpoint_path``, or the one written after
+        ``last_total_steps`` steps; returns its state (None when the folder holds none)."""
+        if self.checkpoint_path is None:
+            raise ValueError("load_from_checkpoint_folder needs checkpoint_path")
+        if last_total_steps != -1:
+            return self.load(join(self.checkpoint_path, folder_checkpoint_name(last_total_steps)))
+        newest = latest_checkpoint(self.checkpoint_path, self.fs, include_reference=True)
+        if newest is None:
+            logger.info("no checkpoint in %s to load", self.checkpoint_path)
+            return None
+        return self.load(newest)
 
     # ------------------------------------------------------------------------------- training
 
@@ -514,10 +568,16 @@ class ImagenTrainer(nn.Module):
             return resolve(text, None, self.fs_kwargs)
         return resolve(path, None if is_local(self.fs) else self.fs)
 
-    def save(self, path, overwrite: bool = True, without_optim_and_sched: bool = False) -> Path | str | None:
+    def save(self, path, overwrite: bool = True, without_optim_and_sched: bool = False, **kwargs) -> Path | str | None:
         """Writes the trainer's whole state to ``path`` (one safetensors file, atomically on a local
         disk, else written under a temporary name and moved; only the main process writes). ``path``
-        may be an fsspec URL. Call it on every process. Refuses to write non-finite weights."""
+        may be an fsspec URL. Other keywords (JSON values) are stored with it, as the reference stores
+        them in its checkpoint, and come back in the dict :meth:`load` returns. Call it on every
+        process. Refuses to write non-finite weights."""
+        try:
+            extra = json.loads(json.dumps(kwargs))
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"save's extra keywords {sorted(kwargs)} must be JSON values ({error})") from None
         fs, path = self._locate(path)
         if not overwrite and fs.exists(str(path)):
             raise ValueError(f"{path} exists and overwrite=False")
@@ -532,6 +592,8 @@ class ImagenTrainer(nn.Module):
             tensors, state = pack_state(
                 self.imagen, self.stages, self.accelerator, meta=meta, rng_states=rng_states, data=data
             )
+            if extra:
+                state["user"] = extra
             written = save_checkpoint(path, tensors, imagen_config=self.imagen.config.to_json(), trainer_state=state,
                                       fs=fs)
             logger.info("saved checkpoint %s", path)
@@ -605,7 +667,7 @@ class ImagenTrainer(nn.Module):
         if strict:
             self._check_config(path, ckpt)
         restore_weights(self.imagen, self.stages, ckpt, strict=strict)
-        state = ckpt.trainer_state
+        state = {**ckpt.trainer_state, **ckpt.trainer_state.get("user", {})}
         if only_model:
             return state
         restore_training(self.stages, ckpt)
