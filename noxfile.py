@@ -73,3 +73,5 @@ def reference(session: nox.Session) -> None:
     install_pinned(session, "--no-deps", *REFERENCE_PACKAGES)
     session.env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
     session.run("pytest", "reference", *session.posargs)
+    if not session.posargs:  # a full run also refreshes the side-by-side speed table
+        session.run("python", "bench/reference_bench.py", "--rounds", "3", "--output", "bench/reference.md")
