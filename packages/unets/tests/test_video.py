@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from imagen.unets import Unet3D, unet_from_config
+from imagen.unets.attention import LinearCrossAttention
 from imagen.unets.video import SpaceTimeConv, TemporalAttention, TemporalPositionConv, TimeTokenShift
 
 VIDEO = dict(dim=8, dim_mults=(1, 2), cond_dim=16, text_embed_dim=12, max_text_len=6, attn_heads=2, attn_dim_head=8,
@@ -213,3 +214,35 @@ def test_readme_video_unet_runs():
     with torch.no_grad():
         out = video(torch.randn(1, 3, 2, 16, 16), torch.rand(1), text_embeds=torch.randn(1, 3, 12))
     assert out.shape == (1, 3, 2, 16, 16)
+
+
+def test_gradients_reach_every_parameter_the_reference_uses(h):
+    """Every parameter gets a gradient, except those the reference's video U-Net holds but never uses:
+    the null-key score of attentions without a position bias, the cosine-sim scales of linear
+    cross-attention and the global-context logits' bias (a softmax ignores it). With random weights:
+    a fresh net's temporal attentions start with zero gain."""
+    unet = video_unet(h, lowres_cond=True, self_cond=True, cond_images_channels=1, use_linear_attn=True,
+                      use_linear_cross_attn=True, layer_cross_attns=(False, True), combine_upsample_fmaps=True,
+                      init_conv_to_final_conv_residual=True, memory_efficient=True, temporal_strides=(2, 1)).train()
+    shape = (2, 3, 4, 8, 8)
+    kwargs = dict(text_embeds=h.randn(2, 4, 12), lowres_cond_img=h.randn(*shape, seed=1),
+                  lowres_noise_times=torch.rand(2), self_cond=h.randn(*shape, seed=2), cond_images=h.randn(2, 1, 8, 8),
+                  cond_drop_mask=torch.tensor([True, False]))
+    unet(h.randn(*shape), torch.rand(2), **kwargs).square().mean().backward()
+    dead = {n for n, p in unet.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0}
+    linear = [n for n, m in unet.named_modules() if isinstance(m, LinearCrossAttention)]
+    unused = {n for n in dead if n.endswith("gca.to_k.bias") or (n.endswith("null_attn_bias") and ".fn.fn." not in n)
+              or n in {f"{m}.{s}_scale" for m in linear for s in "qk"}}
+    assert unused and dead == unused
+
+
+@pytest.mark.slow
+def test_torch_compile_full_graph_without_breaks(h):
+    unet = video_unet(h, lowres_cond=True, self_cond=True).train()
+    x, t = h.randn(2, 3, 2, 8, 8), torch.rand(2)
+    kwargs = dict(text_embeds=h.randn(2, 4, 12), lowres_cond_img=h.randn(2, 3, 2, 8, 8, seed=1),
+                  lowres_noise_times=torch.rand(2), self_cond=h.randn(2, 3, 2, 8, 8, seed=2))
+    compiled = torch.compile(unet, fullgraph=True, backend="aot_eager")
+    out = compiled(x, t, **kwargs)
+    out.square().mean().backward()
+    torch.testing.assert_close(out, unet(x, t, **kwargs), rtol=1e-4, atol=1e-5)
