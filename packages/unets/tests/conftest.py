@@ -10,7 +10,7 @@ from torch import nn
 
 TINY = dict(
     dim=8, dim_mults=(1, 2), cond_dim=16, text_embed_dim=12, max_text_len=6, attn_heads=2, attn_dim_head=8,
-    num_resnet_blocks=1, attn_pool_num_latents=3, resnet_groups=4, layer_attns=(False, True),
+    num_resnet_blocks=1, attn_pool_num_latents=3, layer_attns=(False, True),
     layer_cross_attns=(False, True),
 )
 

@@ -1,18 +1,17 @@
-"""Attention layers against a direct softmax oracle; linear attention masking."""
-
-import math
+"""Attention layers against a direct softmax oracle (cosine-sim, multi-query, null key); linear attention."""
 
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imagen.unets.attention import Attention, CrossAttention, LinearCrossAttention
+from imagen.unets.attention import Attention, CrossAttention, LinearAttention, LinearCrossAttention
 
 
-def _oracle(q, k, v, keep):
-    """softmax(q k^T / sqrt(d)) v with masked keys removed, one head at a time. q: (n, d), k, v: (m, d)."""
-    scores = q @ k.T / math.sqrt(q.shape[-1])
-    scores = scores.masked_fill(~keep[None], float("-inf"))
+def _oracle(q, k, v, keep, q_scale, k_scale, scale=8.0):
+    """softmax(scale * cos-sim) v over the kept keys, one head: q (n, d), k, v (m, d), keep (m,)."""
+    q = q / q.norm(dim=-1, keepdim=True) * q_scale
+    k = k / k.norm(dim=-1, keepdim=True) * k_scale
+    scores = (q @ k.T * scale).masked_fill(~keep[None], float("-inf"))
     return scores.softmax(-1) @ v
 
 
@@ -20,27 +19,40 @@ def _heads(t, heads):
     return t.unflatten(-1, (heads, -1)).transpose(0, 1)  # (n, h*d) -> (h, n, d)
 
 
+def _randomise_scales(attn, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in (attn.q_scale, attn.k_scale):
+            p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
 @given(st.integers(1, 3), st.lists(st.booleans(), min_size=4, max_size=4))
 def test_cross_attention_matches_the_oracle(heads, keep):
     torch.manual_seed(0)
     attn = CrossAttention(6, context_dim=5, heads=heads, dim_head=4).double()
+    _randomise_scales(attn, heads)
     x, ctx = torch.randn(1, 3, 6).double(), torch.randn(1, 4, 5).double()
     keep = torch.tensor(keep)
     with torch.no_grad():
         out = attn(x, ctx, keep[None])
         q = _heads(attn.to_q(attn.norm(x))[0], heads)
-        k, v = attn.to_kv(attn.norm_context(ctx))[0].chunk(2, -1)
-        nk, nv = attn.null_kv.kv[:, 0]
-        k, v = _heads(torch.cat((nk[None], k)), heads), _heads(torch.cat((nv[None], v)), heads)
+        k, v = attn.to_kv(ctx)[0].chunk(2, -1)
+        nk, nv = attn.null_kv  # one null key/value, shared by the heads
+        k = torch.cat((nk.expand(heads, 1, -1), _heads(k, heads)), dim=1)
+        v = torch.cat((nv.expand(heads, 1, -1), _heads(v, heads)), dim=1)
         full_keep = torch.cat((torch.tensor([True]), keep))
-        expected = torch.cat([_oracle(q[i], k[i], v[i], full_keep) for i in range(heads)], dim=-1)
+        expected = torch.cat([_oracle(q[i], k[i], v[i], full_keep, attn.q_scale, attn.k_scale)
+                              for i in range(heads)], dim=-1)
         expected = attn.to_out(expected)
     torch.testing.assert_close(out[0], expected)
 
 
-def test_self_attention_with_context_matches_the_oracle():
+def test_self_attention_is_multi_query_with_context_first():
+    """Keys [context; null; x] from ONE key/value head, shared by every query head."""
     torch.manual_seed(1)
     attn = Attention(6, heads=2, dim_head=4, context_dim=5).double()
+    _randomise_scales(attn, 7)
+    assert attn.to_kv.out_features == 2 * 4  # one head of keys and values
     x, ctx = torch.randn(1, 3, 6).double(), torch.randn(1, 2, 5).double()
     keep = torch.tensor([True, False])
     with torch.no_grad():
@@ -48,11 +60,12 @@ def test_self_attention_with_context_matches_the_oracle():
         xn = attn.norm(x)[0]
         q = _heads(attn.to_q(xn), 2)
         k, v = attn.to_kv(xn).chunk(2, -1)
-        ck, cv = attn.to_context_kv(ctx)[0].chunk(2, -1)
-        nk, nv = attn.null_kv.kv[:, 0]
-        k, v = (_heads(torch.cat((n[None], a, c)), 2) for n, a, c in ((nk, k, ck), (nv, v, cv)))
-        full_keep = torch.tensor([True] * 4 + [True, False])
-        expected = attn.to_out(torch.cat([_oracle(q[i], k[i], v[i], full_keep) for i in range(2)], dim=-1))
+        ck, cv = attn.to_context(ctx)[0].chunk(2, -1)
+        nk, nv = attn.null_kv
+        k, v = torch.cat((ck, nk[None], k)), torch.cat((cv, nv[None], v))
+        full_keep = torch.tensor([True, False] + [True] * 4)
+        expected = attn.to_out(torch.cat([_oracle(q[i], k, v, full_keep, attn.q_scale, attn.k_scale)
+                                          for i in range(2)], dim=-1))
     torch.testing.assert_close(out[0], expected)
 
 
@@ -65,3 +78,22 @@ def test_linear_cross_attention_ignores_masked_keys():
     with torch.no_grad():
         torch.testing.assert_close(attn(x, ctx, keep), attn(x, other, keep))
         torch.testing.assert_close(attn(x, ctx, keep), attn(x, ctx[:, :2]))
+
+
+def test_linear_attention_matches_the_oracle():
+    """softmax(q) over features * d^-1/2, softmax(k) over the pixels and context tokens, per head."""
+    torch.manual_seed(3)
+    attn = LinearAttention(4, heads=2, dim_head=3, context_dim=5).double().eval()
+    fmap, ctx = torch.randn(1, 4, 2, 3).double(), torch.randn(1, 2, 5).double()
+    with torch.no_grad():
+        out = attn(fmap, ctx)
+        normed = attn.norm(fmap)
+        q, k, v = (fn(normed)[0].flatten(1).T for fn in (attn.to_q, attn.to_k, attn.to_v))  # (pixels, h*d)
+        ck, cv = attn.to_context(ctx)[0].chunk(2, -1)
+        k, v = torch.cat((k, ck)), torch.cat((v, cv))
+        heads = []
+        for i in range(2):
+            qi, ki, vi = (t[:, 3 * i:3 * (i + 1)] for t in (q, k, v))
+            heads.append(qi.softmax(-1) * 3**-0.5 @ (ki.softmax(0).T @ vi))
+        expected = attn.to_out(attn.nonlin(torch.cat(heads, dim=-1).T.reshape(1, 6, 2, 3)))
+    torch.testing.assert_close(out, expected)

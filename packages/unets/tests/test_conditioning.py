@@ -1,16 +1,21 @@
-"""Text masking, classifier-free-guidance dropping and the noise-level conditioning."""
+"""Text masking, classifier-free-guidance dropping, guidance and the noise-level conditioning."""
+
+import copy
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagen.unets import Unet, Unet3D
+from imagen.unets import Unet
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["attn_pool", "no_pool"])
+@pytest.fixture(scope="module", params=[(True, False), (False, False), (True, True), (False, True)],
+                ids=["attn_pool", "no_pool", "attn_pool-masked", "no_pool-masked"])
 def unet(request, h):
-    return h.make(Unet, **h.tiny(attn_pool_text=request.param, layer_attns=True, use_linear_cross_attn=(True, False)))
+    pool, masked = request.param
+    return h.make(Unet, **h.tiny(attn_pool_text=pool, mask_text_padding=masked, layer_attns=True,
+                                 use_linear_cross_attn=(True, False)))
 
 
 def _inputs(h, b=3, length=5):
@@ -41,8 +46,8 @@ def test_full_drop_ignores_the_text(unet, h):
     with torch.no_grad():
         a = unet(x, t, text_embeds=text, cond_drop_prob=1.0)
         b = unet(x, t, text_embeds=h.randn(3, 2, 12, seed=9), cond_drop_prob=1.0)
-        c = unet(x, t)  # no text at all is the null text
-    assert torch.equal(a, b) and torch.equal(a, c)
+        c = unet(x, t)  # no text at all: no text tokens (the reference's meaning), not the null text
+    assert torch.equal(a, b) and not torch.allclose(a, c)
 
 
 def test_drop_mask_all_true_equals_drop_prob_one(unet, h):
@@ -57,14 +62,18 @@ def test_drop_mask_all_true_equals_drop_prob_one(unet, h):
 
 
 def test_guidance_batch_halves_match_separate_runs(unet, h):
-    """Conditional and null halves in one batch give what they give alone (samples are independent)."""
-    x, t, text = _inputs(h)
+    """Conditional and null halves in one batch give what they give alone (samples are independent).
+
+    In float64: float32 differs by rounding alone (the batched kernels sum in another order).
+    """
+    unet = copy.deepcopy(unet).double()
+    x, t, text = (v.double() for v in _inputs(h))
     drop = torch.tensor([False] * 3 + [True] * 3)
     with torch.no_grad():
         both = unet(torch.cat((x, x)), torch.cat((t, t)), text_embeds=torch.cat((text, text)), cond_drop_mask=drop)
         cond = unet(x, t, text_embeds=text)
         null = unet(x, t, text_embeds=text, cond_drop_prob=1.0)
-    torch.testing.assert_close(both, torch.cat((cond, null)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(both, torch.cat((cond, null)), rtol=1e-10, atol=1e-10)
 
 
 def test_drop_prob_draws_from_the_generator(unet, h):
@@ -76,13 +85,15 @@ def test_drop_prob_draws_from_the_generator(unet, h):
 
 
 def test_text_is_padded_or_truncated_to_max_text_len(unet, h):
-    """Tokens past max_text_len (6) are cut; missing ones are masked padding."""
+    """Tokens past max_text_len (6) are cut; missing ones are masked padding when a mask is given."""
     x, t, text = _inputs(h, length=6)
     longer = torch.cat((text, h.randn(3, 4, 12, seed=3)), dim=1)
     shorter_mask = torch.tensor([True] * 4 + [False] * 2).expand(3, -1)
+    four = torch.ones(3, 4, dtype=torch.bool)
     with torch.no_grad():
         assert torch.equal(unet(x, t, text_embeds=text), unet(x, t, text_embeds=longer))
-        assert torch.equal(unet(x, t, text_embeds=text[:, :4]), unet(x, t, text_embeds=text, text_mask=shorter_mask))
+        assert torch.equal(unet(x, t, text_embeds=text[:, :4], text_mask=four),
+                           unet(x, t, text_embeds=text, text_mask=shorter_mask))
 
 
 def test_noise_level_conditions_the_output(unet, h):
@@ -117,12 +128,31 @@ def test_cond_images_are_resized_to_the_input(h):
         assert torch.equal(unet(x, torch.zeros(1), cond_images=small), unet(x, torch.zeros(1), cond_images=big))
 
 
-def test_video_text_masking_and_drop(h):
-    unet = h.make(Unet3D, **h.tiny())
-    x, t, text = h.randn(2, 3, 3, 8, 8), torch.rand(2), h.randn(2, 5, 12)
-    mask = torch.tensor([[True, True, False, False, False]] * 2)
-    other = torch.where(mask[..., None], text, 0.0)
+def test_masked_positions_hold_the_null_embedding_unless_mask_text_padding(h):
+    """Reference: a masked position is the learned null embedding, attended; ours on request: hidden."""
+    x, t, text = _inputs(h)
+    mask = torch.tensor([[True, True, False, False, False]] * 3)
+    for masked in (False, True):
+        unet = h.make(Unet, **h.tiny(attn_pool_text=False, mask_text_padding=masked))
+        with torch.no_grad():
+            before = unet(x, t, text_embeds=text, text_mask=mask)
+            unet.null_text_embed[:, 2:].add_(1.0)
+            after = unet(x, t, text_embeds=text, text_mask=mask)
+        assert torch.equal(before, after) == masked
+
+
+def test_forward_with_cond_scale_is_the_guided_combination(unet, h):
+    """One batched forward gives cond + (cond - null) * (s - 1), less the part parallel to cond (float64)."""
+    unet = copy.deepcopy(unet).double()
+    x, t, text = (v.double() for v in _inputs(h))
     with torch.no_grad():
-        assert torch.equal(unet(x, t, text_embeds=text, text_mask=mask), unet(x, t, text_embeds=other, text_mask=mask))
-        assert torch.equal(unet(x, t, text_embeds=text, cond_drop_prob=1.0),
-                           unet(x, t, text_embeds=other, cond_drop_mask=torch.ones(2, dtype=torch.bool)))
+        cond = unet(x, t, text_embeds=text)
+        null = unet(x, t, text_embeds=text, cond_drop_mask=torch.ones(3, dtype=torch.bool))
+        plain = unet.forward_with_cond_scale(x, t, text_embeds=text, cond_scale=3.0, remove_parallel_component=False)
+        orthogonal = unet.forward_with_cond_scale(x, t, text_embeds=text, cond_scale=3.0)
+        assert torch.equal(unet.forward_with_cond_scale(x, t, text_embeds=text), cond)
+    torch.testing.assert_close(plain, cond + 2 * (cond - null), rtol=1e-10, atol=1e-10)
+    update = (cond - null).flatten(1)
+    unit = cond.flatten(1) / cond.flatten(1).norm(dim=1, keepdim=True)
+    update = update - (update * unit).sum(1, keepdim=True) * unit
+    torch.testing.assert_close(orthogonal, cond + 2 * update.view_as(cond), rtol=1e-10, atol=1e-10)

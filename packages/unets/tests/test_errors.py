@@ -47,8 +47,8 @@ def test_time_shape(unet):
         unet(torch.randn(2, 3, 8, 8), torch.rand(3))
 
 
-@pytest.mark.parametrize("name", ["num_resnet_blocks", "layer_attns", "layer_cross_attns", "resnet_groups",
-                                  "layer_attns_depth", "use_linear_attn", "use_linear_cross_attn"])
+@pytest.mark.parametrize("name", ["num_resnet_blocks", "layer_attns", "layer_cross_attns", "layer_attns_depth",
+                                  "use_linear_attn", "use_linear_cross_attn"])
 def test_mismatched_per_stage_tuple(h, name):
     value = (True, False, True) if "attn" in name and "depth" not in name else (1, 1, 1)
     with pytest.raises(ValueError, match=f"{name} has 3 entries .* 2 stages"):
@@ -62,7 +62,6 @@ def test_attn_heads_below_one(h, heads):
 
 
 @pytest.mark.parametrize(("changes", "match"), [
-    ({"resnet_groups": 3}, "resnet_groups"),
     ({"resize_mode": "cubic"}, "resize_mode"),
     ({"dropout": 1.0}, "dropout"),
     ({"dim_mults": ()}, "dim_mults"),
@@ -85,9 +84,17 @@ def test_lowres_inputs_required_iff_lowres_cond(h, unet):
         unet(x, torch.rand(1), lowres_cond_img=x)
 
 
-def test_text_given_to_an_unconditional_unet(h):
-    with pytest.raises(ValueError, match="cond_on_text=False"):
-        Unet(**h.tiny(cond_on_text=False))(torch.randn(1, 3, 8, 8), torch.rand(1), text_embeds=torch.randn(1, 2, 12))
+def test_text_given_to_an_unconditional_unet_is_ignored(h):
+    """As in the reference: an unconditional unet ignores text_embeds (whatever their width)."""
+    unet = h.make(Unet, **h.tiny(cond_on_text=False))
+    x, t = torch.randn(1, 3, 8, 8), torch.rand(1)
+    with torch.no_grad():
+        assert torch.equal(unet(x, t, text_embeds=torch.randn(1, 2, 5)), unet(x, t))
+
+
+def test_unknown_keyword_is_a_type_error(h):
+    with pytest.raises(TypeError, match="resnet_groups"):
+        Unet(**h.tiny(resnet_groups=4))
 
 
 def test_bad_drop_arguments(unet):

@@ -14,7 +14,7 @@ def configs(draw):
     """Random tiny valid keyword sets (two stages) and the conditioning they need."""
     kw = dict(
         dim=8, dim_mults=draw(st.sampled_from([(1, 2), (2, 1)])), cond_dim=16, text_embed_dim=12, max_text_len=6,
-        attn_heads=draw(st.integers(1, 2)), attn_dim_head=4, resnet_groups=4, attn_pool_num_latents=3,
+        attn_heads=draw(st.integers(1, 2)), attn_dim_head=4, attn_pool_num_latents=3,
         num_resnet_blocks=draw(st.sampled_from([0, 1, (1, 0)])), num_time_tokens=draw(st.integers(0, 2)),
         layer_attns=draw(stage_flags), layer_cross_attns=draw(stage_flags), use_linear_attn=draw(st.booleans()),
         use_linear_cross_attn=draw(st.booleans()), attend_at_middle=draw(st.booleans()),

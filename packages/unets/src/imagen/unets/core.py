@@ -218,9 +218,6 @@ class UnetBase(ConfigurableMixin, nn.Module):
                              "unet's total downsampling (2 ** stages, one fewer unless memory_efficient)")
 
 
-UnetCore = UnetBase  # the old name, until the video U-Net moves to UnetBase
-
-
 def _same_shape(name: str, value: torch.Tensor, x: torch.Tensor) -> None:
     if tuple(value.shape) != tuple(x.shape):
         raise ValueError(f"{name} must have the shape of x {tuple(x.shape)}, got {tuple(value.shape)}")
