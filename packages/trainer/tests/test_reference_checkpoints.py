@@ -112,3 +112,20 @@ def test_a_reference_checkpoint_with_other_sampling_steps_loads_with_a_warning(t
     retrained = ImagenTrainer(ImagenConfig(**{**PARAMS, "cond_drop_prob": 0.25}).create(), verbose=False)
     with pytest.raises(ValueError, match="cond_drop_prob"):
         retrained.load(tmp_path / "ref.pt")
+
+
+def test_a_reference_checkpoint_through_fsspec(tmp_path):
+    import uuid
+
+    import fsspec
+
+    cascade, *_ = _reference_trainer_file(tmp_path / "ref.pt")
+    url = f"memory://imagen-{uuid.uuid4().hex}/checkpoint.3.pt"
+    with fsspec.open(url, "wb") as handle:
+        handle.write((tmp_path / "ref.pt").read_bytes())
+    trainer = _trainer()
+    trainer.load(url)
+    assert trainer.steps.tolist() == [3]
+    resumed = _trainer(checkpoint_path=url.rsplit("/", 1)[0])  # auto-resume finds checkpoint.3.pt there
+    assert resumed.steps.tolist() == [3]
+    assert torch.equal(next(iter(resumed.imagen.parameters())), next(iter(cascade.parameters())))

@@ -173,3 +173,11 @@ def test_reference_helpers_and_extra_save_keywords(tmp_path, toy_cascade):
     assert (loaded["epoch"], loaded["note"]) == (3, "hello")
     with pytest.raises(TypeError, match="JSON"):
         trainer.save(tmp_path / "bad.safetensors", tensor=torch.zeros(1))
+
+
+def test_split_valid_fraction_range_as_the_reference(toy_cascade):
+    _trainer(toy_cascade(), split_valid_fraction=0)  # the reference accepts [0, 1]
+    with pytest.raises(ValueError, match="split_valid_fraction"):
+        _trainer(toy_cascade(), split_valid_fraction=1.5)
+    with pytest.raises(ValueError, match="split_valid_from_train"):
+        _trainer(toy_cascade(), split_valid_fraction=0, split_valid_from_train=True)

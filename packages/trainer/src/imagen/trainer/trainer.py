@@ -158,8 +158,9 @@ class ImagenTrainer(nn.Module):
             raise ValueError(f"checkpoint_every must be None or an int >= 1, got {checkpoint_every!r}")
         if checkpoint_every is not None and checkpoint_path is None:
             raise ValueError("checkpoint_every needs checkpoint_path (the folder to write checkpoints to)")
-        if not 0 < split_valid_fraction < 1:
-            raise ValueError(f"split_valid_fraction must lie in (0, 1), got {split_valid_fraction!r}")
+        if not 0 <= split_valid_fraction <= 1 or (split_valid_from_train and split_valid_fraction in (0, 1)):
+            accepted = "(0, 1) with split_valid_from_train" if split_valid_from_train else "[0, 1]"
+            raise ValueError(f"split_valid_fraction must lie in {accepted}, got {split_valid_fraction!r}")
 
         ema_kwargs = {_EMA_KEYS.get(k, k[4:]): kwargs.pop(k) for k in list(kwargs) if k.startswith("ema_")}
         accelerate_kwargs = {k[11:]: kwargs.pop(k) for k in list(kwargs) if k.startswith("accelerate_")}
