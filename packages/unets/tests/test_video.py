@@ -246,3 +246,18 @@ def test_torch_compile_full_graph_without_breaks(h):
     out = compiled(x, t, **kwargs)
     out.square().mean().backward()
     torch.testing.assert_close(out, unet(x, t, **kwargs), rtol=1e-4, atol=1e-5)
+
+
+def test_mask_text_padding_hides_the_padding(h):
+    """Our option, as Unet's: the null embeddings at masked text positions stop mattering (the reference
+    attends to them)."""
+    x, t, text = h.randn(1, 3, 2, 8, 8), torch.rand(1), h.randn(1, 4, 12)
+    mask = torch.tensor([[True, True, False, False]])
+    for hide in (False, True):
+        unet = video_unet(h, mask_text_padding=hide, attn_pool_text=False, use_linear_cross_attn=True,
+                          layer_cross_attns=(False, True))
+        with torch.no_grad():
+            before = unet(x, t, text_embeds=text, text_mask=mask)
+            unet.null_text_embed[:, 2:] += 1.0
+            after = unet(x, t, text_embeds=text, text_mask=mask)
+        assert torch.allclose(before, after, atol=1e-6) == hide

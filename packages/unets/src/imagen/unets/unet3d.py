@@ -50,17 +50,18 @@ class VideoDownStage(nn.ModuleList):
         super().__init__([pre_downsample, init_block, nn.ModuleList(resnet_blocks), attn_block, temporal_peg,
                           temporal_attn, temporal_downsample, post_downsample])
 
-    def forward(self, x, t, c, skips: list[torch.Tensor], ignore_time: bool, ckpt: bool = False) -> torch.Tensor:
-        """x: (b, dim_in, f, h, w); t: (b, time_cond_dim); c: (b, m, cond_dim)."""
+    def forward(self, x, t, c, c_mask, skips: list[torch.Tensor], ignore_time: bool,
+                ckpt: bool = False) -> torch.Tensor:
+        """x: (b, dim_in, f, h, w); t: (b, time_cond_dim); c: (b, m, cond_dim); c_mask: (b, m) bool or None."""
         pre, init_block, resnets, attn, peg, temporal_attn, temporal_down, post = self
         if pre is not None:
             x = pre(x)
-        x = call(init_block, ckpt, x, t, c, ignore_time)
+        x = call(init_block, ckpt, x, t, c, c_mask, ignore_time)
         for block in resnets:
-            x = call(block, ckpt, x, t, None, ignore_time)
+            x = call(block, ckpt, x, t, None, None, ignore_time)
             skips.append(x)
         if attn is not None:
-            x = call(attn, ckpt, x, c)
+            x = call(attn, ckpt, x, c, c_mask)
         if not ignore_time:
             x = temporal_attn(peg(x))
         skips.append(x)
@@ -80,17 +81,17 @@ class VideoUpStage(nn.ModuleList):
         super().__init__([init_block, nn.ModuleList(resnet_blocks), attn_block, temporal_peg, temporal_attn,
                           temporal_upsample, upsample])
 
-    def forward(self, x, t, c, skips: list[torch.Tensor], skip_scale: float, ignore_time: bool,
+    def forward(self, x, t, c, c_mask, skips: list[torch.Tensor], skip_scale: float, ignore_time: bool,
                 ckpt: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Pops the stage's skips; returns (upsampled output, the output before upsampling)."""
         init_block, resnets, attn, peg, temporal_attn, temporal_up, upsample = self
         if temporal_up is not None and not ignore_time:
             x = temporal_up(x)
-        x = call(init_block, ckpt, torch.cat((x, skips.pop() * skip_scale), dim=1), t, c, ignore_time)
+        x = call(init_block, ckpt, torch.cat((x, skips.pop() * skip_scale), dim=1), t, c, c_mask, ignore_time)
         for block in resnets:
-            x = call(block, ckpt, torch.cat((x, skips.pop() * skip_scale), dim=1), t, None, ignore_time)
+            x = call(block, ckpt, torch.cat((x, skips.pop() * skip_scale), dim=1), t, None, None, ignore_time)
         if attn is not None:
-            x = call(attn, ckpt, x, c)
+            x = call(attn, ckpt, x, c, c_mask)
         if not ignore_time:
             x = temporal_attn(peg(x))
         before = x
@@ -161,18 +162,24 @@ class Unet3D(UnetBase):
     """Video U-Net with the reference ``Unet3D``'s keywords, defaults, layers and state-dict keys.
 
     Each resnet block's 3x3 convolutions are space-time convolutions (a per-frame conv, then a
-    causal conv over 3 frames starting as the identity); every stage has a temporal position
-    conv and causal temporal attention (``time_causal_attn``) after its attention block, the
-    middle attends over all pixels of all frames; feed-forwards shift half of their hidden channels
-    one frame later (``ff_time_token_shift``); ``temporal_strides`` (one int or one per stage)
-    divides the frames at each stage (and multiplies them back on the way up).
-    ``forward(..., ignore_time=True)`` skips the temporal convolutions, position convs, temporal
-    attention and temporal resampling, so single images (f = 1) train it as an image U-Net.
-    ``time_rel_pos_bias_depth`` is accepted and, as in the reference, the bias MLP has depth 2.
+    causal conv over 3 frames, Dirac-initialised as in the reference); every stage has a temporal
+    position conv and causal temporal attention (``time_causal_attn``) after its attention block;
+    attention blocks and the middle attention attend over all pixels of all frames; feed-forwards
+    shift half of their hidden channels one frame later (``ff_time_token_shift``);
+    ``temporal_strides`` (one int or one per stage) divides the frames at each stage and
+    multiplies them back on the way up. ``forward(..., ignore_time=True)`` skips the temporal
+    convolutions, position convs, temporal attention and temporal resampling, so single images
+    (f = 1) train it as an image U-Net. ``time_rel_pos_bias_depth`` is accepted and, as in the
+    reference, the bias MLP has depth 2; ``num_image_tokens``, ``out_dim`` and
+    ``layer_attns_add_text_cond`` are accepted and unused, as there. Our options (defaults = the
+    reference): ``mask_text_padding`` (as :class:`Unet`), ``gradient_checkpointing``.
+    Where the reference cannot run an option, ours does what it means: ``use_linear_attn`` attends
+    within each frame, nearest upsampling (``pixel_shuffle_upsample=False``) keeps the frames,
+    ``combine_upsample_fmaps`` resizes in time too, ``cross_embed_downsample`` builds, and
+    ``post_cond_video_frames`` follow the video.
     """
 
     is_video = True
-    mask_text_padding = False  # the reference's text padding holds the null text embedding and is attended
 
     def __init__(
         self, *, dim: int, text_embed_dim: int = 768, num_resnet_blocks=1, cond_dim: int | None = None,
@@ -189,7 +196,8 @@ class Unet3D(UnetBase):
         dropout: float = 0.0, memory_efficient: bool = False, init_conv_to_final_conv_residual: bool = False,
         use_global_context_attn: bool = True, scale_skip_connection: bool = True, final_resnet_block: bool = True,
         final_conv_kernel_size: int = 3, self_cond: bool = False, combine_upsample_fmaps: bool = False,
-        pixel_shuffle_upsample: bool = True, resize_mode: str = "nearest", gradient_checkpointing: bool = False,
+        pixel_shuffle_upsample: bool = True, resize_mode: str = "nearest", mask_text_padding: bool = False,
+        gradient_checkpointing: bool = False,
     ):
         super().__init__()
         o = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -207,6 +215,7 @@ class Unet3D(UnetBase):
         self.cond_images_channels, self.cond_on_text = cond_images_channels, cond_on_text
         self.text_embed_dim, self.max_text_len = text_embed_dim, max_text_len
         self.resize_mode, self.memory_efficient = resize_mode, memory_efficient
+        self.mask_text_padding = mask_text_padding
         self.gradient_checkpointing = gradient_checkpointing
         self.downsample_factor = 2 ** (n if memory_efficient else n - 1)
         self.time_downsample_factor = math.prod(stage["temporal_strides"])
@@ -337,40 +346,41 @@ class Unet3D(UnetBase):
             lowres_noise_times = self._check_time("lowres_noise_times", lowres_noise_times, b, x.device)
         text_embeds, text_mask = self._check_text(text_embeds, text_mask, b)
         keep = draw_keep_mask(b, x.device, cond_drop_prob, cond_drop_mask, generator)
-        t, c, _ = self._condition(time, lowres_noise_times, text_embeds, text_mask, keep)
+        t, c, c_mask = self._condition(time, lowres_noise_times, text_embeds, text_mask, keep)
         lowres_all = inputs[:, -self.channels:] if self.lowres_cond else None
-        out = self._body(inputs, t, c, lowres_all, ignore_time)
+        out = self._body(inputs, t, c, c_mask, lowres_all, ignore_time)
         start = 0 if pre is None else pre.shape[2]
         return out[:, :, start:start + frames]
 
-    def _body(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, lowres: torch.Tensor | None,
-              ignore_time: bool) -> torch.Tensor:
-        """x: (b, in_channels, F, h, w) all inputs concatenated; t: (b, time_cond_dim); c: (b, m, cond_dim)."""
+    def _body(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, c_mask: torch.Tensor | None,
+              lowres: torch.Tensor | None, ignore_time: bool) -> torch.Tensor:
+        """x: (b, in_channels, F, h, w) all inputs concatenated; t: (b, time_cond_dim); c: (b, m, cond_dim)
+        with c_mask (b, m) bool or None; lowres: (b, channels, F, h, w) for the final conv or None."""
         ckpt = self.gradient_checkpointing and self.training
         x = self.init_conv(x)
         if not ignore_time:
             x = self.init_temporal_attn(self.init_temporal_peg(x))
         residual = x.clone() if self.init_conv_to_final_conv_residual else None
         if self.init_resnet_block is not None:
-            x = call(self.init_resnet_block, ckpt, x, t, None, ignore_time)
+            x = call(self.init_resnet_block, ckpt, x, t, None, None, ignore_time)
         skips: list[torch.Tensor] = []
         for stage in self.downs:
-            x = stage(x, t, c, skips, ignore_time, ckpt)
-        x = call(self.mid_block1, ckpt, x, t, c, ignore_time)
+            x = stage(x, t, c, c_mask, skips, ignore_time, ckpt)
+        x = call(self.mid_block1, ckpt, x, t, c, c_mask, ignore_time)
         if self.mid_attn is not None:
             x = call(self.mid_attn, ckpt, x)
         if not ignore_time:
             x = self.mid_temporal_attn(self.mid_temporal_peg(x))
-        x = call(self.mid_block2, ckpt, x, t, c, ignore_time)
+        x = call(self.mid_block2, ckpt, x, t, c, c_mask, ignore_time)
         fmaps = []
         for stage in self.ups:
-            x, before = stage(x, t, c, skips, self.skip_connect_scale, ignore_time, ckpt)
+            x, before = stage(x, t, c, c_mask, skips, self.skip_connect_scale, ignore_time, ckpt)
             fmaps.append(before)
         x = self.upsample_combiner(x, fmaps)
         if residual is not None:
             x = torch.cat((x, residual), dim=1)
         if self.final_res_block is not None:
-            x = call(self.final_res_block, ckpt, x, t, None, ignore_time)
+            x = call(self.final_res_block, ckpt, x, t, None, None, ignore_time)
         if lowres is not None:
             x = torch.cat((x, lowres), dim=1)
         return self.final_conv(x)

@@ -246,10 +246,11 @@ class VideoTransformerBlock(nn.Module):
             for _ in range(depth)
         )
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (b, dim, f, h, w); context: (b, m, context_dim) or None."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (b, dim, f, h, w); context: (b, m, context_dim) or None; context_mask: (b, m) bool or None."""
         for attn, ff in self.layers:
-            x = _untokens(attn(_tokens(x), context=context), x) + x
+            x = _untokens(attn(_tokens(x), context=context, context_mask=context_mask), x) + x
             x = ff(x) + x
         return x
 
@@ -305,9 +306,10 @@ class VideoLinearAttentionTransformerBlock(nn.Module):
             for _ in range(depth)
         )
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
         for attn, ff in self.layers:
-            x = attn(x, context=context) + x
+            x = attn(x, context=context, context_mask=context_mask) + x
             x = ff(x) + x
         return x
 
@@ -342,14 +344,15 @@ class VideoResnetBlock(ResnetBlock):
             self.gca = VideoGlobalContext(dim_in=dim_out, dim_out=dim_out)
 
     def forward(self, x: torch.Tensor, time_emb: torch.Tensor | None = None, cond: torch.Tensor | None = None,
-                ignore_time: bool = False) -> torch.Tensor:
-        """x: (b, dim, f, h, w); time_emb: (b, time_cond_dim); cond: (b, m, cond_dim) -> (b, dim_out, f, h, w)."""
+                cond_mask: torch.Tensor | None = None, ignore_time: bool = False) -> torch.Tensor:
+        """x: (b, dim, f, h, w); time_emb: (b, time_cond_dim); cond: (b, m, cond_dim) with cond_mask (b, m)
+        bool or None -> (b, dim_out, f, h, w)."""
         scale_shift = None
         if self.time_mlp is not None and time_emb is not None:
             scale_shift = self.time_mlp(time_emb)[..., None, None, None].chunk(2, dim=1)
         h = _video_block(self.block1, x, None, ignore_time)
         if self.cross_attn is not None:
-            h = _untokens(self.cross_attn(_tokens(h), cond), h) + h
+            h = _untokens(self.cross_attn(_tokens(h), cond, cond_mask), h) + h
         h = _video_block(self.block2, h, scale_shift, ignore_time)
         if self.gca is not None:
             h = h * self.gca(h)
