@@ -92,15 +92,18 @@ class CascadeSampling:
         sampler=None,
         steps=None,
         device=None,
-        **_ignored,
+        **sample_only,
     ) -> list[StagePlan]:
         """The stages ``sample`` runs with these keywords, each fully resolved (see ``StagePlan``).
 
         Per-unet keywords (``cond_scale``, ``init_images``, ``skip_steps``, ``sigma_min``,
         ``sigma_max``, ``sampler``, ``steps``) take one value for every stage or a list/tuple with one
-        entry per unet, as in the reference. Other ``sample`` keywords are accepted and ignored, so
-        ``sampling_plan(**sample_kwargs)`` works.
+        entry per unet, as in the reference. ``sample``'s other keywords are accepted and ignored, so
+        ``sampling_plan(**sample_kwargs)`` works; anything else is a TypeError.
         """
+        unknown = sorted(set(sample_only) - _SAMPLE_ONLY_KEYWORDS)
+        if unknown:
+            raise TypeError(f"sampling_plan() got unknown keywords {unknown}; it takes sample()'s keywords")
         n = self.num_unets
         first = self._index(start_at_unet_number)
         last = self._index(stop_at_unet_number or n)
@@ -347,6 +350,12 @@ class CascadeSampling:
         return self._to_output_range(x)
 
 
+_SAMPLE_ONLY_KEYWORDS = {
+    "texts", "text_masks", "text_embeds", "cond_images", "cond_video_frames", "post_cond_video_frames",
+    "inpaint_videos", "inpaint_images", "inpaint_masks", "inpaint_resample_times", "batch_size",
+    "cfg_remove_parallel_component", "cfg_keep_parallel_frac", "start_image_or_video", "return_all_unet_outputs",
+    "return_pil_images", "use_tqdm", "use_one_unet_in_gpu", "generator", "callback",
+}
 _WARNED: set[str] = set()
 
 
