@@ -170,3 +170,19 @@ def test_per_stage_option_errors(config_file, tmp_path, capsys):
     assert "--cond-scale gives 3 values" in _error_line(capsys)
     assert run_cli("sample", "--model", model, "a cat", "--skip-steps", "-1") == 2
     assert "out of range" in _error_line(capsys)
+
+
+def test_an_unexpected_failure_is_one_line_without_a_traceback(config_file, capsys, monkeypatch):
+    import importlib
+
+    cli_main = importlib.import_module("imagen.cli.main")
+
+    def broken(args):
+        raise RuntimeError("something inside broke")
+
+    monkeypatch.setitem(cli_main.COMMANDS, "train", broken)
+    monkeypatch.delenv("IMAGEN_CLI_TRACEBACK", raising=False)
+    assert run_cli("train", "--config", str(config_file)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error: RuntimeError: something inside broke" in err
+    assert "Traceback" not in err

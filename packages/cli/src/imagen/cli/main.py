@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -600,9 +601,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except (CliError, CheckpointError, TextEncoderNotFoundError, FileNotFoundError, ValueError, KeyError) as error:
+    except (CliError, CheckpointError, TextEncoderNotFoundError, OSError, ValueError, TypeError, KeyError) as error:
         print(f"{PROG} {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug, not a user mistake: still one line, the traceback on request
+        if os.environ.get("IMAGEN_CLI_TRACEBACK"):
+            raise
+        print(f"{PROG} {args.command}: internal error: {type(error).__name__}: {_one_line(error)} "
+              "(set IMAGEN_CLI_TRACEBACK=1 to see the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
