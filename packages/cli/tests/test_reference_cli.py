@@ -72,6 +72,11 @@ def test_convert_then_sample_and_resume(imagen_params, config_file, tmp_path, ca
     assert run_cli("sample", "--model", str(out), "a red circle in the top left", "--steps", "2",
                    "--output-dir", str(samples)) == 0
     assert (samples / "a_red_circle_in_the_top_left.png").is_file()
+    direct = tmp_path / "direct"  # the reference's file itself samples the same picture
+    assert run_cli("sample", "--model", str(tmp_path / "ref.pt"), "a red circle in the top left", "--steps", "2",
+                   "--output-dir", str(direct)) == 0
+    name = "a_red_circle_in_the_top_left.png"
+    assert (direct / name).read_bytes() == (samples / name).read_bytes()
     assert run_cli("train", "--config", str(config_file), "--steps", "1", "--resume", str(out)) == 0
 
 
