@@ -238,10 +238,11 @@ class Unet3D(UnetBase):
             self.init_resnet_block = lay.resnet(init_dim, init_dim, gca=use_global_context_attn)
         self.init_temporal_peg, self.init_temporal_attn = lay.temporal(init_dim)
         self._build_stages(lay, dims)
-        self.upsample_combiner = VideoUpsampleCombiner(dim, enabled=combine_upsample_fmaps,
+        top = dims[0] if memory_efficient else dims[1]  # channels after the last up stage (the reference: dim)
+        self.upsample_combiner = VideoUpsampleCombiner(top, enabled=combine_upsample_fmaps,
                                                        dim_ins=tuple(reversed(dims[1:])), dim_outs=dim)
         self.init_conv_to_final_conv_residual = init_conv_to_final_conv_residual
-        final_dim = self.upsample_combiner.dim_out + (dim if init_conv_to_final_conv_residual else 0)
+        final_dim = self.upsample_combiner.dim_out + (init_dim if init_conv_to_final_conv_residual else 0)
         self.final_res_block = None
         if final_resnet_block:
             self.final_res_block = lay.resnet(final_dim, dim, gca=True)
@@ -306,9 +307,6 @@ class Unet3D(UnetBase):
         for name in ("init_conv_kernel_size", "final_conv_kernel_size"):
             if o[name] < 1 or o[name] % 2 == 0:
                 raise ValueError(f"{name} must be an odd int >= 1, got {o[name]!r}")
-        if o["init_conv_to_final_conv_residual"] and (o["init_dim"] or o["dim"]) != o["dim"]:
-            raise ValueError(f"init_conv_to_final_conv_residual needs init_dim == dim, got init_dim={o['init_dim']!r}"
-                             f" and dim={o['dim']!r}")
 
     # ------------------------------------------------------------------------------------- forward
     def forward(
