@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from imagen.unets import Unet3D, unet_from_config
-from imagen.unets.attention import LinearCrossAttention
-from imagen.unets.video import SpaceTimeConv, TemporalAttention, TemporalPositionConv, TimeTokenShift
+from imagen.unets.attention import LinearAttention, LinearCrossAttention
+from imagen.unets.video import (
+    SpaceTimeConv,
+    TemporalAttention,
+    TemporalPositionConv,
+    TimeTokenShift,
+    VideoLinearAttention,
+)
 
 VIDEO = dict(dim=8, dim_mults=(1, 2), cond_dim=16, text_embed_dim=12, max_text_len=6, attn_heads=2, attn_dim_head=8,
              attn_pool_num_latents=3, layer_attns=(False, True), layer_cross_attns=(False, True))
@@ -261,3 +267,17 @@ def test_mask_text_padding_hides_the_padding(h):
             unet.null_text_embed[:, 2:] += 1.0
             after = unet(x, t, text_embeds=text, text_mask=mask)
         assert torch.allclose(before, after, atol=1e-6) == hide
+
+
+def test_video_linear_attention_is_the_image_layer_on_every_frame(h):
+    """Our meaning of use_linear_attn for videos (the reference's raises): the image layer, same weights, per frame."""
+    video = VideoLinearAttention(8, heads=2, dim_head=4, context_dim=6).eval()
+    image = LinearAttention(8, heads=2, dim_head=4, context_dim=6).eval()
+    with torch.no_grad():
+        for p in video.parameters():
+            p.normal_(generator=torch.Generator().manual_seed(p.numel()))
+        image.load_state_dict({k: v.reshape(image.state_dict()[k].shape) for k, v in video.state_dict().items()})
+        x, context, mask = h.randn(2, 8, 3, 4, 4), h.randn(2, 5, 6, seed=1), torch.tensor([[1, 1, 0, 0, 0], [1] * 5])
+        out = video(x, context, mask.bool())
+        for f in range(3):
+            torch.testing.assert_close(out[:, :, f], image(x[:, :, f], context, mask.bool()), rtol=1e-5, atol=1e-5)
