@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from einops.layers.torch import Rearrange
 from torch import nn
 
 from .attention import Attention, LinearAttention, linear_attend
@@ -23,10 +24,11 @@ from .blocks import Block, CrossEmbedLayer, GlobalContext, ResnetBlock
 from .layers import LayerNorm
 
 __all__ = [
-    "SpaceTimeConv", "TemporalAttention", "TemporalDownsample", "TemporalPixelShuffleUpsample",
-    "TemporalPositionConv", "TimeTokenShift", "VideoAttention", "VideoChanFeedForward", "VideoCrossEmbedLayer",
-    "VideoLinearAttention", "VideoPixelShuffleUpsample", "VideoResnetBlock", "VideoTransformerBlock",
-    "VideoUpsampleCombiner", "frame_conv", "video_downsample", "video_nearest_upsample",
+    "RelativePositionBias", "SpaceTimeConv", "TemporalAttention", "TemporalDownsample", "TemporalPixelShuffleUpsample",
+    "TemporalPositionConv", "TimeTokenShift", "VideoAttention", "VideoChanFeedForward", "VideoChanLayerNorm",
+    "VideoCrossEmbedLayer", "VideoGlobalContext", "VideoLinearAttention", "VideoLinearAttentionTransformerBlock",
+    "VideoPixelShuffleUpsample", "VideoResnetBlock", "VideoTransformerBlock", "VideoUpsampleCombiner", "frame_conv",
+    "space_time_conv", "video_downsample", "video_nearest_upsample",
 ]
 
 
@@ -384,8 +386,6 @@ class VideoCrossEmbedLayer(CrossEmbedLayer):
 
 def video_downsample(dim: int, dim_out: int | None = None) -> nn.Sequential:
     """Halve height and width of every frame: space-to-depth (channels ``(c s1 s2)``) then a 1x1 conv."""
-    from einops.layers.torch import Rearrange
-
     return nn.Sequential(Rearrange("b c f (h s1) (w s2) -> b (c s1 s2) f h w", s1=2, s2=2),
                          frame_conv(dim * 4, dim if dim_out is None else dim_out, 1))
 
@@ -427,8 +427,6 @@ class TemporalDownsample(nn.Sequential):
     """Divide the frames by ``stride``: stack each group of frames on the channels (``(c p)``), 1x1 conv."""
 
     def __init__(self, dim: int, dim_out: int | None = None, stride: int = 2):
-        from einops.layers.torch import Rearrange
-
         super().__init__(Rearrange("b c (f p) h w -> b (c p) f h w", p=stride),
                          frame_conv(dim * stride, dim if dim_out is None else dim_out, 1))
 
