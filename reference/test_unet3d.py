@@ -180,6 +180,23 @@ def test_readme_unet3d_has_the_reference_keys_and_parameter_count():
         assert {k: v.shape for k, v in mine.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
 
 
+def test_readme_unet3d_forward_equals_the_reference():
+    """The README's Unet3D with its default keywords (8 heads of 64, T5-base text width, four stages).
+
+    Random weights at this depth give outputs of order 1e8, so the comparison is relative to the
+    largest output value.
+    """
+    ref, mine = build_pair(dict(dim=64, dim_mults=(1, 2, 4, 8)), 3)
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(1, 3, 2, 16, 16, generator=g), torch.rand(1, generator=g)
+    text = torch.randn(1, 7, 768, generator=g)
+    with torch.no_grad():
+        for ignore_time in (False, True):
+            expected = ref(x, t, text_embeds=text, ignore_time=ignore_time)
+            scale = expected.abs().max()
+            assert_close(mine(x, t, text_embeds=text, ignore_time=ignore_time) / scale, expected / scale)
+
+
 # ------------------------------------------------------------------------------ differences on purpose
 
 SMALL = dict(dim=8, dim_mults=(1, 2), cond_dim=8, text_embed_dim=TEXT_DIM, max_text_len=MAX_TEXT_LEN, attn_heads=2,
