@@ -40,8 +40,9 @@ class Unet(UnetBase):
     stage (Efficient U-Net); ``lowres_cond`` adds a low-resolution image input and the embedding
     of its augmentation noise level (super-resolution stages); ``self_cond`` adds the previous x0
     estimate as input; ``cond_images_channels`` adds conditioning images (resized to the input);
-    ``attn_pool_text`` pools the text tokens with a Perceiver resampler. ``out_dim`` and
-    ``num_image_tokens`` are accepted and ignored, as by the reference.
+    ``attn_pool_text`` pools the text tokens with a Perceiver resampler. ``out_dim``,
+    ``num_image_tokens`` and ``layer_attns_add_text_cond`` are accepted and ignored, as by the
+    reference (its stage attention always reads the time and text tokens).
 
     Our options (defaults = the reference): ``mask_text_padding`` hides masked text positions from
     every attention instead of letting them be attended as null embeddings; ``dropout`` applies
