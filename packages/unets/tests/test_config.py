@@ -102,3 +102,22 @@ def test_readme_records_the_preset_parameter_counts():
                    for cls in (BaseUnet64, SRUnet256, SRUnet1024)}
     assert recorded == counted
     assert 0.5e9 < counted["BaseUnet64"] < 4e9  # the paper's 2B base model, same order of magnitude
+
+
+def test_ignored_reference_keywords_change_nothing(h):
+    """out_dim, num_image_tokens and layer_attns_add_text_cond are accepted and ignored, as by the reference."""
+    plain = h.make(Unet, **h.tiny())
+    other = h.make(Unet, **h.tiny(out_dim=5, num_image_tokens=9, layer_attns_add_text_cond=False))
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in other.state_dict().items()}
+    other.load_state_dict(plain.state_dict())
+    x, t, text = torch.randn(1, 3, 8, 8), torch.rand(1), torch.randn(1, 3, 12)
+    with torch.no_grad():
+        assert torch.equal(plain(x, t, text_embeds=text), other(x, t, text_embeds=text))
+
+
+def test_cast_model_parameters_is_recast(h):
+    unet = Unet(**h.tiny())
+    same = dict(lowres_cond=False, text_embed_dim=12, channels=3, channels_out=None, cond_on_text=True)
+    assert unet.cast_model_parameters(**same) is unet
+    sr = unet.cast_model_parameters(**{**same, "lowres_cond": True})
+    assert sr.lowres_cond and sr.config == unet.recast(lowres_cond=True).config
