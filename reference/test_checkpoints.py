@@ -47,6 +47,7 @@ def _batch(seed: int):
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     """(path of the reference trainer's checkpoint, the reference trainer after saving)."""
+    torch.manual_seed(0)  # the reference trainer's own draws (training noise) come from the global RNG
     imagen = RefImagenConfig(
         unets=[_listed(UNET), _listed(SECOND)], image_sizes=[8, 16], timesteps=[4, 3], cond_drop_prob=0.5,
         text_embed_dim=TEXT_DIM,
@@ -178,3 +179,32 @@ def test_every_reference_trainer_keyword_is_accepted_with_its_default():
     for name in inspect.signature(RefDataset.__init__).parameters:
         assert name in dataset, name
     assert dataset["augment_horizontal_flip"].default is True  # the reference always flips
+
+
+def test_an_elucidated_reference_checkpoint_converts_and_samples_the_same(tmp_path, monkeypatch):
+    from imagen_pytorch import ElucidatedImagenConfig as RefElucidatedImagenConfig
+
+    torch.manual_seed(0)  # the reference trainer's own draws (training noise) come from the global RNG
+    imagen = RefElucidatedImagenConfig(
+        unets=[_listed(UNET), _listed(SECOND)], image_sizes=[8, 16], num_sample_steps=[3, 2], cond_drop_prob=0.5,
+        text_embed_dim=TEXT_DIM,
+    ).create()
+    randomize_(imagen, seed=4)
+    with torch.no_grad():
+        for unet in imagen.unets:
+            unet.final_conv.weight.mul_(OUTPUT_SCALE / 0.2)
+    trainer = RefImagenTrainer(imagen, verbose=False, **TRAINER)
+    images, embeds, masks = _batch(0)
+    trainer(images, text_embeds=embeds, text_masks=masks, unet_number=1)
+    trainer.update(unet_number=1)
+    path, out = tmp_path / "elucidated.pt", tmp_path / "converted.safetensors"
+    trainer.save(str(path))
+    assert cli_main(["--quiet", "convert", str(path), str(out)]) == 0
+    mine = load_imagen_from_checkpoint(out, load_ema_if_available=True).eval()
+    assert type(mine).__name__ == "ElucidatedImagen"
+    reference = ref_load_imagen_from_checkpoint(str(path), load_ema_if_available=True).eval()
+    kwargs = dict(text_embeds=embeds, text_masks=masks, cond_scale=(3.0, 2.0), use_tqdm=False,
+                  return_all_unet_outputs=True)
+    got, expected = run_both(23, monkeypatch, lambda: reference.sample(**kwargs), lambda: mine.sample(**kwargs))
+    for stage_got, stage_expected in zip(got, expected, strict=True):
+        assert_close(stage_got, stage_expected)
