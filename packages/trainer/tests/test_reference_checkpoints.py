@@ -129,3 +129,11 @@ def test_a_reference_checkpoint_through_fsspec(tmp_path):
     resumed = _trainer(checkpoint_path=url.rsplit("/", 1)[0])  # auto-resume finds checkpoint.3.pt there
     assert resumed.steps.tolist() == [3]
     assert torch.equal(next(iter(resumed.imagen.parameters())), next(iter(cascade.parameters())))
+
+
+def test_imagen_checkpoint_path_builds_the_cascade_of_a_reference_file(tmp_path):
+    cascade, *_ = _reference_trainer_file(tmp_path / "ref.pt")
+    trainer = ImagenTrainer(imagen_checkpoint_path=tmp_path / "ref.pt", verbose=False)
+    for key, value in cascade.state_dict().items():
+        assert torch.equal(trainer.imagen.state_dict()[key], value), key
+    assert trainer.steps.tolist() == [0]  # the cascade only, as the reference's keyword
