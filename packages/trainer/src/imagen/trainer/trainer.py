@@ -566,6 +566,9 @@ class ImagenTrainer(nn.Module):
         checkpoint filesystem (``checkpoint_path``'s or ``checkpoint_fs``; local without them)."""
         text = str(path)
         if "://" in text:
+            protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
+            if not is_local(self.fs) and text.split("://", 1)[0] in protocols:
+                return resolve(text, self.fs)  # the checkpoint filesystem (and its credentials)
             return resolve(text, None, self.fs_kwargs)
         return resolve(path, None if is_local(self.fs) else self.fs)
 
