@@ -153,3 +153,18 @@ def test_train_runs_50_epochs_by_default(config_file, tmp_path):
     config_file.write_text(json.dumps(document))
     assert run_cli("train", "--config", str(config_file), "--unet", "1") == 0
     assert load_checkpoint(tmp_path / "checkpoints" / "checkpoint.50.safetensors").trainer_state["steps"] == [50, 0]
+
+
+def test_train_to_an_fsspec_url_and_resume(config_file):
+    import uuid
+
+    import fsspec
+
+    url = f"memory://imagen-cli-{uuid.uuid4().hex}/run"
+    document = json.loads(config_file.read_text())
+    document["trainer"].update(checkpoint_path=url, fs_kwargs={})
+    config_file.write_text(json.dumps(document))
+    assert run_cli("train", "--config", str(config_file), "--steps", "1") == 0
+    assert run_cli("train", "--config", str(config_file), "--steps", "1", "--resume") == 0
+    fs, folder = fsspec.core.url_to_fs(url)
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False))[-1] == "checkpoint.2.safetensors"

@@ -99,7 +99,9 @@ class TrainerConfig:
     ema_update_every: int = attrs.field(default=1, validator=_int_at_least(1, "trainer"))
     precision: str = attrs.field(default="no", validator=attrs.validators.in_(("no", "bf16", "fp16")))
     seed: int = attrs.field(default=0, validator=_int_at_least(0, "trainer"))
-    checkpoint_path: str = "./checkpoints"
+    checkpoint_path: str = "./checkpoints"  # a folder, or any fsspec URL (s3://bucket/run, memory://...)
+    fs_kwargs: dict | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.instance_of(dict)))  # options of checkpoint_path's fsspec filesystem
     checkpoint_every: int | None = attrs.field(default=500, validator=_int_at_least(1, "trainer"))
     max_checkpoints_keep: int = attrs.field(default=3, validator=_int_at_least(0, "trainer"))  # 0: keep all
     max_batch_size: int | None = attrs.field(default=None, validator=_int_at_least(1, "trainer"))
