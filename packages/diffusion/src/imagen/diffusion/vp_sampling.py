@@ -64,7 +64,7 @@ def sample_vp_ddpm(
         raise ValueError("known and mask go together: give both for inpainting, or neither")
     cond = dict(cond or {})
     batch = z.shape[0]
-    levels = times.to(device=z.device, dtype=torch.float32)
+    levels = times.to(device=z.device)  # float32 for the reference's numbers (vp_time_grid)
     tries = resample_times if known is not None else 1
     for i in tqdm(range(len(levels) - 1), disable=not progress, desc="sampling"):
         log_snr = schedule.log_snr(levels[i].expand(batch))
