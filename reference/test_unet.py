@@ -40,7 +40,7 @@ def unet_options(draw):
     stages = draw(st.integers(1, 3))
     mults = (1, *draw(st.lists(st.sampled_from((1, 2)), min_size=stages - 1, max_size=stages - 1)))
     cond_on_text = draw(st.integers(0, 4)) > 0  # mostly text-conditioned
-    return dict(
+    options = dict(
         dim=draw(st.sampled_from((8, 16))),
         dim_mults=mults,
         cond_dim=draw(st.sampled_from((8, 16))),
@@ -76,6 +76,9 @@ def unet_options(draw):
         scale_skip_connection=draw(st.booleans()),
         ff_mult=draw(st.sampled_from((1.0, 2.0))),
     )
+    if not (options["memory_efficient"] or options["init_conv_to_final_conv_residual"]):
+        options["init_dim"] = draw(st.sampled_from((None, 8, 16)))  # else the reference sizes layers by dim
+    return options
 
 
 @st.composite
