@@ -202,8 +202,10 @@ def test_full_imagen_sample_equals_the_reference(cond_scale, monkeypatch):
         assert_close(stage_got, stage_expected)
 
 
-def test_imagen_inpainting_equals_the_reference(monkeypatch):
-    mine, reference = cascades("Imagen", timesteps=(3, 2))
+@pytest.mark.parametrize(("kind", "steps"), [("Imagen", dict(timesteps=(3, 2))),
+                                             ("ElucidatedImagen", dict(num_sample_steps=(3, 2)))])
+def test_inpainting_equals_the_reference(kind, steps, monkeypatch):
+    mine, reference = cascades(kind, **steps)
     embeds, masks = text_condition()
     known = _rand(BATCH, 3, 16, 16, generator=torch.Generator().manual_seed(8))
     keep = torch.zeros(BATCH, 16, 16, dtype=torch.bool)

@@ -183,6 +183,11 @@ class ElucidatedStage:
     def sample(self, x0_model: Model, shape, *, sampler: str, options: dict, levels: torch.Tensor, skip: int,
                init, inpaint: Inpainting | None, cond: dict, generator, callback, progress: bool) -> torch.Tensor:
         noise = randn_like(torch.zeros(shape, device=levels.device), generator)
+        if inpaint is not None and sampler == self.default_sampler:  # the reference's Heun inpainting
+            x = noise * levels[0] if init is None else noise * levels[0] + init
+            return get_sampler(sampler)(x0_model, x, levels[skip:], cond=cond, generator=generator, callback=callback,
+                                        progress=progress, known=inpaint.known, mask=broadcast_mask(inpaint.mask, x),
+                                        resample_times=inpaint.resample_times, **options)
         return _sample_sigmas(x0_model, noise * levels[0], sampler, options, levels[skip:], init, inpaint, cond,
                               generator, callback, progress)
 

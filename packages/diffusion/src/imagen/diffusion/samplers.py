@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 from tqdm.auto import trange
 
@@ -80,7 +81,8 @@ def sample_heun(
     denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Mapping | None = None,
     generator: GeneratorArg = None, callback: Callback = None, progress: bool = False,
     S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = float("inf"), S_noise: float = 1.0,
-    churn_steps: int | None = None,
+    churn_steps: int | None = None, known: Tensor | None = None, mask: Tensor | None = None,
+    resample_times: int = 1,
 ) -> Tensor:
     """Heun's 2nd-order method with EDM's stochastic churn (Karras et al. 2022, Algorithm 2).
 
@@ -89,23 +91,37 @@ def sample_heun(
     reference does). The churn noise is drawn on every step, as in the reference. With N nonzero
     sigmas, NFE = 2N - 1 (no correction on the final step to sigma = 0); S_churn = 0 makes it
     deterministic (Algorithm 1).
+
+    Inpainting as imagen-pytorch's ElucidatedImagen: with ``known`` (like x, clean) and ``mask``
+    (bool, broadcastable to x, True = keep) the churned input keeps ``known`` plus the churn noise
+    in the masked region, and each step is redone ``resample_times`` times, re-noised by
+    (sigma - sigma_next) z between the tries (except on the last step). The known region is not
+    pasted at the end: the caller does that.
     """
+    if (known is None) != (mask is None):
+        raise ValueError("known and mask go together: give both for inpainting, or neither")
     run = _Run(denoiser, x, sigmas, cond, callback, progress)
     n = churn_steps if churn_steps is not None else len(run.sigmas) - 1
+    tries = resample_times if known is not None else 1
     for i in run.steps():
         sigma, sigma_next = run.sigmas[i], run.sigmas[i + 1]
         # lines 4-6: raise the noise level to sigma_hat = sigma (1 + gamma) by adding fresh noise
         gamma = min(S_churn / n, math.sqrt(2) - 1) if S_tmin <= sigma <= S_tmax else 0.0
-        eps = S_noise * randn_like(x, generator)
         sigma_hat = sigma + gamma * sigma
-        x = x + math.sqrt(sigma_hat**2 - sigma**2) * eps
-        denoised = run.denoise(x, sigma_hat)
-        d = (x - denoised) / sigma_hat  # line 7
-        x_next = x + (sigma_next - sigma_hat) * d  # line 8: Euler step
-        if sigma_next > 0:  # lines 9-11: trapezoidal correction
-            d_next = (x_next - run.denoise(x_next, sigma_next)) / sigma_next
-            x_next = x + 0.5 * (sigma_next - sigma_hat) * (d + d_next)
-        x = x_next
+        for attempt in reversed(range(tries)):
+            added = math.sqrt(sigma_hat**2 - sigma**2) * (S_noise * randn_like(x, generator))
+            x_hat = x + added
+            if known is not None:
+                x_hat = torch.where(mask, known + added, x_hat)
+            denoised = run.denoise(x_hat, sigma_hat)
+            d = (x_hat - denoised) / sigma_hat  # line 7
+            x_next = x_hat + (sigma_next - sigma_hat) * d  # line 8: Euler step
+            if sigma_next > 0:  # lines 9-11: trapezoidal correction
+                d_next = (x_next - run.denoise(x_next, sigma_next)) / sigma_next
+                x_next = x_hat + 0.5 * (sigma_next - sigma_hat) * (d + d_next)
+            x = x_next
+            if known is not None and attempt > 0 and i < len(run.sigmas) - 2:  # re-noise and try again
+                x = x + (sigma - sigma_next) * randn_like(x, generator)
         run.report(i, x, denoised)
     return x
 
