@@ -84,6 +84,9 @@ class Cascade(CascadeSampling, nn.Module):
         if config.condition_on_text:
             self.text_embed_dim = config.text_embed_dim or get_encoded_dim(config.text_encoder_name)
         self.unets = nn.ModuleList(self._fit_unet(unet, i) for i, unet in enumerate(unets))
+        # not saved; follows .to(), so ``device`` is the cascade's even while unets are parked elsewhere
+        self.register_buffer("_device_tracker", torch.zeros(0), persistent=False)
+        self._device_tracker = self._device_tracker.to(next(self.unets.parameters()).device)
         self.stages = [self._make_stage(i) for i in range(num_unets)]
         self._check_sizes()
         self._text_encoders: dict[str, object] = {}
@@ -153,7 +156,9 @@ class Cascade(CascadeSampling, nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        """Where the cascade lives (its buffer's device: while ``sample(use_one_unet_in_gpu=True)``
+        parks the idle unets on the CPU, this stays the accelerator)."""
+        return self._device_tracker.device
 
     def get_unet(self, unet_number: int) -> nn.Module:
         """The U-Net of stage ``unet_number`` (counted from 1)."""
