@@ -235,3 +235,28 @@ def test_elucidated_sigma_overrides_and_skip_steps_equal_the_reference(monkeypat
                   init_images=(None, init), skip_steps=(0, 1), use_tqdm=False)
     got, expected = run_both(13, monkeypatch, lambda: reference.sample(**kwargs), lambda: mine.sample(**kwargs))
     assert_close(got, expected)
+
+
+# ------------------------------------------------------------------------------ configs
+
+
+@pytest.mark.parametrize("kind", ["Imagen", "ElucidatedImagen"])
+def test_config_classes_build_what_the_reference_config_classes_build(kind):
+    """Dict U-Nets get the reference's UnetConfig defaults (same parameter counts and state-dict keys),
+    dict(is_null=True) is a NullUnet, cond_drop_prob defaults to 0.5, the schedules are padded alike."""
+    from imagen_pytorch import configs as ref_configs
+
+    unets = [dict(is_null=True), dict(dim=8, dim_mults=(1, 2)), dict(dim=8, dim_mults=(1, 2), cond_dim=16)]
+    settings = dict(unets=unets, image_sizes=(8, 16, 32))
+    ref_class = ref_configs.ImagenConfig if kind == "Imagen" else ref_configs.ElucidatedImagenConfig
+    our_class = ours.ImagenConfig if kind == "Imagen" else ours.ElucidatedImagenConfig
+    ref_config, our_config = ref_class(**settings), our_class(**settings)
+    assert our_config.cond_drop_prob == ref_config.cond_drop_prob == 0.5
+    reference, mine = ref_config.create(), our_config.create()
+    assert [type(u).__name__ for u in mine.unets] == [type(u).__name__ for u in reference.unets]
+    assert [sum(p.numel() for p in u.parameters()) for u in mine.unets] == \
+        [sum(p.numel() for p in u.parameters()) for u in reference.unets]
+    load_same_weights(mine, reference)
+    if kind == "Imagen":
+        by_function = {ref_module.alpha_cosine_log_snr: "cosine", ref_module.beta_linear_log_snr: "linear"}
+        assert [by_function[s.log_snr] for s in reference.noise_schedulers] == list(mine.config.noise_schedules)
