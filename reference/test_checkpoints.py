@@ -24,8 +24,7 @@ from imagen_pytorch import load_imagen_from_checkpoint as ref_load_imagen_from_c
 from ref_testing import assert_close, randomize_
 from test_cascade import BATCH, OUTPUT_SCALE, SECOND, TEXT_DIM, TEXT_LEN, UNET, run_both, text_condition
 
-from imagen.cascade import load_imagen_from_checkpoint
-from imagen.cascade.reference_checkpoint import read_reference_checkpoint
+from imagen.cascade import load_imagen_from_checkpoint, read_reference_checkpoint
 from imagen.cli import main as cli_main
 from imagen.trainer import ImagenTrainer, load_checkpoint
 

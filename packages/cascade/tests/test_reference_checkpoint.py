@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from imagen.cascade import ImagenConfig
-from imagen.cascade.reference_checkpoint import (
+from imagen.cascade import (
+    ImagenConfig,
     ReferenceCheckpointError,
     imagen_from_reference_checkpoint,
     read_reference_checkpoint,

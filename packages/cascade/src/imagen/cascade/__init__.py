@@ -17,6 +17,13 @@ from .persistence import (
     load_imagen_from_checkpoint,
     read_safetensors,
 )
+from .reference_checkpoint import (
+    ReferenceCheckpoint,
+    ReferenceCheckpointError,
+    imagen_from_reference_checkpoint,
+    is_torch_save,
+    read_reference_checkpoint,
+)
 
 __all__ = [
     "Cascade",
@@ -25,10 +32,15 @@ __all__ = [
     "ElucidatedImagenConfig",
     "Imagen",
     "ImagenConfig",
+    "ReferenceCheckpoint",
+    "ReferenceCheckpointError",
     "atomic_write",
     "build_unet",
     "imagen_from_config_json",
+    "imagen_from_reference_checkpoint",
+    "is_torch_save",
     "load_imagen_from_checkpoint",
+    "read_reference_checkpoint",
     "read_safetensors",
     "to_pil_images",
 ]

@@ -522,7 +522,7 @@ def _cascade_config_file(path: str):
 
 
 def cmd_convert(args) -> int:
-    from imagen.cascade.reference_checkpoint import is_torch_save, read_reference_checkpoint
+    from imagen.cascade import is_torch_save, read_reference_checkpoint
     from imagen.trainer import checkpoint_from_reference, save_checkpoint
 
     source, output = Path(args.reference), Path(args.output)

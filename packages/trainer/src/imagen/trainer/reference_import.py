@@ -1,6 +1,6 @@
 """imagen-pytorch trainer checkpoints in our checkpoint layout (see :mod:`imagen.trainer.state`).
 
-:func:`checkpoint_from_reference` turns a :class:`~imagen.cascade.reference_checkpoint.ReferenceCheckpoint`
+:func:`checkpoint_from_reference` turns a :class:`~imagen.cascade.ReferenceCheckpoint`
 into the same :class:`~imagen.trainer.checkpoints.Checkpoint` that :func:`load_checkpoint` returns
 for one of our files, so ``ImagenTrainer.load`` restores both through one path and
 ``imagen convert`` writes it out as a safetensors checkpoint:
@@ -26,7 +26,7 @@ import json
 
 import torch
 
-from imagen.cascade.reference_checkpoint import ReferenceCheckpoint, ReferenceCheckpointError
+from imagen.cascade import ReferenceCheckpoint, ReferenceCheckpointError
 
 from .checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, Checkpoint
 from .optim import optimizer_state_to_tensors

@@ -22,8 +22,12 @@ import torch
 from ema_pytorch import EMA
 from torch import nn
 
-from imagen.cascade import load_imagen_from_checkpoint
-from imagen.cascade.reference_checkpoint import ReferenceCheckpointError, is_torch_save, read_reference_checkpoint
+from imagen.cascade import (
+    ReferenceCheckpointError,
+    is_torch_save,
+    load_imagen_from_checkpoint,
+    read_reference_checkpoint,
+)
 
 from .checkpoints import (
     CheckpointError,
