@@ -26,7 +26,7 @@ from imagen_pytorch import imagen_pytorch as ref_module
 from ref_testing import assert_close, load_same_weights, randomize_
 
 import imagen.cascade as ours
-from imagen.diffusion import sample_vp_ddpm
+from imagen.diffusion import get_noise_schedule, sample_vp_ddpm
 from imagen.unets import Unet
 
 BATCH, TEXT_DIM, TEXT_LEN = 2, 12, 5
@@ -179,8 +179,7 @@ def test_one_ancestral_step_equals_the_reference_p_sample(monkeypatch):
         plan = mine.sampling_plan(cond_scale=3.0)[1]
         x0_model = mine._x0_model(plan, BATCH, dict(remove_parallel_component=True, keep_parallel_frac=0.0))
         cond = mine._stage_cond(1, BATCH, embeds, masks)
-        lowres_log_snr = ours.Imagen.__mro__[1]._lowres_augmentation(mine, lowres, lowres_times, None,
-                                                                    torch.zeros_like(lowres))[1]
+        lowres_log_snr = get_noise_schedule("linear").log_snr(lowres_times)  # the lowres schedule's
         cond.update(lowres_cond_img=lowres, lowres_noise_times=lowres_log_snr)
         return sample_vp_ddpm(x0_model, z, torch.tensor([0.6, 0.4]), schedule=mine.stages[1].schedule, cond=cond)
 
