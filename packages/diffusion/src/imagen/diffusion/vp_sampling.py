@@ -66,10 +66,11 @@ def sample_vp_ddpm(
     batch = z.shape[0]
     levels = times.to(device=z.device)  # float32 for the reference's numbers (vp_time_grid)
     tries = resample_times if known is not None else 1
+    values = levels.tolist()  # one host read, not one per step
     for i in tqdm(range(len(levels) - 1), disable=not progress, desc="sampling"):
         log_snr = schedule.log_snr(levels[i].expand(batch))
         log_snr_next = schedule.log_snr(levels[i + 1].expand(batch))
-        last = bool(levels[i + 1] == 0)
+        last = values[i + 1] == 0
         for attempt in reversed(range(tries)):
             if known is not None:  # paste the known region at the current noise level
                 z = torch.where(mask, q_sample(known, log_snr, randn_like(z, generator)), z)
@@ -80,5 +81,5 @@ def sample_vp_ddpm(
             if known is not None and attempt > 0 and not last:  # re-noise s -> t and try again
                 z = q_sample_from_to(z, log_snr_next, log_snr, randn_like(z, generator))
         if callback is not None:
-            callback({"i": i, "x": z, "t": float(levels[i]), "t_next": float(levels[i + 1]), "denoised": x0_hat})
+            callback({"i": i, "x": z, "t": values[i], "t_next": values[i + 1], "denoised": x0_hat})
     return z
