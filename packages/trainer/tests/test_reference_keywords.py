@@ -97,6 +97,11 @@ def test_sample_max_batch_size_and_use_non_ema(toy_cascade):
     calls.clear()
     trainer.sample(texts=texts, cond_scale=(3.0, 1.0), max_batch_size=2)
     assert [c["texts"] for c in calls] == [["a", "b"], ["c"]] and all(c["cond_scale"] == (3.0, 1.0) for c in calls)
+    calls.clear()
+    init = torch.rand(3, 3, 4, 4)
+    trainer.sample(texts=texts, init_images=(None, init), skip_steps=(0, 2), max_batch_size=2)
+    assert [c["init_images"][1].shape[0] for c in calls] == [2, 1] and all(c["init_images"][0] is None for c in calls)
+    assert torch.equal(torch.cat([c["init_images"][1] for c in calls]), init)
     online = trainer.sample(batch_size=1, use_non_ema=True)
     torch.testing.assert_close(online, original(batch_size=1))  # the online weights
     ema = trainer.sample(batch_size=1)

@@ -52,6 +52,18 @@ def _per_sample(value, batch: int | None) -> bool:
     return False
 
 
+def _sample_slice(value, batch: int, start: int, stop: int):
+    """One chunk of a sampling keyword: per-sample values sliced, per-unet tuples of per-sample
+    tensors (``init_images=(None, images)``) sliced item by item, anything else unchanged."""
+    if _per_sample(value, batch):
+        return value[start:stop]
+    if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value) and all(
+        v is None or (isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == batch) for v in value
+    ):
+        return type(value)(None if v is None else v[start:stop] for v in value)
+    return value
+
+
 def split_sample_kwargs(kwargs: dict, max_batch_size: int) -> list[dict]:
     """``kwargs`` of a ``sample`` call cut into calls of at most ``max_batch_size`` samples each: the
     per-sample values (``texts``, ``text_embeds``, ``text_masks``, ``cond_images``, per-sample
@@ -65,7 +77,7 @@ def split_sample_kwargs(kwargs: dict, max_batch_size: int) -> list[dict]:
     chunks = []
     for start in range(0, batch, max_batch_size):
         stop = min(start + max_batch_size, batch)
-        chunk = {k: v[start:stop] if _per_sample(v, batch) else v for k, v in kwargs.items()}
+        chunk = {k: _sample_slice(v, batch, start, stop) for k, v in kwargs.items()}
         if "batch_size" in kwargs or first is None:
             chunk["batch_size"] = stop - start
         chunks.append(chunk)
