@@ -121,3 +121,14 @@ def test_cast_model_parameters_is_recast(h):
     assert unet.cast_model_parameters(**same) is unet
     sr = unet.cast_model_parameters(**{**same, "lowres_cond": True})
     assert sr.lowres_cond and sr.config == unet.recast(lowres_cond=True).config
+
+
+def test_cast_model_parameters_with_the_resolved_defaults_returns_the_same_object(h):
+    """As the reference compares with the resolved attributes: channels_out=3 is the default resolved from channels."""
+    unet = Unet(**h.tiny())
+    assert unet.channels_out == 3 and unet.config["channels_out"] is None
+    same = dict(lowres_cond=False, text_embed_dim=12, channels=3, channels_out=3, cond_on_text=True)
+    assert unet.cast_model_parameters(**same) is unet
+    assert unet.recast(channels_out=3) is unet
+    other = unet.cast_model_parameters(**{**same, "channels_out": 1})
+    assert other is not unet and other.channels_out == 1

@@ -11,12 +11,15 @@ masked text positions hold the null text embedding instead), so ``None`` is the 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import ChanLayerNorm, LayerNorm
+from .layers import ChanLayerNorm, ConvFactory, LayerNorm, conv2d
 
 __all__ = [
     "Attention", "ChanFeedForward", "CrossAttention", "FeedForward", "LinearAttention", "LinearCrossAttention",
@@ -164,51 +167,58 @@ class LinearCrossAttention(CrossAttention):
 
 
 class LinearAttention(nn.Module):
-    """Linear self-attention on a feature map (b, dim, h, w), with depthwise-conv projections.
+    """Linear self-attention within each image of a feature map (b, dim, *lead, h, w), depthwise-conv projections.
 
     q, k, v are each dropout -> 1x1 conv -> depthwise 3x3 conv of the channel-normalised input;
     context tokens (when given) join the keys after the pixels; the output is SiLU -> 1x1 conv ->
     channel layer norm. ``dropout`` (0.05 as in the reference) acts in training mode only.
+    ``conv`` and ``norm`` build the convolutions and channel norms (videos: per-frame convs; every
+    frame of ``lead`` then attends to its own pixels and the context).
     """
 
     def __init__(self, dim: int, *, heads: int = 8, dim_head: int = 32, dropout: float = 0.05,
-                 context_dim: int | None = None):
+                 context_dim: int | None = None, conv: ConvFactory = conv2d,
+                 norm: Callable[[int], nn.Module] = ChanLayerNorm):
         super().__init__()
         self.heads, self.scale = heads, dim_head**-0.5
         inner = heads * dim_head
-        self.norm = ChanLayerNorm(dim)
+        self.norm = norm(dim)
         self.nonlin = nn.SiLU()
-        self.to_q, self.to_k, self.to_v = (self._projection(dim, inner, dropout) for _ in range(3))
+        self.to_q, self.to_k, self.to_v = (
+            nn.Sequential(nn.Dropout(dropout), conv(dim, inner, 1, bias=False),
+                          conv(inner, inner, 3, groups=inner, bias=False))
+            for _ in range(3)
+        )
         self.to_context = None
         if context_dim is not None:
             self.to_context = nn.Sequential(nn.LayerNorm(context_dim), nn.Linear(context_dim, inner * 2, bias=False))
-        self.to_out = nn.Sequential(nn.Conv2d(inner, dim, 1, bias=False), ChanLayerNorm(dim))
-
-    @staticmethod
-    def _projection(dim: int, inner: int, dropout: float) -> nn.Sequential:
-        return nn.Sequential(
-            nn.Dropout(dropout), nn.Conv2d(dim, inner, 1, bias=False),
-            nn.Conv2d(inner, inner, 3, padding=1, groups=inner, bias=False),
-        )
+        self.to_out = nn.Sequential(conv(inner, dim, 1, bias=False), norm(dim))
 
     def forward(self, fmap: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """fmap: (b, dim, h, w); context: (b, m, context_dim); context_mask: (b, m) bool -> (b, dim, h, w)."""
-        x, y = fmap.shape[-2:]
+        """fmap: (b, dim, *lead, h, w); context: (b, m, context_dim); context_mask: (b, m) bool -> fmap's shape."""
+        b, _, *lead, x, y = fmap.shape
+        images = math.prod(lead)  # images per sample: 1, or the frames of a video
         fmap = self.norm(fmap)
-        q, k, v = (rearrange(fn(fmap), "b (h c) x y -> b h (x y) c", h=self.heads)
+        q, k, v = (rearrange(_images(fn(fmap)), "b (h c) x y -> b h (x y) c", h=self.heads)
                    for fn in (self.to_q, self.to_k, self.to_v))
         mask = None
         if context is not None:
             if self.to_context is None:
                 raise ValueError("context was given to a LinearAttention built without context_dim")
-            ck, cv = (rearrange(t, "b m (h d) -> b h m d", h=self.heads)
+            ck, cv = (rearrange(t, "b m (h d) -> b h m d", h=self.heads).repeat_interleave(images, dim=0)
                       for t in self.to_context(context).chunk(2, dim=-1))
             k, v = torch.cat((k, ck), dim=2), torch.cat((v, cv), dim=2)
-            mask = None if context_mask is None else F.pad(context_mask, (x * y, 0), value=True)
-        out = linear_attend(q, k, v, self.scale, mask)
-        out = rearrange(out, "b h (x y) d -> b (h d) x y", x=x, y=y)
+            if context_mask is not None:
+                mask = F.pad(context_mask, (x * y, 0), value=True).repeat_interleave(images, dim=0)
+        out = rearrange(linear_attend(q, k, v, self.scale, mask), "b h (x y) d -> b (h d) x y", x=x, y=y)
+        out = out.reshape(b, *lead, *out.shape[1:]).movedim(-3, 1)  # back to (b, inner, *lead, h, w)
         return self.to_out(self.nonlin(out))
+
+
+def _images(fmap: torch.Tensor) -> torch.Tensor:
+    """(b, c, *lead, h, w) -> (b * prod(lead), c, h, w): every image of ``lead`` its own batch entry."""
+    return fmap.movedim(1, -3).flatten(0, -4)
 
 
 class FeedForward(nn.Sequential):

@@ -8,6 +8,8 @@ Child names follow the reference's state-dict keys.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,8 +44,12 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None  # ours; the reference ignores `dropout`
         self.project = conv(dim, dim_out, 3)
 
-    def forward(self, x: torch.Tensor, scale_shift: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """x: (b, dim, *spatial); scale_shift: two (b, dim, 1, ...) -> (b, dim_out, *spatial)."""
+    def forward(self, x: torch.Tensor, scale_shift: tuple[torch.Tensor, torch.Tensor] | None = None,
+                **conv_kwargs) -> torch.Tensor:
+        """x: (b, dim, *spatial); scale_shift: two (b, dim, 1, ...) -> (b, dim_out, *spatial).
+
+        ``conv_kwargs`` go to the projection (``ignore_time`` of a space-time convolution).
+        """
         x = self.norm(x)
         if scale_shift is not None:
             scale, shift = scale_shift
@@ -51,25 +57,29 @@ class Block(nn.Module):
         x = self.activation(x)
         if self.dropout is not None:
             x = self.dropout(x)
-        return self.project(x)
+        return self.project(x, **conv_kwargs)
 
 
 class GlobalContext(nn.Module):
-    """Global context attention (Cao et al. 2019): attention-pooled features gate the channels."""
+    """Global context attention (Cao et al. 2019): attention-pooled features gate the channels.
 
-    def __init__(self, *, dim_in: int, dim_out: int):
+    ``conv`` builds the 1x1 convolutions (``nn.Conv2d`` for images, per-frame ``nn.Conv3d`` for
+    videos: their weights are stored as the reference stores them); pooling covers every
+    trailing axis.
+    """
+
+    def __init__(self, *, dim_in: int, dim_out: int, conv: ConvFactory = conv2d):
         super().__init__()
-        self.to_k = nn.Conv2d(dim_in, 1, 1)
+        self.to_k = conv(dim_in, 1, 1)
         hidden = max(3, dim_out // 2)
-        self.net = nn.Sequential(nn.Conv2d(dim_in, hidden, 1), nn.SiLU(), nn.Conv2d(hidden, dim_out, 1), nn.Sigmoid())
+        self.net = nn.Sequential(conv(dim_in, hidden, 1), nn.SiLU(), conv(hidden, dim_out, 1), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (b, dim_in, *spatial) -> gate (b, dim_out, 1, ..., 1)."""
         flat = x.flatten(2)  # (b, c, n)
         logits = F.conv1d(flat, self.to_k.weight.flatten(2), self.to_k.bias)  # (b, 1, n)
         pooled = torch.einsum("bin,bcn->bci", logits.softmax(dim=-1), flat)  # (b, c, 1)
-        gate = self.net(pooled[..., None])  # (b, dim_out, 1, 1)
-        return gate.reshape(*gate.shape[:2], *((1,) * (x.ndim - 2)))
+        return self.net(pooled.reshape(*pooled.shape[:2], *((1,) * (x.ndim - 2))))
 
 
 class ResnetBlock(nn.Module):
@@ -94,25 +104,26 @@ class ResnetBlock(nn.Module):
             self.cross_attn = klass(dim_out, context_dim=cond_dim, heads=heads, dim_head=dim_head)
         self.block1 = Block(dim, dim_out, conv=conv, spatial_dims=spatial_dims)
         self.block2 = Block(dim_out, dim_out, dropout=dropout, conv=conv, spatial_dims=spatial_dims)
-        self.gca = GlobalContext(dim_in=dim_out, dim_out=dim_out) if use_gca else None
+        self.gca = GlobalContext(dim_in=dim_out, dim_out=dim_out, conv=conv) if use_gca else None
         self.res_conv = conv(dim, dim_out, 1) if dim != dim_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, time_emb: torch.Tensor | None = None, cond: torch.Tensor | None = None,
-                cond_mask: torch.Tensor | None = None) -> torch.Tensor:
+                cond_mask: torch.Tensor | None = None, **conv_kwargs) -> torch.Tensor:
         """x: (b, dim, *spatial); time_emb: (b, time_cond_dim); cond: (b, m, cond_dim); cond_mask: (b, m) bool.
 
+        ``conv_kwargs`` go to both blocks' 3x3 projections (``ignore_time`` for videos).
         Returns (b, dim_out, *spatial).
         """
         scale_shift = None
         if self.time_mlp is not None and time_emb is not None:
             t = self.time_mlp(time_emb)
             scale_shift = t.reshape(*t.shape, *((1,) * (x.ndim - 2))).chunk(2, dim=1)
-        h = self.block1(x)
+        h = self.block1(x, **conv_kwargs)
         if self.cross_attn is not None:
             if cond is None:
                 raise ValueError("this resnet block cross-attends: cond (b, tokens, cond_dim) is required")
             h = _from_tokens(self.cross_attn(_to_tokens(h), cond, cond_mask), h) + h
-        h = self.block2(h, scale_shift=scale_shift)
+        h = self.block2(h, scale_shift=scale_shift, **conv_kwargs)
         if self.gca is not None:
             h = h * self.gca(h)
         return h + self.res_conv(x)
@@ -141,20 +152,25 @@ class TransformerBlock(nn.Module):
 
 
 class LinearAttentionTransformerBlock(nn.Module):
-    """``depth`` x [linear attention on the feature map, channel feed-forward], residual."""
+    """``depth`` x [linear attention on the feature map, channel feed-forward], residual.
+
+    ``attention(dim, heads=, dim_head=, context_dim=)`` and ``feed_forward(dim, mult=)`` build the
+    layers (the video block passes its per-frame attention and time-shifting feed-forward).
+    """
 
     def __init__(self, dim: int, *, depth: int = 1, heads: int = 8, dim_head: int = 32, ff_mult: float = 2.0,
-                 context_dim: int | None = None):
+                 context_dim: int | None = None, attention: Callable[..., nn.Module] = LinearAttention,
+                 feed_forward: Callable[..., nn.Module] = ChanFeedForward):
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.ModuleList([LinearAttention(dim, heads=heads, dim_head=dim_head, context_dim=context_dim),
-                           ChanFeedForward(dim, mult=ff_mult)])
+            nn.ModuleList([attention(dim, heads=heads, dim_head=dim_head, context_dim=context_dim),
+                           feed_forward(dim, mult=ff_mult)])
             for _ in range(depth)
         )
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (b, dim, h, w); context: (b, m, context_dim) or None -> same shape as x."""
+        """x: (b, dim, *spatial); context: (b, m, context_dim) or None -> same shape as x."""
         for attn, ff in self.layers:
             x = attn(x, context=context, context_mask=context_mask) + x
             x = ff(x) + x
@@ -167,7 +183,8 @@ class CrossEmbedLayer(nn.Module):
     Sorted kernels get ``int(dim_out / 2)``, ``int(dim_out / 4)``, ... channels and the largest the rest.
     """
 
-    def __init__(self, dim_in: int, kernel_sizes, dim_out: int | None = None, stride: int = 2):
+    def __init__(self, dim_in: int, kernel_sizes, dim_out: int | None = None, stride: int = 2,
+                 conv: ConvFactory = conv2d):
         super().__init__()
         kernel_sizes = sorted(kernel_sizes)
         if not kernel_sizes or any(k % 2 != stride % 2 or k < stride for k in kernel_sizes):
@@ -180,11 +197,11 @@ class CrossEmbedLayer(nn.Module):
             raise ValueError(f"{dim_out} channels are too few for {len(kernel_sizes)} cross-embed kernels "
                              f"{tuple(kernel_sizes)!r}")
         self.convs = nn.ModuleList(
-            nn.Conv2d(dim_in, d, k, stride=stride, padding=(k - stride) // 2) for k, d in zip(kernel_sizes, dims)
+            conv(dim_in, d, k, stride=stride, padding=(k - stride) // 2) for k, d in zip(kernel_sizes, dims)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (b, dim_in, h, w) -> (b, dim_out, h / stride, w / stride)."""
+        """x: (b, dim_in, [f,] h, w) -> (b, dim_out, [f,] h / stride, w / stride)."""
         return torch.cat([conv(x) for conv in self.convs], dim=1)
 
 
@@ -223,23 +240,29 @@ class PixelShuffleUpsample(nn.Module):
 
 
 class UpsampleCombiner(nn.Module):
-    """Resize every up-stage output to the final size, project each with a :class:`Block`, concatenate (U-Net²)."""
+    """Resize every up-stage output to the final size, project each with a :class:`Block`, concatenate (U-Net²).
 
-    def __init__(self, dim: int, *, enabled: bool = False, dim_ins: tuple[int, ...] = (), dim_outs=()):
+    ``conv`` and ``spatial_dims`` build the blocks (videos: space-time convolutions, temporal conv
+    always on); the resize covers every trailing axis.
+    """
+
+    def __init__(self, dim: int, *, enabled: bool = False, dim_ins: tuple[int, ...] = (), dim_outs=(),
+                 conv: ConvFactory = conv2d, spatial_dims: int = 2):
         super().__init__()
         dim_outs = tuple(dim_outs) if isinstance(dim_outs, (tuple, list)) else (dim_outs,) * len(dim_ins)
         self.enabled = enabled
         self.dim_out = dim
         self.fmap_convs = None
         if enabled:
-            self.fmap_convs = nn.ModuleList(Block(a, b) for a, b in zip(dim_ins, dim_outs))
+            self.fmap_convs = nn.ModuleList(Block(a, b, conv=conv, spatial_dims=spatial_dims)
+                                            for a, b in zip(dim_ins, dim_outs))
             self.dim_out = dim + sum(dim_outs)
 
     def forward(self, x: torch.Tensor, fmaps: list[torch.Tensor]) -> torch.Tensor:
-        """x: (b, dim, h, w); fmaps: one (b, dim_in_i, h_i, w_i) per up stage -> (b, dim_out, h, w)."""
+        """x: (b, dim, *spatial); fmaps: one (b, dim_in_i, *spatial_i) per up stage -> (b, dim_out, *spatial)."""
         if self.fmap_convs is None or not fmaps:
             return x
-        size = x.shape[-2:]
-        outs = [conv(F.interpolate(f, size=size, mode="nearest") if f.shape[-2:] != size else f)
+        size = x.shape[2:]
+        outs = [conv(F.interpolate(f, size=size, mode="nearest") if f.shape[2:] != size else f)
                 for f, conv in zip(fmaps, self.fmap_convs)]
         return torch.cat((x, *outs), dim=1)

@@ -55,11 +55,19 @@ class ConfigurableMixin:
     def recast(self, **changes: Any):
         """This U-Net when ``changes`` change nothing, else a fresh one of the same class with them applied.
 
+        A value changes nothing when it equals the keyword given, or, for a keyword left at None
+        (``channels_out``), the value it resolved to (the attribute of that name).
         Raises ValueError naming any key that is not a constructor keyword.
         """
         unknown = sorted(set(changes) - set(self._config))
         if unknown:
             raise ValueError(f"recast got unknown keywords {unknown}; accepted: {sorted(self._config)}")
-        if all(_jsonable(v) == self._config[k] for k, v in changes.items()):
+        if all(self._unchanged(k, v) for k, v in changes.items()):
             return self
         return type(self)(**{**self._config, **changes})
+
+    def _unchanged(self, key: str, value: Any) -> bool:
+        given = self._config[key]
+        if _jsonable(value) == given:
+            return True
+        return given is None and value is not None and _jsonable(getattr(self, key, None)) == _jsonable(value)

@@ -17,12 +17,17 @@ from torch import nn
 __all__ = ["ChanLayerNorm", "ChanRMSNorm", "ConvFactory", "LayerNorm", "Parallel", "conv2d"]
 
 ConvFactory = Callable[..., nn.Module]
-"""``conv(dim_in, dim_out, kernel_size, **kwargs) -> module`` with 'same' padding (stride 1)."""
+"""``conv(dim_in, dim_out, kernel_size, *, stride=1, padding=kernel_size // 2, **kwargs) -> module``.
+
+The default padding keeps the size at stride 1; the module's ``forward(x, **conv_kwargs)`` may take
+extra keywords (the video space-time convolution takes ``ignore_time``).
+"""
 
 
 def conv2d(dim_in: int, dim_out: int, kernel_size: int, **kwargs) -> nn.Conv2d:
-    """A 2D convolution that keeps the size (padding ``kernel_size // 2``)."""
-    return nn.Conv2d(dim_in, dim_out, kernel_size, padding=kernel_size // 2, **kwargs)
+    """A 2D convolution that keeps the size (padding ``kernel_size // 2`` unless ``padding`` is given)."""
+    kwargs.setdefault("padding", kernel_size // 2)
+    return nn.Conv2d(dim_in, dim_out, kernel_size, **kwargs)
 
 
 class LayerNorm(nn.Module):

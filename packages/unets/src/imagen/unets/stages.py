@@ -14,11 +14,11 @@ from torch.utils.checkpoint import checkpoint
 __all__ = ["DownStage", "UpStage", "call"]
 
 
-def call(block: nn.Module, ckpt: bool, *args):
-    """``block(*args)``, through activation checkpointing when ``ckpt`` and gradients are on."""
+def call(block: nn.Module, ckpt: bool, *args, **kwargs):
+    """``block(*args, **kwargs)``, through activation checkpointing when ``ckpt`` and gradients are on."""
     if ckpt and torch.is_grad_enabled():
-        return checkpoint(block, *args, use_reentrant=False)
-    return block(*args)
+        return checkpoint(block, *args, use_reentrant=False, **kwargs)
+    return block(*args, **kwargs)
 
 
 class DownStage(nn.ModuleList):

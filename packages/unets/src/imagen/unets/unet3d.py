@@ -56,9 +56,9 @@ class VideoDownStage(nn.ModuleList):
         pre, init_block, resnets, attn, peg, temporal_attn, temporal_down, post = self
         if pre is not None:
             x = pre(x)
-        x = call(init_block, ckpt, x, t, c, c_mask, ignore_time)
+        x = call(init_block, ckpt, x, t, c, c_mask, ignore_time=ignore_time)
         for block in resnets:
-            x = call(block, ckpt, x, t, None, None, ignore_time)
+            x = call(block, ckpt, x, t, None, None, ignore_time=ignore_time)
             skips.append(x)
         if attn is not None:
             x = call(attn, ckpt, x, c, c_mask)
@@ -87,9 +87,11 @@ class VideoUpStage(nn.ModuleList):
         init_block, resnets, attn, peg, temporal_attn, temporal_up, upsample = self
         if temporal_up is not None and not ignore_time:
             x = temporal_up(x)
-        x = call(init_block, ckpt, torch.cat((x, skips.pop() * skip_scale), dim=1), t, c, c_mask, ignore_time)
+        x = call(init_block, ckpt, torch.cat((x, skips.pop() * skip_scale), dim=1), t, c, c_mask,
+                 ignore_time=ignore_time)
         for block in resnets:
-            x = call(block, ckpt, torch.cat((x, skips.pop() * skip_scale), dim=1), t, None, None, ignore_time)
+            x = call(block, ckpt, torch.cat((x, skips.pop() * skip_scale), dim=1), t, None, None,
+                     ignore_time=ignore_time)
         if attn is not None:
             x = call(attn, ckpt, x, c, c_mask)
         if not ignore_time:
@@ -360,16 +362,16 @@ class Unet3D(UnetBase):
             x = self.init_temporal_attn(self.init_temporal_peg(x))
         residual = x.clone() if self.init_conv_to_final_conv_residual else None
         if self.init_resnet_block is not None:
-            x = call(self.init_resnet_block, ckpt, x, t, None, None, ignore_time)
+            x = call(self.init_resnet_block, ckpt, x, t, None, None, ignore_time=ignore_time)
         skips: list[torch.Tensor] = []
         for stage in self.downs:
             x = stage(x, t, c, c_mask, skips, ignore_time, ckpt)
-        x = call(self.mid_block1, ckpt, x, t, c, c_mask, ignore_time)
+        x = call(self.mid_block1, ckpt, x, t, c, c_mask, ignore_time=ignore_time)
         if self.mid_attn is not None:
             x = call(self.mid_attn, ckpt, x)
         if not ignore_time:
             x = self.mid_temporal_attn(self.mid_temporal_peg(x))
-        x = call(self.mid_block2, ckpt, x, t, c, c_mask, ignore_time)
+        x = call(self.mid_block2, ckpt, x, t, c, c_mask, ignore_time=ignore_time)
         fmaps = []
         for stage in self.ups:
             x, before = stage(x, t, c, c_mask, skips, self.skip_connect_scale, ignore_time, ckpt)
@@ -378,7 +380,7 @@ class Unet3D(UnetBase):
         if residual is not None:
             x = torch.cat((x, residual), dim=1)
         if self.final_res_block is not None:
-            x = call(self.final_res_block, ckpt, x, t, None, None, ignore_time)
+            x = call(self.final_res_block, ckpt, x, t, None, None, ignore_time=ignore_time)
         if lowres is not None:
             x = torch.cat((x, lowres), dim=1)
         return self.final_conv(x)

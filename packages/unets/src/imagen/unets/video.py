@@ -13,20 +13,29 @@ this module; blocks whose video computation differs from the image one are writt
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from einops.layers.torch import Rearrange
 from torch import nn
 
-from .attention import Attention, LinearAttention, linear_attend
-from .blocks import Block, CrossEmbedLayer, GlobalContext, ResnetBlock
+from .attention import Attention, LinearAttention
+from .blocks import (
+    CrossEmbedLayer,
+    LinearAttentionTransformerBlock,
+    ResnetBlock,
+    UpsampleCombiner,
+    _from_tokens,
+    _to_tokens,
+)
 from .layers import LayerNorm
 
 __all__ = [
     "RelativePositionBias", "SpaceTimeConv", "TemporalAttention", "TemporalDownsample", "TemporalPixelShuffleUpsample",
     "TemporalPositionConv", "TimeTokenShift", "VideoAttention", "VideoChanFeedForward", "VideoChanLayerNorm",
-    "VideoCrossEmbedLayer", "VideoGlobalContext", "VideoLinearAttention", "VideoLinearAttentionTransformerBlock",
+    "VideoCrossEmbedLayer", "VideoLinearAttention", "VideoLinearAttentionTransformerBlock",
     "VideoPixelShuffleUpsample", "VideoResnetBlock", "VideoTransformerBlock", "VideoUpsampleCombiner", "frame_conv",
     "space_time_conv", "video_downsample", "video_nearest_upsample",
 ]
@@ -40,16 +49,6 @@ def _fold(x: torch.Tensor) -> torch.Tensor:
 def _unfold(x: torch.Tensor, batch: int) -> torch.Tensor:
     """(b f, c, h, w) -> (b, c, f, h, w)."""
     return rearrange(x, "(b f) c h w -> b c f h w", b=batch)
-
-
-def _tokens(x: torch.Tensor) -> torch.Tensor:
-    """(b, c, f, h, w) -> (b, f h w, c): every pixel of every frame is one token."""
-    return x.flatten(2).transpose(1, 2)
-
-
-def _untokens(tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(b, n, c) -> the shape of ``like`` (b, c, f, h, w)."""
-    return tokens.transpose(1, 2).reshape(like.shape[0], tokens.shape[-1], *like.shape[2:])
 
 
 def frame_conv(dim_in: int, dim_out: int, kernel_size: int, *, stride: int = 1, padding: int | None = None,
@@ -252,7 +251,7 @@ class VideoTransformerBlock(nn.Module):
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (b, dim, f, h, w); context: (b, m, context_dim) or None; context_mask: (b, m) bool or None."""
         for attn, ff in self.layers:
-            x = _untokens(attn(_tokens(x), context=context, context_mask=context_mask), x) + x
+            x = _from_tokens(attn(_to_tokens(x), context=context, context_mask=context_mask), x) + x
             x = ff(x) + x
         return x
 
@@ -261,76 +260,24 @@ class VideoLinearAttention(LinearAttention):
     """:class:`~imagen.unets.attention.LinearAttention` within each frame of (b, dim, f, h, w).
 
     The reference's video linear attention cannot run (it reshapes a video as an image); each frame
-    attending to its own pixels and the context is the image layer applied frame by frame.
+    attending to its own pixels and the context is the image layer applied frame by frame, with
+    per-frame convolutions and the video channel norm (as the reference stores them).
     """
 
     def __init__(self, dim: int, *, heads: int = 8, dim_head: int = 32, dropout: float = 0.05,
                  context_dim: int | None = None):
-        super().__init__(dim, heads=heads, dim_head=dim_head, dropout=dropout, context_dim=context_dim)
-        self.norm = VideoChanLayerNorm(dim)
-        inner = heads * dim_head
-        self.to_q, self.to_k, self.to_v = (self._projection(dim, inner, dropout) for _ in range(3))
-        self.to_out = nn.Sequential(frame_conv(inner, dim, 1, bias=False), VideoChanLayerNorm(dim))
-
-    @staticmethod
-    def _projection(dim: int, inner: int, dropout: float) -> nn.Sequential:
-        return nn.Sequential(nn.Dropout(dropout), frame_conv(dim, inner, 1, bias=False),
-                             frame_conv(inner, inner, 3, groups=inner, bias=False))
-
-    def forward(self, fmap: torch.Tensor, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """fmap: (b, dim, f, h, w); context: (b, m, context_dim) -> (b, dim, f, h, w)."""
-        b, _, f, x, y = fmap.shape
-        fmap = self.norm(fmap)
-        q, k, v = (rearrange(fn(fmap), "b (h c) f x y -> (b f) h (x y) c", h=self.heads)
-                   for fn in (self.to_q, self.to_k, self.to_v))
-        mask = None
-        if context is not None:
-            ck, cv = (rearrange(t, "b m (h d) -> b h m d", h=self.heads).repeat_interleave(f, dim=0)
-                      for t in self.to_context(context).chunk(2, dim=-1))
-            k, v = torch.cat((k, ck), dim=2), torch.cat((v, cv), dim=2)
-            if context_mask is not None:
-                mask = F.pad(context_mask, (x * y, 0), value=True).repeat_interleave(f, dim=0)
-        out = linear_attend(q, k, v, self.scale, mask)
-        out = rearrange(out, "(b f) h (x y) d -> b (h d) f x y", b=b, x=x, y=y)
-        return self.to_out(self.nonlin(out))
+        super().__init__(dim, heads=heads, dim_head=dim_head, dropout=dropout, context_dim=context_dim,
+                         conv=frame_conv, norm=VideoChanLayerNorm)
 
 
-class VideoLinearAttentionTransformerBlock(nn.Module):
+class VideoLinearAttentionTransformerBlock(LinearAttentionTransformerBlock):
     """``depth`` x [per-frame linear attention, channel feed-forward with time token shift], residual."""
 
     def __init__(self, dim: int, *, depth: int = 1, heads: int = 8, dim_head: int = 32, ff_mult: float = 2.0,
                  ff_time_token_shift: bool = True, context_dim: int | None = None):
-        super().__init__()
-        self.layers = nn.ModuleList(
-            nn.ModuleList([VideoLinearAttention(dim, heads=heads, dim_head=dim_head, context_dim=context_dim),
-                           VideoChanFeedForward(dim, mult=ff_mult, time_token_shift=ff_time_token_shift)])
-            for _ in range(depth)
-        )
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        for attn, ff in self.layers:
-            x = attn(x, context=context, context_mask=context_mask) + x
-            x = ff(x) + x
-        return x
-
-
-class VideoGlobalContext(GlobalContext):
-    """:class:`~imagen.unets.blocks.GlobalContext` pooling over every pixel of every frame (1x1x1 convs)."""
-
-    def __init__(self, *, dim_in: int, dim_out: int):
-        super().__init__(dim_in=dim_in, dim_out=dim_out)
-        hidden = max(3, dim_out // 2)
-        self.to_k = frame_conv(dim_in, 1, 1)
-        self.net = nn.Sequential(frame_conv(dim_in, hidden, 1), nn.SiLU(), frame_conv(hidden, dim_out, 1), nn.Sigmoid())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (b, dim_in, f, h, w) -> gate (b, dim_out, 1, 1, 1)."""
-        flat = x.flatten(2)  # (b, c, f h w)
-        weights = self.to_k(x).flatten(2).softmax(dim=-1)  # (b, 1, f h w)
-        pooled = torch.einsum("bin,bcn->bci", weights, flat)  # (b, c, 1)
-        return self.net(pooled[..., None, None])
+        super().__init__(dim, depth=depth, heads=heads, dim_head=dim_head, ff_mult=ff_mult, context_dim=context_dim,
+                         attention=VideoLinearAttention,
+                         feed_forward=partial(VideoChanFeedForward, time_token_shift=ff_time_token_shift))
 
 
 class VideoResnetBlock(ResnetBlock):
@@ -340,48 +287,15 @@ class VideoResnetBlock(ResnetBlock):
     pools over all frames (as the reference's video block does).
     """
 
-    def __init__(self, dim: int, dim_out: int, *, use_gca: bool = False, **kwargs):
-        super().__init__(dim, dim_out, use_gca=use_gca, conv=space_time_conv, spatial_dims=3, **kwargs)
-        if use_gca:
-            self.gca = VideoGlobalContext(dim_in=dim_out, dim_out=dim_out)
-
-    def forward(self, x: torch.Tensor, time_emb: torch.Tensor | None = None, cond: torch.Tensor | None = None,
-                cond_mask: torch.Tensor | None = None, ignore_time: bool = False) -> torch.Tensor:
-        """x: (b, dim, f, h, w); time_emb: (b, time_cond_dim); cond: (b, m, cond_dim) with cond_mask (b, m)
-        bool or None -> (b, dim_out, f, h, w)."""
-        scale_shift = None
-        if self.time_mlp is not None and time_emb is not None:
-            scale_shift = self.time_mlp(time_emb)[..., None, None, None].chunk(2, dim=1)
-        h = _video_block(self.block1, x, None, ignore_time)
-        if self.cross_attn is not None:
-            h = _untokens(self.cross_attn(_tokens(h), cond, cond_mask), h) + h
-        h = _video_block(self.block2, h, scale_shift, ignore_time)
-        if self.gca is not None:
-            h = h * self.gca(h)
-        return h + self.res_conv(x)
-
-
-def _video_block(block: Block, x: torch.Tensor, scale_shift, ignore_time: bool) -> torch.Tensor:
-    """:meth:`Block.forward` with ``ignore_time`` passed to its :class:`SpaceTimeConv`."""
-    x = block.norm(x)
-    if scale_shift is not None:
-        scale, shift = scale_shift
-        x = x * (scale + 1) + shift
-    x = block.activation(x)
-    if block.dropout is not None:
-        x = block.dropout(x)
-    return block.project(x, ignore_time=ignore_time)
+    def __init__(self, dim: int, dim_out: int, **kwargs):
+        super().__init__(dim, dim_out, conv=space_time_conv, spatial_dims=3, **kwargs)
 
 
 class VideoCrossEmbedLayer(CrossEmbedLayer):
     """:class:`~imagen.unets.blocks.CrossEmbedLayer` applied to every frame (kernels ``(1, k, k)``)."""
 
     def __init__(self, dim_in: int, kernel_sizes, dim_out: int | None = None, stride: int = 2):
-        super().__init__(dim_in, kernel_sizes, dim_out=dim_out, stride=stride)
-        self.convs = nn.ModuleList(
-            frame_conv(c.in_channels, c.out_channels, c.kernel_size[0], stride=stride, padding=c.padding[0])
-            for c in self.convs
-        )
+        super().__init__(dim_in, kernel_sizes, dim_out=dim_out, stride=stride, conv=frame_conv)
 
 
 def video_downsample(dim: int, dim_out: int | None = None) -> nn.Sequential:
@@ -448,26 +362,10 @@ class TemporalPixelShuffleUpsample(nn.Module):
         return rearrange(out, "(b h w) (c r) f -> b c (f r) h w", h=h, w=w, r=self.stride)
 
 
-class VideoUpsampleCombiner(nn.Module):
-    """Resize every up-stage output to the final (frames, height, width), project each with a
-    space-time :class:`~imagen.unets.blocks.Block` (temporal conv always on), concatenate."""
+class VideoUpsampleCombiner(UpsampleCombiner):
+    """:class:`~imagen.unets.blocks.UpsampleCombiner` of videos: every up-stage output resized to the final
+    (frames, height, width), projected by a space-time block (temporal conv always on)."""
 
     def __init__(self, dim: int, *, enabled: bool = False, dim_ins: tuple[int, ...] = (), dim_outs=()):
-        super().__init__()
-        dim_outs = tuple(dim_outs) if isinstance(dim_outs, (tuple, list)) else (dim_outs,) * len(dim_ins)
-        self.enabled = enabled
-        self.dim_out = dim
-        self.fmap_convs = None
-        if enabled:
-            self.fmap_convs = nn.ModuleList(Block(a, b, conv=space_time_conv, spatial_dims=3)
-                                            for a, b in zip(dim_ins, dim_outs))
-            self.dim_out = dim + sum(dim_outs)
-
-    def forward(self, x: torch.Tensor, fmaps: list[torch.Tensor]) -> torch.Tensor:
-        """x: (b, dim, f, h, w); fmaps: one (b, dim_in_i, f_i, h_i, w_i) per up stage -> (b, dim_out, f, h, w)."""
-        if self.fmap_convs is None or not fmaps:
-            return x
-        size = x.shape[-3:]
-        outs = [conv(F.interpolate(f, size=size, mode="nearest") if f.shape[-3:] != size else f)
-                for f, conv in zip(fmaps, self.fmap_convs)]
-        return torch.cat((x, *outs), dim=1)
+        super().__init__(dim, enabled=enabled, dim_ins=dim_ins, dim_outs=dim_outs, conv=space_time_conv,
+                         spatial_dims=3)
