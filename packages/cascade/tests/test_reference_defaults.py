@@ -144,3 +144,22 @@ def test_uint8_images_are_divided_by_255():
     as_floats = imagen(images / 255, text_embeds=embeds)
     assert torch.equal(as_bytes, as_floats)
 
+
+
+def test_use_one_unet_in_gpu_keeps_only_the_sampling_stage_on_the_accelerator(monkeypatch):
+    """On an accelerator each stage samples with the other unets parked on the CPU, and every unet
+    goes back afterwards (recorded here through ``.to`` on a CPU machine)."""
+    imagen = Imagen(unets=(tiny_unet(), tiny_unet()), image_sizes=(8, 16), text_embed_dim=16)
+    accelerator = torch.device("cuda", 0)
+    moves = []
+    for number, unet in enumerate(imagen.unets, start=1):
+        monkeypatch.setattr(unet, "to", lambda device, number=number, unet=unet: moves.append((number, str(device)))
+                            or unet)
+    monkeypatch.setattr(type(imagen), "device", property(lambda self: accelerator))
+    with imagen._one_unet_on(1, enabled=True):
+        assert moves == [(1, "cpu"), (2, "cuda:0")]
+    assert moves[2:] == [(1, "cpu"), (2, "cpu")]  # back where they were (the CPU here)
+    moves.clear()
+    with imagen._one_unet_on(1, enabled=False):
+        pass
+    assert moves == []
