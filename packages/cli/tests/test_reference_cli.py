@@ -168,3 +168,21 @@ def test_train_to_an_fsspec_url_and_resume(config_file):
     assert run_cli("train", "--config", str(config_file), "--steps", "1", "--resume") == 0
     fs, folder = fsspec.core.url_to_fs(url)
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False))[-1] == "checkpoint.2.safetensors"
+
+
+@pytest.mark.parametrize(("count", "skip"), [(8, 4), (16, 3), (5, 1)])
+def test_refining_cuts_the_karras_schedule_exactly(count, skip, tiny_t5, image_folder, tmp_path):
+    """--skip-steps on an ElucidatedImagen stage starts at the schedule's level ``skip`` through the
+    reference's sigma_max (init_images + skip_steps alone would start from sigma_max-scaled noise)."""
+    from imagen.diffusion import karras_sigmas
+
+    full = karras_sigmas(count, 0.002, 80.0, rho=7.0)
+    torch.testing.assert_close(karras_sigmas(count - skip, 0.002, float(full[skip]), rho=7.0), full[skip:])
+    params = tiny_config(tiny_t5, image_folder, tmp_path, kind="ElucidatedImagen")["imagen"]
+    cascade = CascadeConfig.from_dict(params).create()
+    images = torch.rand(1, 3, 8, 8)
+    options = cli_main.refining_options(cascade, 2, count, skip, images)
+    assert options["init_images"] is images and options["steps"] == count - skip
+    assert options["sigma_max"] == pytest.approx(float(full[skip]))
+    imagen = CascadeConfig.from_dict(tiny_config(tiny_t5, image_folder, tmp_path)["imagen"]).create()
+    assert cli_main.refining_options(imagen, 2, count, skip, images)["skip_steps"] == (0, skip)  # the reference's

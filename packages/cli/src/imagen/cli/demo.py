@@ -24,7 +24,7 @@ from imagen.text.testing import build_tiny_t5
 from imagen.trainer import Dataset, ImagenTrainer
 
 from . import shapes
-from .main import seeded_train_step
+from .main import refining_options, seeded_train_step
 
 logger = logging.getLogger(__name__)
 
@@ -178,10 +178,11 @@ def sample_two_stages(sampler, embeds: torch.Tensor, masks: torch.Tensor, settin
     common = dict(text_embeds=embeds, text_masks=masks, generator=settings.seed, use_tqdm=settings.progress)
     base = sampler.sample(cond_scale=settings.cond_scale, steps=settings.sample_steps[0], stop_at_unet_number=1,
                           **common)
+    cascade = sampler.imagen if isinstance(sampler, ImagenTrainer) else sampler
+    refine = refining_options(cascade, 2, settings.sample_steps[1], settings.sr_skip_steps, base)
     sr = sampler.sample(
-        cond_scale=settings.sr_cond_scale, steps=(settings.sample_steps[0], settings.sample_steps[1]),
-        start_at_unet_number=2, start_image_or_video=base, init_images=base, skip_steps=(0, settings.sr_skip_steps),
-        lowres_sample_noise_level=settings.sr_noise_level, **common,
+        cond_scale=settings.sr_cond_scale, start_at_unet_number=2, start_image_or_video=base,
+        lowres_sample_noise_level=settings.sr_noise_level, **refine, **common,
     )
     return base.float().cpu(), sr.float().cpu()
 

@@ -466,9 +466,40 @@ def _sample_by_stage(cascade, scales: tuple, skips: tuple, generators, options: 
         if previous is not None:
             stage["start_image_or_video"] = previous
             if skips[number - 1]:
-                stage.update(init_images=previous, skip_steps=tuple(skips))
+                stage.update(refining_options(cascade, number, options.get("steps"), skips[number - 1], previous))
         previous = cascade.sample(**stage)
     return previous
+
+
+def _stage_value(value, index: int):
+    return value[index] if isinstance(value, (tuple, list)) else value
+
+
+def refining_options(cascade, number: int, steps, skip: int, images) -> dict:
+    """``sample`` keywords that make stage ``number`` refine ``images`` (the previous stage's output)
+    instead of drawing from scratch, skipping the first ``skip`` of its ``steps`` steps.
+
+    The reference adds ``init_images`` to noise of the schedule's *first* level and then skips
+    steps, so ``skip_steps`` alone leaves mostly noise. For an ElucidatedImagen stage the same
+    refinement is exact through the reference's ``sigma_max``: the Karras schedule of ``steps``
+    levels, cut at level ``skip``, is the Karras schedule of ``steps - skip`` levels from that
+    level's sigma (both are evenly spaced in ``sigma ** (1 / rho)``), so the stage starts from
+    ``images + sigma * noise`` and runs the remaining steps. An Imagen stage gets the reference's
+    ``init_images`` / ``skip_steps`` unchanged.
+    """
+    from imagen.diffusion import karras_sigmas
+
+    index = number - 1
+    config = cascade.config
+    if not hasattr(config, "sigma_max"):
+        skips = tuple(skip if i == index else 0 for i in range(cascade.num_unets))
+        return dict(init_images=images, skip_steps=skips)
+    count = _stage_value(steps, index) or _stage_value(config.num_sample_steps, index)
+    if not 0 <= skip < count:
+        raise CliError(f"--skip-steps {skip} for stage {number} must be below its {count} steps")
+    levels = karras_sigmas(count, _stage_value(config.sigma_min, index), _stage_value(config.sigma_max, index),
+                           rho=_stage_value(config.rho, index))
+    return dict(init_images=images, sigma_max=float(levels[skip]), steps=count - skip)
 
 
 def cmd_encode_text(args) -> int:
