@@ -41,7 +41,8 @@ def test_batched_guidance_equals_separate_conditional_and_null_forwards():
         null = base(x, sigma, **{**cond, **null_cond})
         guided = classifier_free_guidance(base, 3.0, null_cond)(x, sigma, **cond)
         at_one = classifier_free_guidance(base, 1.0, null_cond)(x, sigma, **cond)
-    torch.testing.assert_close(guided, null + 3.0 * (conditional - null), atol=1e-5, rtol=1e-5)
+    # batch 4 and batch 2 kernels round differently (x3 by the scale): 1e-4, far below a wrong formula
+    torch.testing.assert_close(guided, null + 3.0 * (conditional - null), atol=1e-4, rtol=1e-4)
     assert torch.equal(at_one, conditional)
 
 
