@@ -39,3 +39,28 @@ def test_checker_catches_an_upward_import(tmp_path, monkeypatch):
     errors = layout.layout_errors()
     assert any("imports imagen.cascade" in e for e in errors)
     assert any("imports numpy" in e for e in errors)
+
+
+def test_checker_catches_a_draw_with_a_generator_outside_its_home(tmp_path, monkeypatch):
+    source = tmp_path / "packages" / "cascade" / "src" / "imagen" / "cascade"
+    source.mkdir(parents=True)
+    (source / "bad.py").write_text(
+        "import torch\n"
+        "def coin(g):\n"
+        "    a = torch.rand((), generator=g)\n"  # line 3: a breach
+        "    b = torch.empty(3).normal_(generator=g)\n"  # line 4: a breach (method form)
+        "    return a, b, torch.randn(3)\n"  # no generator: fine
+    )
+    (source / "testing.py").write_text("import torch\nx = torch.randn(2, generator=torch.Generator())\n")
+    monkeypatch.setattr(layout, "ROOT", tmp_path)
+    errors = layout.draw_errors()
+    assert [e.split(":")[0:2] for e in errors] == [["packages/cascade/src/imagen/cascade/bad.py", "3"],
+                                                   ["packages/cascade/src/imagen/cascade/bad.py", "4"]]
+
+
+def test_draw_allow_list_names_only_live_breaches():
+    live = set()
+    for path in layout.ROOT.glob("packages/*/src/**/*.py"):
+        where = path.relative_to(layout.ROOT).as_posix()
+        live.update(f"{where}::{function}" for _, function in layout.draws_with_generator(path))
+    assert layout.DRAW_ALLOWED <= live

@@ -81,6 +81,59 @@ def imported_modules(path: Path) -> set[str]:
     return modules
 
 
+# Random draws with a generator live in one module, so that device placement is right everywhere
+# (a CUDA generator must draw on CUDA): any other call of these with a ``generator=`` keyword in
+# library code (packages/*/src) is a breach. Allowed: that module, ``testing.py`` modules (test
+# oracles and fixtures), and draws without a generator (e.g. nn.Parameter initialisation).
+DRAW_HOME = "packages/diffusion/src/imagen/diffusion/draws.py"
+DRAW_FUNCTIONS = {
+    "rand", "rand_like", "randn", "randn_like", "randint", "randint_like", "randperm", "normal", "normal_",
+    "bernoulli", "bernoulli_", "multinomial", "uniform_", "exponential_", "geometric_", "cauchy_",
+    "log_normal_", "random_", "poisson",
+}
+# Known breaches in packages owned elsewhere, as "path::enclosing function" (each must move to
+# imagen.diffusion's draw helpers and leave this list; keyed by function so edits above them keep it).
+DRAW_ALLOWED = {
+    "packages/unets/src/imagen/unets/core.py::draw_keep_mask",  # TODO(unets): cond-drop mask -> imagen.diffusion.rand
+    "packages/trainer/src/imagen/trainer/streams.py::split_validation",  # TODO(trainer): seeded CPU permutation
+    "packages/trainer/src/imagen/trainer/data.py::__getitem__",  # TODO(trainer): flip coin
+    "packages/trainer/src/imagen/trainer/data.py::__iter__",  # TODO(trainer): epoch permutation
+}
+
+
+def draws_with_generator(path: Path) -> list[tuple[int, str]]:
+    """(line, enclosing function name or "") of every call in ``path`` of a torch draw
+    (``DRAW_FUNCTIONS``, as a function or a method) with a ``generator=`` keyword."""
+    found = []
+
+    def visit(node: ast.AST, function: str) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            function = node.name
+        if isinstance(node, ast.Call) and any(k.arg == "generator" for k in node.keywords):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in DRAW_FUNCTIONS:
+                found.append((node.lineno, function))
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+
+    visit(ast.parse(path.read_text(), filename=str(path)), "")
+    return sorted(found)
+
+
+def draw_errors() -> list[str]:
+    errors = []
+    for path in sorted(ROOT.glob("packages/*/src/**/*.py")):
+        where = path.relative_to(ROOT).as_posix()
+        if where == DRAW_HOME or path.name == "testing.py":
+            continue
+        for line, function in draws_with_generator(path):
+            if f"{where}::{function}" not in DRAW_ALLOWED:
+                errors.append(f"{where}:{line}: draws with a generator outside {DRAW_HOME}; use imagen.diffusion's "
+                              "rand/randn/randint/randn_like")
+    return errors
+
+
 def layout_errors() -> list[str]:
     """Every breach of the package plan, as readable lines (empty when all is well)."""
     errors = []
@@ -114,7 +167,7 @@ def layout_errors() -> list[str]:
                         if dist not in allowed_dists and top not in reported:
                             reported.add(top)
                             errors.append(f"{where}: imports {top}, which imagen-{package} does not declare")
-    return errors
+    return errors + draw_errors()
 
 
 if __name__ == "__main__":

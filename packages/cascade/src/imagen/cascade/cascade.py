@@ -16,8 +16,10 @@ import torch
 from torch import nn
 
 from imagen.diffusion import (
+    first_generator,
     get_noise_schedule,
     q_sample,
+    rand,
     randn_like,
     sample_training_times,
 )
@@ -47,10 +49,6 @@ class TrainingDraws:
     lowres_times: torch.Tensor | None = attrs.field(eq=False)
     lowres_noise: torch.Tensor | None = attrs.field(eq=False)
     self_condition: bool
-
-
-def _generator_device(generator: torch.Generator | None):
-    return None if generator is None else generator.device
 
 
 def build_unet(config: dict, *, video: bool = False) -> nn.Module:
@@ -283,9 +281,8 @@ class Cascade(CascadeSampling, nn.Module):
             lowres_noise = None if lowres is None else randn_like(lowres, generator)
             noise_level = stage.draw_noise_level(batch, generator, device)
             noise = randn_like(x0, generator)
-        coin = generator[0] if isinstance(generator, list | tuple) else generator
-        self_cond = bool(self.unets[index].self_cond) and bool(
-            torch.rand((), generator=coin, device=_generator_device(coin)) < 0.5)
+        # one coin for the batch, read once here at the step's boundary (a Python branch follows)
+        self_cond = bool(self.unets[index].self_cond) and bool(rand((), first_generator(generator)) < 0.5)
         return TrainingDraws(noise_level=noise_level, noise=noise, lowres_times=lowres_times,
                              lowres_noise=lowres_noise, self_condition=self_cond)
 

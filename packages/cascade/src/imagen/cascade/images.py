@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from imagen.diffusion import GeneratorArg, first_generator, randint
+
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """[0, 1] -> [-1, 1], the range the diffusion stages work in."""
@@ -36,14 +38,15 @@ def _align(mode: str) -> dict:
     return {"align_corners": False} if mode in ("bilinear", "bicubic", "trilinear") else {}
 
 
-def random_crop(tensors: list[torch.Tensor | None], size: int, generator: torch.Generator | None = None):
-    """Crops every tensor (same spatial size, last two dims) at one random size x size window."""
+def random_crop(tensors: list[torch.Tensor | None], size: int, generator: GeneratorArg = None):
+    """Crops every tensor (same spatial size, last two dims) at one random size x size window
+    (drawn from the first generator of a per-sample list)."""
     height, width = next(t for t in tensors if t is not None).shape[-2:]
     if size > min(height, width):
         raise ValueError(f"random crop size {size} exceeds the stage's image size {height}x{width}")
-    device = torch.device("cpu") if generator is None else generator.device
-    top = int(torch.randint(0, height - size + 1, (), generator=generator, device=device))
-    left = int(torch.randint(0, width - size + 1, (), generator=generator, device=device))
+    generator = first_generator(generator)
+    top = int(randint(0, height - size + 1, (), generator))
+    left = int(randint(0, width - size + 1, (), generator))
     return [None if t is None else t[..., top : top + size, left : left + size] for t in tensors]
 
 

@@ -28,7 +28,7 @@ from imagen.diffusion import (
     min_snr_loss_weight,
     prediction_target,
     q_sample,
-    randn_like,
+    randn,
     sample_repaint,
     sample_training_times,
     sample_vp_ddpm,
@@ -118,7 +118,7 @@ class GaussianStage:
                init, inpaint: Inpainting | None, cond: dict, generator, callback, progress: bool) -> torch.Tensor:
         """One stage from noise (plus ``init``) to data; returns the unclamped result in [-1, 1]."""
         device = levels.device
-        noise = randn_like(torch.zeros(shape, device=device), generator)
+        noise = randn(shape, generator, device=device)
         if sampler != "ddpm":
             return _sample_sigmas(x0_model, noise * levels[0], sampler, options, levels[skip:], init, inpaint,
                                   cond, generator, callback, progress)
@@ -182,7 +182,7 @@ class ElucidatedStage:
 
     def sample(self, x0_model: Model, shape, *, sampler: str, options: dict, levels: torch.Tensor, skip: int,
                init, inpaint: Inpainting | None, cond: dict, generator, callback, progress: bool) -> torch.Tensor:
-        noise = randn_like(torch.zeros(shape, device=levels.device), generator)
+        noise = randn(shape, generator, device=levels.device)
         if inpaint is not None and sampler == self.default_sampler:  # the reference's Heun inpainting
             x = noise * levels[0] if init is None else noise * levels[0] + init
             return get_sampler(sampler)(x0_model, x, levels[skip:], cond=cond, generator=generator, callback=callback,

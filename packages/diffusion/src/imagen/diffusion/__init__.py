@@ -3,10 +3,12 @@
 Everything works with a denoiser ``denoiser(x, sigma, **cond) -> x0_hat`` on images (B, C, H, W) or
 videos (B, C, F, H, W) in the variance-exploding form x = x0 + sigma eps, sigma of shape (B,).
 Schedules, the Gaussian (VP) and EDM processes, network wrappers, guidance and thresholding,
-samplers and RePaint. Test oracles live in :mod:`imagen.diffusion.testing`.
+samplers and RePaint. Every random draw with a generator goes through :mod:`imagen.diffusion.draws`
+(also re-exported here). Test oracles live in :mod:`imagen.diffusion.testing`.
 """
 
 from .denoisers import Denoiser, EDMDenoiser, VPDenoiser, VPModelFromDenoiser, as_sigma
+from .draws import GeneratorArg, first_generator, rand, randint, randn, randn_like
 from .edm import edm_loss_weight, edm_preconditioning, edm_training_sigmas
 from .gaussian import (
     LOSS_TYPES,
@@ -25,7 +27,6 @@ from .gaussian import (
 )
 from .guidance import classifier_free_guidance, dynamic_thresholding, quantile, split_parallel, static_clipping
 from .inpainting import broadcast_mask, repaint_plan, sample_repaint
-from .noise import randn_like
 from .samplers import (
     SAMPLERS,
     get_sampler,
@@ -62,6 +63,7 @@ __all__ = [
     "SCHEDULES",
     "Denoiser",
     "EDMDenoiser",
+    "GeneratorArg",
     "NoiseSchedule",
     "VPDenoiser",
     "VPModelFromDenoiser",
@@ -77,6 +79,7 @@ __all__ = [
     "edm_sigma_from_log_snr",
     "edm_training_sigmas",
     "exponential_sigmas",
+    "first_generator",
     "get_noise_schedule",
     "get_sampler",
     "karras_sigmas",
@@ -89,6 +92,9 @@ __all__ = [
     "q_sample",
     "q_sample_from_to",
     "quantile",
+    "rand",
+    "randint",
+    "randn",
     "randn_like",
     "repaint_plan",
     "sample_ddim",

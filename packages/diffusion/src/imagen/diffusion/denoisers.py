@@ -92,7 +92,8 @@ class VPModelFromDenoiser(nn.Module):
 
 class EDMDenoiser(nn.Module):
     """EDM-preconditioned network as a denoiser (Karras et al. 2022, eq. 7):
-    D(x, sigma) = c_skip x + c_out F(c_in x, c_noise)."""
+    D(x, sigma) = c_skip x + c_out F(c_in x, c_noise). No check of sigma's values per call (the
+    samplers validate their levels once), so a call reads nothing back from the device."""
 
     def __init__(self, model: Callable[..., Tensor], sigma_data: float = 0.5):
         super().__init__()
@@ -100,6 +101,6 @@ class EDMDenoiser(nn.Module):
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         sigma = as_sigma(sigma, x)
-        c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma, self.sigma_data)
+        c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma, self.sigma_data, check=False)
         network_out = self.model(expand_to(c_in, x) * x, c_noise, **cond)
         return expand_to(c_skip, x) * x + expand_to(c_out, x) * network_out

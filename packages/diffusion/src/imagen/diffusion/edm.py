@@ -9,18 +9,23 @@ import torch
 from torch import Tensor
 
 from ._checks import check_positive_sigma
-from .noise import GeneratorArg, randn_like
+from .draws import GeneratorArg, randn_like
 
 __all__ = ["edm_loss_weight", "edm_preconditioning", "edm_training_sigmas"]
 
 
-def edm_preconditioning(sigma: Tensor, sigma_data: float = 0.5) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def edm_preconditioning(
+    sigma: Tensor, sigma_data: float = 0.5, *, check: bool = True
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(c_skip, c_out, c_in, c_noise) for noise levels ``sigma`` (any shape, > 0), EDM Table 1.
 
     c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma sd / sqrt(sigma^2 + sd^2),
     c_in = 1 / sqrt(sigma^2 + sd^2), c_noise = log(sigma) / 4, with sd = sigma_data.
+    ``check=False`` skips the sigma >= 0 check (a device-to-host read): for hot paths whose
+    caller has validated the levels once (the samplers do).
     """
-    check_positive_sigma(sigma)
+    if check:
+        check_positive_sigma(sigma)
     if not sigma_data > 0:
         raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
     total = sigma**2 + sigma_data**2

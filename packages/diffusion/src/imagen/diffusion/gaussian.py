@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import check_choice, expand_to
-from .noise import GeneratorArg
+from .draws import GeneratorArg, rand
 from .schedules import alpha_sigma_from_log_snr
 
 __all__ = [
@@ -56,15 +56,18 @@ def q_sample_from_to(x_from: Tensor, log_snr_from: Tensor, log_snr_to: Tensor, n
     return x_from * (alpha_to / alpha) + noise * (sigma_to * alpha - sigma * alpha_to) / alpha
 
 
-def posterior_mean_variance(x_t: Tensor, x0: Tensor, log_snr_t: Tensor, log_snr_s: Tensor) -> tuple[Tensor, Tensor]:
+def posterior_mean_variance(
+    x_t: Tensor, x0: Tensor, log_snr_t: Tensor, log_snr_s: Tensor, *, check: bool = True
+) -> tuple[Tensor, Tensor]:
     """Mean and variance of q(z_s | z_t, x0) for s earlier (less noisy) than t.
 
     With c = 1 - SNR_t / SNR_s (Kingma et al. 2021, eq. 33 rewritten):
     mean = (alpha_s / alpha_t)(1 - c) z_t + alpha_s c x0, variance = c sigma_s^2.
     x_t, x0: (B, ...); log_snr_t, log_snr_s: (B,) with log_snr_s >= log_snr_t. Returns
-    mean (B, ...) and variance (B, 1, ..., 1).
+    mean (B, ...) and variance (B, 1, ..., 1). ``check=False`` skips the order check (a
+    device-to-host read), for a sampler that validated its time grid once.
     """
-    if (log_snr_s < log_snr_t).any():
+    if check and (log_snr_s < log_snr_t).any():
         raise ValueError("log_snr_s must be >= log_snr_t (s is the less noisy time)")
     alpha_t, _ = _alpha_sigma(log_snr_t, x_t)
     alpha_s, sigma_s = _alpha_sigma(log_snr_s, x_t)
@@ -174,9 +177,4 @@ def sample_training_times(batch: int, *, generator: GeneratorArg = None, device=
     """Training times t ~ U[0, 1], shape (batch,). ``generator``: None, one, or one per sample."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    if generator is None or isinstance(generator, torch.Generator):
-        gen_device = generator.device if generator is not None else device
-        return torch.rand(batch, generator=generator, device=gen_device).to(device)
-    if len(generator) != batch:
-        raise ValueError(f"generator: need one generator per sample ({batch}), got {len(generator)}")
-    return torch.cat([torch.rand(1, generator=g, device=g.device).to(device) for g in generator])
+    return rand((batch,), generator, device=device)

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ._checks import check_sigmas, check_steps
 from .denoisers import Denoiser
-from .noise import GeneratorArg, randn_like
+from .draws import GeneratorArg, randn_like
 from .samplers import Callback
 
 __all__ = ["broadcast_mask", "repaint_plan", "sample_repaint"]
@@ -58,6 +58,7 @@ def broadcast_mask(mask: Tensor, x: Tensor) -> Tensor:
     raise ValueError(f"mask shape {tuple(mask.shape)} does not fit x of shape {tuple(x.shape)}; accepted: {accepted}")
 
 
+@torch.no_grad()
 def sample_repaint(
     denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, known: Tensor, mask: Tensor,
     resample_times: int = 10, jump_length: int = 10, cond: Mapping | None = None,

@@ -6,6 +6,8 @@ the starting sample at level ``sigmas[0]`` (e.g. ``randn_like(x) * sigmas[0]``);
 non-increasing 1-D tensor whose last entry may be 0 (a final step to the denoised estimate).
 ``callback`` gets a dict with i, x, sigma, sigma_next, denoised after every step. Every
 model evaluation is one call of ``denoiser`` with the full batch: the NFE of each sampler is stated.
+Samplers run under ``torch.no_grad()``; they validate ``sigmas`` once and read nothing back from the
+device per step (the levels are host floats).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from tqdm.auto import trange
 
 from ._checks import check_sigmas
 from .denoisers import Denoiser
-from .noise import GeneratorArg, randn_like
+from .draws import GeneratorArg, randn_like
 
 __all__ = [
     "SAMPLERS",
@@ -60,6 +62,7 @@ class _Run:
             self.callback({"i": i, "x": x, "sigma": s[i], "sigma_next": s[i + 1], "denoised": denoised})
 
 
+@torch.no_grad()
 def sample_euler(
     denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Mapping | None = None,
     generator: GeneratorArg = None, callback: Callback = None, progress: bool = False,
@@ -77,6 +80,7 @@ def sample_euler(
     return x
 
 
+@torch.no_grad()
 def sample_heun(
     denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Mapping | None = None,
     generator: GeneratorArg = None, callback: Callback = None, progress: bool = False,
@@ -133,6 +137,7 @@ def _ancestral_split(sigma: float, sigma_next: float, eta: float) -> tuple[float
     return math.sqrt(sigma_next**2 - sigma_up**2), sigma_up
 
 
+@torch.no_grad()
 def sample_euler_ancestral(
     denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Mapping | None = None,
     generator: GeneratorArg = None, callback: Callback = None, progress: bool = False,
@@ -152,6 +157,7 @@ def sample_euler_ancestral(
     return x
 
 
+@torch.no_grad()
 def sample_ddim(
     denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Mapping | None = None,
     generator: GeneratorArg = None, callback: Callback = None, progress: bool = False,
@@ -175,6 +181,7 @@ def sample_ddim(
     return x
 
 
+@torch.no_grad()
 def sample_ddpm(
     denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Mapping | None = None,
     generator: GeneratorArg = None, callback: Callback = None, progress: bool = False,
@@ -195,6 +202,7 @@ def sample_ddpm(
     return x
 
 
+@torch.no_grad()
 def sample_dpmpp_2m(
     denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Mapping | None = None,
     generator: GeneratorArg = None, callback: Callback = None, progress: bool = False,
@@ -223,6 +231,7 @@ def sample_dpmpp_2m(
     return x
 
 
+@torch.no_grad()
 def sample_dpmpp_2m_sde(
     denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Mapping | None = None,
     generator: GeneratorArg = None, callback: Callback = None, progress: bool = False,
@@ -297,6 +306,7 @@ def _multistep(denoiser: Denoiser, x: Tensor, sigmas: Tensor, cond, callback, pr
     return x
 
 
+@torch.no_grad()
 def sample_dpmpp_3m(
     denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Mapping | None = None,
     generator: GeneratorArg = None, callback: Callback = None, progress: bool = False,

@@ -11,6 +11,7 @@ estimate, thresholded as the stage wants): :class:`VPX0Model` builds one from a 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 
 import torch
@@ -18,8 +19,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._checks import check_choice, check_steps
+from .draws import GeneratorArg, randn_like
 from .gaussian import OBJECTIVES, posterior_mean_variance, q_sample, q_sample_from_to, x0_from_prediction
-from .noise import GeneratorArg, randn_like
 from .samplers import Callback
 from .schedules import NoiseSchedule
 
@@ -44,6 +45,7 @@ class VPX0Model:
         return x0_from_prediction(self.objective, self.model(z_t, log_snr, **cond), z_t, log_snr)
 
 
+@torch.no_grad()
 def sample_vp_ddpm(
     x0_model: Callable[..., Tensor], z: Tensor, times: Tensor, *, schedule: NoiseSchedule,
     cond: Mapping | None = None, generator: GeneratorArg = None, callback: Callback = None,
@@ -67,6 +69,8 @@ def sample_vp_ddpm(
     levels = times.to(device=z.device)  # float32 for the reference's numbers (vp_time_grid)
     tries = resample_times if known is not None else 1
     values = levels.tolist()  # one host read, not one per step
+    if any(b > a for a, b in itertools.pairwise(values)):
+        raise ValueError(f"times must be non-increasing (from noisy to clean), got {values}")
     for i in tqdm(range(len(levels) - 1), disable=not progress, desc="sampling"):
         log_snr = schedule.log_snr(levels[i].expand(batch))
         log_snr_next = schedule.log_snr(levels[i + 1].expand(batch))
@@ -75,7 +79,7 @@ def sample_vp_ddpm(
             if known is not None:  # paste the known region at the current noise level
                 z = torch.where(mask, q_sample(known, log_snr, randn_like(z, generator)), z)
             x0_hat = x0_model(z, log_snr, **cond)
-            mean, variance = posterior_mean_variance(z, x0_hat, log_snr, log_snr_next)
+            mean, variance = posterior_mean_variance(z, x0_hat, log_snr, log_snr_next, check=False)
             noise = randn_like(z, generator)
             z = mean if last else mean + (0.5 * variance.clamp(min=1e-20).log()).exp() * noise
             if known is not None and attempt > 0 and not last:  # re-noise s -> t and try again
