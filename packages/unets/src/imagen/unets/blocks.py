@@ -50,10 +50,12 @@ class Block(nn.Module):
 
         ``conv_kwargs`` go to the projection (``ignore_time`` of a space-time convolution).
         """
-        x = self.norm(x)
-        if scale_shift is not None:
-            scale, shift = scale_shift
-            x = x * (scale + 1) + shift
+        if scale_shift is None:
+            x = self.norm(x)
+        elif isinstance(self.norm, ChanRMSNorm):
+            x = self.norm(x, scale=scale_shift[0] + 1, shift=scale_shift[1])
+        else:
+            x = self.norm(x) * (scale_shift[0] + 1) + scale_shift[1]
         x = self.activation(x)
         if self.dropout is not None:
             x = self.dropout(x)

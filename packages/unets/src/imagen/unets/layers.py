@@ -68,8 +68,8 @@ class ChanLayerNorm(LayerNorm):
 class ChanRMSNorm(nn.Module):
     """RMS norm over the channels: ``normalize(x, dim=1) * sqrt(c) * gamma``; gamma ``(c, 1, ..., 1)``.
 
-    Computed as ``x * (sqrt(c) * gamma * rsqrt(max(sum(x^2), 1e-24)))`` (``F.normalize``'s 1e-12 floor
-    on the norm): one reduction and one full-size product instead of a norm, a division and two products.
+    Computed as ``x * rsqrt(max(sum(x^2), 1e-24)) * (sqrt(c) * gamma)`` (``F.normalize``'s 1e-12 floor
+    on the norm): one reduction and two full-size products instead of a norm, a division and two products.
     """
 
     def __init__(self, dim: int, *, spatial_dims: int = 2):
@@ -77,10 +77,13 @@ class ChanRMSNorm(nn.Module):
         self.scale = dim**0.5
         self.gamma = nn.Parameter(torch.ones(dim, *((1,) * spatial_dims)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (b, c, *spatial) -> same shape."""
-        inv_norm = x.square().sum(dim=1, keepdim=True).clamp_min(1e-24).rsqrt()
-        return x * (inv_norm * (self.gamma * self.scale))
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
+                shift: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (b, c, *spatial) -> same shape; ``scale``, ``shift`` (b, c, 1, ...): ``norm(x) * scale + shift``
+        in the same two full-size passes (the resnet blocks' time conditioning)."""
+        unit = x * x.square().sum(dim=1, keepdim=True).clamp_min(1e-24).rsqrt()
+        gain = self.gamma * self.scale if scale is None else self.gamma * self.scale * scale
+        return unit * gain if shift is None else torch.addcmul(shift, unit, gain)
 
 
 class Parallel(nn.Module):
