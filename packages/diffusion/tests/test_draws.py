@@ -40,3 +40,19 @@ def test_a_cuda_generator_draws_on_cuda_for_a_cpu_result():
     g = torch.Generator(device="cuda").manual_seed(0)
     assert rand((4,), g, device="cpu").device.type == "cpu"
     assert randn((2, 3), [g, g], device="cuda").device.type == "cuda"
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde",
+                                  "dpmpp_3m"])
+def test_samplers_run_without_autograd(name):
+    from imagen.diffusion import get_sampler, karras_sigmas
+
+    seen = []
+
+    def denoiser(x, sigma):
+        seen.append(torch.is_grad_enabled())
+        return x * 0.5
+
+    x = torch.randn(2, 3, requires_grad=True)
+    out = get_sampler(name)(denoiser, x, karras_sigmas(3, 0.1, 10.0), generator=torch.Generator().manual_seed(0))
+    assert seen and not any(seen) and not out.requires_grad

@@ -1,0 +1,51 @@
+"""Each stage's full x0 model (network + guidance + preconditioning + thresholding) traces as one
+graph: torch.compile(fullgraph=True) succeeds and dynamo counts 0 graph breaks, so a sampling step
+holds no host sync (.item(), bool(tensor), data-dependent Python branching)."""
+
+import pytest
+import torch
+import torch._dynamo
+from cascade_testing import randomize_cascade_, tiny_unet
+
+from imagen.cascade import ElucidatedImagen, Imagen
+
+CASES = [(Imagen, "ddpm"), (Imagen, "dpmpp_2m"), (ElucidatedImagen, "heun")]
+
+
+def _cascade(cls):
+    steps = {"timesteps": 3} if cls is Imagen else {"num_sample_steps": 3}
+    cascade = cls(unets=(tiny_unet(), tiny_unet()), image_sizes=(8, 16), text_embed_dim=16, cond_drop_prob=0.2,
+                  **steps)
+    return randomize_cascade_(cascade, seed=1).eval()
+
+
+def _stage_call(cascade, index, sampler):
+    """(x0 model, its positional inputs, its cond) for stage ``index`` guided at scale 3."""
+    batch, size = 2, cascade.image_sizes[index]
+    plan = cascade.sampling_plan(cond_scale=3.0, sampler=sampler)[index]
+    g = torch.Generator().manual_seed(index)
+    embeds, masks = torch.randn(batch, 5, 16, generator=g), torch.ones(batch, 5, dtype=torch.bool)
+    cond = cascade._stage_cond(index, batch, embeds, masks)
+    if index > 0:
+        cond.update(lowres_cond_img=torch.randn(batch, 3, size, size, generator=g),
+                    lowres_noise_times=torch.full((batch,), 0.2))
+    guidance = dict(remove_parallel_component=True, keep_parallel_frac=0.0)
+    x0_model = cascade._x0_model(plan, batch, guidance)
+    x = torch.randn(batch, 3, size, size, generator=g)
+    level = torch.tensor([-2.0, 1.5]) if sampler == "ddpm" else torch.tensor([0.3, 7.0])  # log-SNR or sigma
+    return x0_model, (x, level), cond
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", [0, 1])
+@pytest.mark.parametrize(("cls", "sampler"), CASES)
+def test_stage_x0_model_compiles_as_one_graph(cls, sampler, index):
+    cascade = _cascade(cls)
+    x0_model, args, cond = _stage_call(cascade, index, sampler)
+    with torch.no_grad():
+        torch._dynamo.reset()
+        explanation = torch._dynamo.explain(x0_model)(*args, **cond)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        assert explanation.graph_count == 1
+        compiled = torch.compile(x0_model, fullgraph=True, backend="eager")
+        torch.testing.assert_close(compiled(*args, **cond), x0_model(*args, **cond))
