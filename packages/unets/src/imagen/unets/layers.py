@@ -81,9 +81,44 @@ class ChanRMSNorm(nn.Module):
                 shift: torch.Tensor | None = None) -> torch.Tensor:
         """x: (b, c, *spatial) -> same shape; ``scale``, ``shift`` (b, c, 1, ...): ``norm(x) * scale + shift``
         in the same two full-size passes (the resnet blocks' time conditioning)."""
-        unit = x * x.square().sum(dim=1, keepdim=True).clamp_min(1e-24).rsqrt()
         gain = self.gamma * self.scale if scale is None else self.gamma * self.scale * scale
+        return _rms_film(x, gain.expand(x.shape[0], *gain.shape[-x.ndim + 1:]), shift)
+
+
+class _RMSFiLM(torch.autograd.Function):
+    """``x * rsqrt(max(sum_c x^2, 1e-24)) * gain [+ shift]`` saving only ``x``, the per-pixel rsqrt and ``gain``.
+
+    x: (b, c, *spatial); gain: (b, c, 1, ...); shift: (b, c, 1, ...) or None. Autograd through the plain
+    expression would also keep the normalised map (one more full-size tensor per block).
+    """
+
+    @staticmethod
+    def forward(ctx, x, gain, shift):
+        inv = x.square().sum(dim=1, keepdim=True).clamp_min(1e-24).rsqrt()
+        ctx.save_for_backward(x, inv, gain)
+        ctx.has_shift = shift is not None
+        unit = x * inv
         return unit * gain if shift is None else torch.addcmul(shift, unit, gain)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, inv, gain = ctx.saved_tensors
+        spatial = tuple(range(2, x.ndim))
+        grad_gain = (grad * x * inv).sum(dim=spatial, keepdim=True) if ctx.needs_input_grad[1] else None
+        grad_shift = grad.sum(dim=spatial, keepdim=True) if ctx.has_shift and ctx.needs_input_grad[2] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            g = grad * gain  # d/d(unit)
+            # d unit / dx = inv (I - unit unit^T) per pixel (zero slope where the norm floor acts: ignored)
+            grad_x = (g - x * (inv * inv) * (g * x).sum(dim=1, keepdim=True)) * inv
+        return grad_x, grad_gain, grad_shift
+
+
+def _rms_film(x: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    if torch.is_grad_enabled() and (x.requires_grad or gain.requires_grad):
+        return _RMSFiLM.apply(x, gain, shift)
+    unit = x * x.square().sum(dim=1, keepdim=True).clamp_min(1e-24).rsqrt()
+    return unit * gain if shift is None else torch.addcmul(shift, unit, gain)
 
 
 class Parallel(nn.Module):
