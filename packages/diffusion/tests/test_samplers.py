@@ -18,6 +18,7 @@ from imagen.diffusion import (
     sample_euler,
     sample_euler_ancestral,
     sample_heun,
+    sample_unipc,
 )
 from imagen.diffusion.testing import CountingDenoiser
 
@@ -27,7 +28,16 @@ DETERMINISTIC = {
     "heun": sample_heun,
     "dpmpp_2m": sample_dpmpp_2m,
     "dpmpp_3m": sample_dpmpp_3m,
+    "unipc": sample_unipc,
     "dpmpp_2m_sde(eta=0)": lambda *a, **k: sample_dpmpp_2m_sde(*a, eta=0.0, **k),
+}
+
+
+# UniPC's parts, for the order test only
+VARIANTS = {
+    **DETERMINISTIC,
+    "unipc(order=1)": lambda *a, **k: sample_unipc(*a, order=1, **k),
+    "unipc(no corrector)": lambda *a, **k: sample_unipc(*a, corrector=False, **k),
 }
 
 
@@ -54,13 +64,16 @@ def _error(sampler, gaussian, steps):
 
 
 @pytest.mark.parametrize(
-    ("name", "order"), [("euler", 1), ("heun", 2), ("dpmpp_2m", 2), ("dpmpp_3m", 2)]
+    ("name", "order"),
+    [("euler", 1), ("heun", 2), ("dpmpp_2m", 2), ("dpmpp_3m", 2), ("unipc(order=1)", 2), ("unipc(no corrector)", 2),
+     ("unipc", 3)],
 )
 def test_error_shrinks_at_the_algorithms_order(name, order, gaussian):
-    sampler = DETERMINISTIC[name]
+    sampler = VARIANTS[name]
     errors = [_error(sampler, gaussian, n) for n in (16, 32, 64)]
     observed = [math.log2(a / b) for a, b in itertools.pairwise(errors)]
-    # dpmpp_3m: third-order steps, but its lower-order warm-up steps leave a global O(h^2) term
+    # dpmpp_3m: third-order steps, but its lower-order warm-up steps leave a global O(h^2) term;
+    # UniPC: the corrector adds one order to its predictor (UniP-1 + UniC: 2, UniP-2 + UniC: 3)
     assert observed[-1] == pytest.approx(order, abs=0.3), (errors, observed)
     if name == "dpmpp_3m":
         assert errors[-1] < _error(sample_dpmpp_2m, gaussian, 64) / 5

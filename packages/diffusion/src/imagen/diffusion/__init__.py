@@ -38,6 +38,7 @@ from .samplers import (
     sample_euler,
     sample_euler_ancestral,
     sample_heun,
+    sample_unipc,
     sampler_name,
 )
 from .schedules import (
@@ -107,6 +108,7 @@ __all__ = [
     "sample_heun",
     "sample_repaint",
     "sample_training_times",
+    "sample_unipc",
     "sample_vp_ddpm",
     "sampler_name",
     "schedule_sigmas",

@@ -36,6 +36,7 @@ __all__ = [
     "sample_euler",
     "sample_euler_ancestral",
     "sample_heun",
+    "sample_unipc",
     "sampler_name",
 ]
 
@@ -323,6 +324,77 @@ def sample_dpmpp_3m(
     return _multistep(denoiser, x, sigmas, cond, callback, progress, order)
 
 
+def _unipc_coefficients(rks: list[float], h: float) -> tuple[list[float], list[float], float, float]:
+    """UniPC-bh2 coefficients for one step of size h in lambda (Zhao et al. 2023, Algorithm 2 and
+    Appendix C with B(h) = e^{-h} - 1 in data prediction): (predictor rhos for the past
+    differences, corrector rhos for those plus the new point, phi_1 = e^{-h} - 1, B(h)). ``rks``:
+    the past points' (lambda_j - lambda_s) / h, most recent first."""
+    p = len(rks) + 1
+    hh = -h
+    phi_1 = math.expm1(hh)
+    b_h = phi_1  # bh2
+    nodes = [*rks, 1.0]
+    b, h_phi_k, factorial = [], phi_1 / hh - 1, 1
+    for k in range(1, p + 1):
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= k + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    R = np.array([[r**k for r in nodes] for k in range(p)])  # row k: r^k of each node
+    if p == 1:
+        rhos_p = []
+    elif p == 2:
+        rhos_p = [0.5]
+    else:
+        rhos_p = np.linalg.solve(R[: p - 1, : p - 1], np.array(b[: p - 1])).tolist()
+    rhos_c = [0.5] if p == 1 else np.linalg.solve(R, np.array(b)).tolist()
+    return rhos_p, rhos_c, phi_1, b_h
+
+
+@torch.no_grad()
+def sample_unipc(
+    denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Mapping | None = None,
+    generator: GeneratorArg = None, callback: Callback = None, progress: bool = False,
+    order: int = 2, corrector: bool = True,
+) -> Tensor:
+    """UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework"), the bh2 variant
+    in data prediction, in lambda = -log sigma.
+
+    Predictor UniP-p: x_t = (sigma_t/sigma_s) x_s - phi_1 D_s - B(h) sum_k rho^p_k (D_k - D_s)/r_k with
+    phi_1 = e^{-h} - 1 = B(h) and the last ``order`` denoised values (fewer while warming up).
+    Corrector UniC: once D_t = D(x_t) is known, x_t is recomputed with it as one more node
+    (rho^c from the same linear system), at no extra evaluation: the corrected x_t goes on, D_t
+    (taken at the predicted x_t) joins the history. Order of accuracy order + 1 with the corrector.
+    The final step to sigma = 0 returns the denoised value. NFE = len(sigmas) - 1.
+    """
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order}")
+    run = _Run(denoiser, x, sigmas, cond, callback, progress)
+    history: list[tuple[float, Tensor]] = []  # (lambda_j, D_j), most recent last
+    pending = None  # (x_t_ without the history terms, B(h), corrector rhos, differences) of the last step
+    for i in run.steps():
+        sigma, sigma_next = run.sigmas[i], run.sigmas[i + 1]
+        lam = -math.log(sigma)
+        denoised = run.denoise(x, sigma)
+        if pending is not None and corrector:  # UniC at this point with the new evaluation
+            base, b_h, rhos_c, diffs, d_s = pending
+            correction = sum(r * d for r, d in zip(rhos_c[:-1], diffs)) + rhos_c[-1] * (denoised - d_s)
+            x = base - b_h * correction
+        history = [*history[-(order - 1):], (lam, denoised)] if order > 1 else [(lam, denoised)]
+        if sigma_next == 0:
+            x, pending = denoised, None
+        else:
+            h = math.log(sigma / sigma_next)
+            past = history[:-1][::-1]  # most recent first
+            rks = [(l_j - lam) / h for l_j, _ in past]
+            diffs = [(d_j - denoised) / r for (_, d_j), r in zip(past, rks)]
+            rhos_p, rhos_c, phi_1, b_h = _unipc_coefficients(rks, h)
+            base = (sigma_next / sigma) * x - phi_1 * denoised
+            x = base - b_h * sum(r * d for r, d in zip(rhos_p, diffs)) if rhos_p else base
+            pending = (base, b_h, rhos_c, diffs, denoised)
+        run.report(i, x, denoised)
+    return x
+
+
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
@@ -332,6 +404,7 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "dpmpp_2m": sample_dpmpp_2m,
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
     "dpmpp_3m": sample_dpmpp_3m,
+    "unipc": sample_unipc,
 }
 
 # Names from k-diffusion, diffusers and web UIs, normalised (lower case, '++' -> 'pp', no separators).
@@ -345,6 +418,7 @@ _ALIASES = {
     "dpmsolvermultistepscheduler": "dpmpp_2m", "dpmsolverpp2m": "dpmpp_2m", "kdpmpp2m": "dpmpp_2m",
     "dpmpp2msde": "dpmpp_2m_sde", "kdpmpp2msde": "dpmpp_2m_sde", "sdedpmsolverpp": "dpmpp_2m_sde",
     "dpmpp3m": "dpmpp_3m", "kdpmpp3m": "dpmpp_3m", "deis": "dpmpp_3m",
+    "unipcmultistepscheduler": "unipc", "unipcbh2": "unipc",
 }
 
 
