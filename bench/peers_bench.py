@@ -58,7 +58,7 @@ def _rss_bytes() -> int:
 
 
 def _imagen_measures(name: str, args):
-    """The three measures of an imagen-style U-Net (ours or the reference's)."""
+    """The three measures of an imagen-style U-Net (ours or the reference's): bench/reference_bench.py's."""
     import torch
 
     if name.startswith("reference"):
@@ -73,28 +73,15 @@ def _imagen_measures(name: str, args):
     torch.manual_seed(0)
     unet = Unet(**keywords)
     b, n = args.batch, args.text_len
-    x, times = torch.randn(b, 3, args.size, args.size), torch.rand(b)
+    x = torch.randn(b, 3, args.size, args.size)
     cond = dict(text_embeds=torch.randn(b, n, keywords["text_embed_dim"]),
                 text_mask=torch.arange(n)[None].expand(b, -1) < n // 2)
     if keywords.get("lowres_cond"):
         cond.update(lowres_cond_img=torch.randn(b, 3, args.size, args.size), lowres_noise_times=torch.rand(b))
-    optimizer = torch.optim.Adam(unet.parameters(), lr=1e-4)
+    sys.path.insert(0, str(HERE))
+    import reference_bench  # its three measures (the same for ours and the reference)
 
-    def train_step():
-        loss = (unet(x, times, cond_drop_prob=0.1, **cond) - x).square().mean()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    @torch.no_grad()
-    def forward():
-        unet(x, times, **cond)
-
-    @torch.no_grad()
-    def guided_step():
-        unet.forward_with_cond_scale(x, times, cond_scale=COND_SCALE, **cond)
-
-    return unet, (train_step, forward, guided_step)
+    return unet, tuple(reference_bench.measures(unet, x, cond).values())
 
 
 def _diffusers_measures(args):
