@@ -16,6 +16,7 @@ import attrs
 import torch
 
 from imagen.diffusion import (
+    check_sampler_steps,
     classifier_free_guidance,
     dynamic_thresholding,
     sampler_name,
@@ -33,7 +34,8 @@ class StagePlan:
     """Everything one stage's sampling needs, resolved once from ``sample``'s keywords and the config.
 
     ``levels`` is the stage's full grid (times from 1 to 0 for the time-grid ``ddpm`` of a Gaussian
-    stage, EDM sigmas ending in 0 otherwise); sampling starts at ``levels[skip_steps]``.
+    stage, EDM sigmas ending in 0 otherwise) spaced by ``schedule`` down to ``sigma_floor`` (None:
+    the stage's sigma_min); sampling starts at ``levels[skip_steps]``.
     ``init_images`` (B, C, [F,] H, W) in the caller's range, or None.
     """
 
@@ -41,6 +43,8 @@ class StagePlan:
     image_size: int
     frames: int | None
     sampler: str
+    schedule: str = "time"
+    sigma_floor: float | None = None
     sampler_options: dict = attrs.field(factory=dict)
     steps: int
     skip_steps: int
@@ -51,6 +55,26 @@ class StagePlan:
     sigma_max: float | None = None
     levels: torch.Tensor = attrs.field(eq=False, repr=False)
     init_images: torch.Tensor | None = attrs.field(default=None, eq=False, repr=False)
+
+
+SCHEDULE_NAMES = ("default", "time", "karras", "exponential", "sech")
+
+
+def resolve_schedule(stage, sampler: str, steps: int, requested: str | None) -> tuple[str, float | None]:
+    """(schedule, sigma floor) of one stage. Asked nothing ("default" or None): the stage's default
+    sampler keeps the reference's grid (Imagen: its time grid; ElucidatedImagen: Karras); any
+    other sampler gets the spacing tuned on the oracle bench (bench/diffusion.md): at <= 10 steps
+    sech sigmas ending at 0.05 (the last nonzero level; below it few steps are wasted), at <= 20
+    sech sigmas, beyond that Karras."""
+    if requested is not None and requested not in SCHEDULE_NAMES:
+        raise ValueError(f"schedule must be one of {list(SCHEDULE_NAMES)} (or one per unet), got {requested!r}")
+    if requested not in (None, "default"):
+        return requested, None
+    if sampler == stage.default_sampler:
+        return stage.reference_schedule, None
+    if steps <= 10:
+        return "sech", 0.05
+    return ("sech", None) if steps <= 20 else ("karras", None)
 
 
 def _per_stage(value, num_unets: int, name: str) -> tuple:
@@ -91,15 +115,21 @@ class CascadeSampling:
         sigma_max=None,
         sampler=None,
         steps=None,
+        schedule=None,
         device=None,
         **sample_only,
     ) -> list[StagePlan]:
         """The stages ``sample`` runs with these keywords, each fully resolved (see ``StagePlan``).
 
         Per-unet keywords (``cond_scale``, ``init_images``, ``skip_steps``, ``sigma_min``,
-        ``sigma_max``, ``sampler``, ``steps``) take one value for every stage or a list/tuple with one
-        entry per unet, as in the reference. ``sample``'s other keywords are accepted and ignored, so
-        ``sampling_plan(**sample_kwargs)`` works; anything else is a TypeError.
+        ``sigma_max``, ``sampler``, ``steps``, ``schedule``) take one value for every stage or a list/tuple
+        with one entry per unet, as in the reference. ``schedule`` spaces the stage's levels: "time"
+        (Imagen stages: the reference's time grid), "karras", "exponential", "sech", or "default"/None
+        (see ``resolve_schedule``). A step count below the sampler's ``imagen.diffusion.MIN_STEPS``
+        (heun, dpmpp_3m) is a ValueError when ``steps`` asks for it or the sampler is not the stage's
+        default (the configured default, e.g. ElucidatedImagen's Heun at num_sample_steps, runs as the
+        reference does). ``sample``'s other keywords are
+        accepted and ignored, so ``sampling_plan(**sample_kwargs)`` works; anything else is a TypeError.
         """
         unknown = sorted(set(sample_only) - _SAMPLE_ONLY_KEYWORDS)
         if unknown:
@@ -115,6 +145,7 @@ class CascadeSampling:
         skips = _per_stage(skip_steps, n, "skip_steps")
         samplers = _per_stage(sampler, n, "sampler")
         stepss = _per_stage(steps, n, "steps")
+        schedules = _per_stage(schedule, n, "schedule")
         mins, maxs = _per_stage(sigma_min, n, "sigma_min"), _per_stage(sigma_max, n, "sigma_max")
         if self.is_video and video_frames is None:
             raise ValueError("a video cascade needs video_frames (the number of frames to sample)")
@@ -131,12 +162,17 @@ class CascadeSampling:
             skip = skips[index] or 0
             if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip < count:
                 raise ValueError(f"skip_steps for unet {index + 1} must be an int in [0, {count}), got {skip!r}")
+            if stepss[index] is not None or name != stage.default_sampler:  # not the reference's own path
+                check_sampler_steps(name, count)
+            spacing, floor = resolve_schedule(stage, name, count, schedules[index])
             options = stage.sampler_options(count) if name == stage.default_sampler else {}
             plans.append(StagePlan(
                 unet_number=index + 1,
                 image_size=self.image_sizes[index],
                 frames=self._frames(index, video_frames),
                 sampler=name,
+                schedule=spacing,
+                sigma_floor=floor,
                 sampler_options=options,
                 steps=count,
                 skip_steps=skip,
@@ -145,7 +181,8 @@ class CascadeSampling:
                 lowres_noise_level=level if index > 0 else None,
                 sigma_min=mins[index],
                 sigma_max=maxs[index],
-                levels=stage.levels(name, count, device, sigma_min=mins[index], sigma_max=maxs[index]),
+                levels=stage.levels(name, count, device, sigma_min=mins[index], sigma_max=maxs[index], schedule=spacing,
+                                    sigma_floor=floor),
                 init_images=inits[index],
             ))
         return plans
@@ -199,6 +236,7 @@ class CascadeSampling:
         device: torch.device | str | None = None,
         sampler=None,
         steps=None,
+        schedule=None,
         generator=None,
         callback: Callable | None = None,
     ):
@@ -210,7 +248,8 @@ class CascadeSampling:
         ``use_one_unet_in_gpu`` keeps only the active stage on an accelerator). Returns images
         (B, C, H, W) (videos (B, C, F, H, W)) in [0, 1] from the last stage, a list with every stage's
         output (``return_all_unet_outputs``) or PIL images (``return_pil_images``). Beyond the
-        reference: per-stage ``sampler`` (any name of ``imagen.diffusion.SAMPLERS``) and ``steps``;
+        reference: per-stage ``sampler`` (any name of ``imagen.diffusion.SAMPLERS``), ``steps`` and
+        ``schedule`` (the spacing of the levels, see ``sampling_plan``);
         ``generator`` an int seed gives the same sample i whatever the batch size.
         """
         if device is not None:
@@ -238,7 +277,7 @@ class CascadeSampling:
             video_frames=video_frames, cond_scale=cond_scale, init_images=init_images, skip_steps=skip_steps,
             lowres_sample_noise_level=lowres_sample_noise_level, start_at_unet_number=start_at_unet_number,
             stop_at_unet_number=stop_at_unet_number, sigma_min=sigma_min, sigma_max=sigma_max, sampler=sampler,
-            steps=steps, device=device,
+            steps=steps, schedule=schedule, device=device,
         )
         previous = None
         if plans[0].unet_number > 1:
@@ -307,7 +346,7 @@ class CascadeSampling:
         if plan.cond_scale != 1:
             null = {"cond_drop_mask": torch.ones(batch, dtype=torch.bool, device=self.device)}
             net = classifier_free_guidance(unet, plan.cond_scale, null, **guidance)
-        x0_model = stage.x0_model(net, plan.sampler)
+        x0_model = stage.x0_model(net, plan.sampler, plan.schedule)
         if plan.dynamic_threshold:
             x0_model = dynamic_thresholding(x0_model, self._config.dynamic_thresholding_percentile)
         else:
@@ -343,7 +382,8 @@ class CascadeSampling:
                                 resample_times=resample_times)
         x = stage.sample(self._x0_model(plan, batch, guidance), shape, sampler=plan.sampler,
                          options=plan.sampler_options, levels=plan.levels, skip=plan.skip_steps, init=init,
-                         inpaint=region, cond=cond, generator=generators, callback=callback, progress=progress)
+                         inpaint=region, cond=cond, generator=generators, callback=callback, progress=progress,
+                         schedule=plan.schedule)
         x = x.clamp(-1.0, 1.0)
         if region is not None:  # the known region exactly, as the reference pastes it at the end
             x = torch.where(_broadcastable(region.mask, x), region.known, x)
@@ -392,4 +432,7 @@ def resize_mask(masks: torch.Tensor, size: int, frames: int | None, mode: str = 
     return resized.squeeze(1) != 0
 
 
-__all__ = ["CascadeSampling", "SelfConditioned", "StagePlan", "check_inpaint_masks", "resize_mask"]
+__all__ = [
+    "SCHEDULE_NAMES", "CascadeSampling", "SelfConditioned", "StagePlan", "check_inpaint_masks", "resize_mask",
+    "resolve_schedule",
+]

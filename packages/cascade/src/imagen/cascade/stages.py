@@ -33,6 +33,7 @@ from imagen.diffusion import (
     sample_training_times,
     sample_vp_ddpm,
     schedule_sigmas,
+    spaced_sigmas,
     vp_time_grid,
     x0_from_prediction,
 )
@@ -94,10 +95,17 @@ class GaussianStage:
 
     # ------------------------------------------------------------------------------- sampling
 
-    def x0_model(self, net: Model, sampler: str) -> Model:
+    reference_schedule: str = "time"
+
+    @staticmethod
+    def on_time_grid(sampler: str, schedule: str) -> bool:
+        """Whether ``sampler`` walks the reference's time grid (ancestral DDPM in VP variables)."""
+        return sampler == "ddpm" and schedule == "time"
+
+    def x0_model(self, net: Model, sampler: str, schedule: str = "time") -> Model:
         """The x0 estimate the ``sampler`` works with: ``(z_t, log_snr)`` for the time-grid DDPM,
         ``(x, sigma)`` (the denoiser contract) for the sigma samplers."""
-        if sampler == "ddpm":
+        if self.on_time_grid(sampler, schedule):
             return VPX0Model(net, self.objective)
         return VPDenoiser(net, self.schedule, self.objective)
 
@@ -108,18 +116,23 @@ class GaussianStage:
         """The low-res noise condition at sampling: its log-SNR, as in training."""
         return log_snr
 
-    def levels(self, sampler: str, steps: int, device, **_) -> torch.Tensor:
-        """The full grid of the ``sampler``: times from 1 to 0, or EDM sigmas."""
-        if sampler == "ddpm":
+    def levels(self, sampler: str, steps: int, device, schedule: str = "time", sigma_floor=None, **_) -> torch.Tensor:
+        """The full grid of the ``sampler``: times from 1 to 0 (``schedule`` "time" with ddpm), EDM
+        sigmas uniform in the schedule's time (other samplers on "time"), or sigmas spaced by
+        ``schedule`` (karras, exponential, sech) from 80 to ``sigma_floor`` (default 0.002), then 0."""
+        if self.on_time_grid(sampler, schedule):
             return vp_time_grid(steps, device)
-        return schedule_sigmas(self.schedule, steps).to(device)
+        if schedule == "time":
+            return schedule_sigmas(self.schedule, steps).to(device)
+        return spaced_sigmas(schedule, steps, 0.002 if sigma_floor is None else sigma_floor, 80.0, device=device)
 
     def sample(self, x0_model: Model, shape, *, sampler: str, options: dict, levels: torch.Tensor, skip: int,
-               init, inpaint: Inpainting | None, cond: dict, generator, callback, progress: bool) -> torch.Tensor:
+               init, inpaint: Inpainting | None, cond: dict, generator, callback, progress: bool,
+               schedule: str = "time") -> torch.Tensor:
         """One stage from noise (plus ``init``) to data; returns the unclamped result in [-1, 1]."""
         device = levels.device
         noise = randn(shape, generator, device=device)
-        if sampler != "ddpm":
+        if not self.on_time_grid(sampler, schedule):
             return _sample_sigmas(x0_model, noise * levels[0], sampler, options, levels[skip:], init, inpaint,
                                   cond, generator, callback, progress)
         z = noise if init is None else noise + init
@@ -162,13 +175,26 @@ class ElucidatedStage:
         denoised = EDMDenoiser(net, self.sigma_data)(x, sigma)
         return diffusion_loss(denoised, x0, "l2", edm_loss_weight(sigma, self.sigma_data))
 
-    def x0_model(self, net: Model, sampler: str) -> Model:
+    reference_schedule: str = "karras"
+
+    def x0_model(self, net: Model, sampler: str, schedule: str = "karras") -> Model:
         return EDMDenoiser(net, self.sigma_data)
 
-    def levels(self, sampler: str, steps: int, device, sigma_min=None, sigma_max=None) -> torch.Tensor:
+    def levels(self, sampler: str, steps: int, device, sigma_min=None, sigma_max=None, schedule: str = "karras",
+               sigma_floor=None) -> torch.Tensor:
+        """Sigmas from sigma_max to sigma_min (the stage's unless given; ``sigma_floor`` raises
+        sigma_min to at least it), spaced by ``schedule``: "karras" (the stage's rho, the
+        reference's), "exponential" or "sech"; then 0."""
         sigma_min = self.sigma_min if sigma_min is None else sigma_min
         sigma_max = self.sigma_max if sigma_max is None else sigma_max
-        return karras_sigmas(steps, sigma_min, sigma_max, rho=self.rho, device=device)
+        if sigma_floor is not None:
+            sigma_min = max(sigma_min, sigma_floor)
+        if schedule == "karras":
+            return karras_sigmas(steps, sigma_min, sigma_max, rho=self.rho, device=device)
+        if schedule == "time":
+            raise ValueError("schedule='time' is the Gaussian stages' time grid; an ElucidatedImagen stage takes "
+                             "'karras', 'exponential' or 'sech'")
+        return spaced_sigmas(schedule, steps, sigma_min, sigma_max, device=device)
 
     def lowres_sampling_condition(self, times: torch.Tensor, log_snr: torch.Tensor) -> torch.Tensor:
         """The low-res noise condition at sampling: the reference's ElucidatedImagen gives its U-Nets
@@ -181,7 +207,8 @@ class ElucidatedStage:
                     churn_steps=steps)
 
     def sample(self, x0_model: Model, shape, *, sampler: str, options: dict, levels: torch.Tensor, skip: int,
-               init, inpaint: Inpainting | None, cond: dict, generator, callback, progress: bool) -> torch.Tensor:
+               init, inpaint: Inpainting | None, cond: dict, generator, callback, progress: bool,
+               schedule: str = "karras") -> torch.Tensor:
         noise = randn(shape, generator, device=levels.device)
         if inpaint is not None and sampler == self.default_sampler:  # the reference's Heun inpainting
             x = noise * levels[0] if init is None else noise * levels[0] + init

@@ -28,7 +28,9 @@ from .gaussian import (
 from .guidance import classifier_free_guidance, dynamic_thresholding, quantile, split_parallel, static_clipping
 from .inpainting import broadcast_mask, repaint_plan, sample_repaint
 from .samplers import (
+    MIN_STEPS,
     SAMPLERS,
+    check_sampler_steps,
     get_sampler,
     sample_ddim,
     sample_ddpm,
@@ -43,6 +45,7 @@ from .samplers import (
 )
 from .schedules import (
     SCHEDULES,
+    SIGMA_SPACINGS,
     NoiseSchedule,
     alpha_sigma_from_log_snr,
     edm_sigma_from_log_snr,
@@ -52,6 +55,7 @@ from .schedules import (
     log_snr_from_edm_sigma,
     schedule_sigmas,
     sech_sigmas,
+    spaced_sigmas,
     timesteps,
     uniform_sigmas,
 )
@@ -59,9 +63,11 @@ from .vp_sampling import VPX0Model, sample_vp_ddpm, vp_time_grid
 
 __all__ = [
     "LOSS_TYPES",
+    "MIN_STEPS",
     "OBJECTIVES",
     "SAMPLERS",
     "SCHEDULES",
+    "SIGMA_SPACINGS",
     "Denoiser",
     "EDMDenoiser",
     "GeneratorArg",
@@ -72,6 +78,7 @@ __all__ = [
     "alpha_sigma_from_log_snr",
     "as_sigma",
     "broadcast_mask",
+    "check_sampler_steps",
     "classifier_free_guidance",
     "diffusion_loss",
     "dynamic_thresholding",
@@ -113,6 +120,7 @@ __all__ = [
     "sampler_name",
     "schedule_sigmas",
     "sech_sigmas",
+    "spaced_sigmas",
     "split_parallel",
     "static_clipping",
     "timesteps",

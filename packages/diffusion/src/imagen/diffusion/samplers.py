@@ -26,7 +26,9 @@ from .denoisers import Denoiser
 from .draws import GeneratorArg, randn_like
 
 __all__ = [
+    "MIN_STEPS",
     "SAMPLERS",
+    "check_sampler_steps",
     "get_sampler",
     "sample_ddim",
     "sample_ddpm",
@@ -406,6 +408,24 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "dpmpp_3m": sample_dpmpp_3m,
     "unipc": sample_unipc,
 }
+
+# The fewest steps (nonzero sigmas) at which a sampler stays accurate from sigma_max = 80
+# (bench/diffusion.md): Heun's Euler predictor overshoots on the large first steps at NFE <= 9
+# (5 steps), the 3-point extrapolation of dpmpp_3m at NFE 5 (0.5-0.6 sliced W2 against 0.12-0.15
+# for dpmpp_2m); the bench has it sound from NFE 10.
+MIN_STEPS = {"heun": 6, "dpmpp_3m": 10}
+
+
+def check_sampler_steps(name: str, steps: int) -> None:
+    """ValueError when ``steps`` is below the sampler's ``MIN_STEPS`` (where it diverges)."""
+    key = sampler_name(name)
+    limit = MIN_STEPS.get(key)
+    if limit is not None and steps < limit:
+        raise ValueError(
+            f"steps={steps} is too few for the {key} sampler: it diverges below {limit} steps from a large "
+            f"sigma_max; use steps >= {limit}, or a multistep sampler such as 'unipc' or 'dpmpp_2m' for few steps"
+        )
+
 
 # Names from k-diffusion, diffusers and web UIs, normalised (lower case, '++' -> 'pp', no separators).
 _ALIASES = {

@@ -17,6 +17,7 @@ from ._checks import check_choice, check_steps
 
 __all__ = [
     "SCHEDULES",
+    "SIGMA_SPACINGS",
     "NoiseSchedule",
     "alpha_sigma_from_log_snr",
     "edm_sigma_from_log_snr",
@@ -26,6 +27,7 @@ __all__ = [
     "log_snr_from_edm_sigma",
     "schedule_sigmas",
     "sech_sigmas",
+    "spaced_sigmas",
     "timesteps",
     "uniform_sigmas",
 ]
@@ -236,3 +238,17 @@ def schedule_sigmas(
     t = timesteps(steps, t_start, t_end, spacing)
     sigmas = edm_sigma_from_log_snr(schedule.log_snr(t))
     return _append_zero(sigmas).float().to(device)
+
+
+SIGMA_SPACINGS = ("karras", "exponential", "sech")
+
+
+def spaced_sigmas(spacing: str, steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, device=None) -> Tensor:
+    """``steps`` sigmas from sigma_max to sigma_min, then 0, by name: ``"karras"`` (rho 7),
+    ``"exponential"`` or ``"sech"`` (its default centre and width). Shape (steps + 1,)."""
+    check_choice(spacing, "schedule", SIGMA_SPACINGS)
+    if spacing == "karras":
+        return karras_sigmas(steps, sigma_min, sigma_max, device=device)
+    if spacing == "exponential":
+        return exponential_sigmas(steps, sigma_min, sigma_max, device=device)
+    return sech_sigmas(steps, sigma_min, sigma_max, device=device)
