@@ -35,6 +35,12 @@ CONFIGS = [
     ("dpmpp_2m (sech)", "dpmpp_2m", "sech"),
     ("dpmpp_3m (sech)", "dpmpp_3m", "sech"),
     ("dpmpp_2m (sech, centre 0.25)", "dpmpp_2m", "sech0.25"),
+    ("unipc (karras)", "unipc", "karras"),
+    ("unipc (sech)", "unipc", "sech"),
+    ("unipc (sech, sigma_min 0.05)", "unipc", "sech_min0.05"),
+    ("dpmpp_2m (sech, sigma_min 0.05)", "dpmpp_2m", "sech_min0.05"),
+    ("diffusers UniPC (scaled_linear)", "diffusers_unipc", "scaled_linear"),
+    ("diffusers UniPC (linear)", "diffusers_unipc", "linear"),
 ]
 
 
@@ -45,9 +51,27 @@ def sigmas_for(schedule: str, steps: int) -> torch.Tensor:
         return exponential_sigmas(steps, 0.002, 80.0)
     if schedule == "sech":  # defaults: centre 0.5 (EDM's sigma_data), width 2
         return sech_sigmas(steps, 0.002, 80.0)
+    if schedule == "sech_min0.05":  # the few-step default of the cascade: last nonzero level 0.05
+        return sech_sigmas(steps, 0.05, 80.0)
     if schedule == "sech0.25":
         return sech_sigmas(steps, 0.002, 80.0, sigma_center=0.25)
     return schedule_sigmas("cosine", steps, 0.002, 80.0)
+
+
+def diffusers_unipc(data, noise: torch.Tensor, nfe: int, beta_schedule: str) -> torch.Tensor:
+    """diffusers' UniPCMultistepScheduler (its defaults: bh2, order 2, 1000 training steps) driving
+    the exact denoiser: VP sample z = alpha x, x0 prediction."""
+    from diffusers import UniPCMultistepScheduler
+
+    scheduler = UniPCMultistepScheduler(beta_schedule=beta_schedule, prediction_type="sample")
+    scheduler.set_timesteps(nfe)
+    alphas_cumprod = scheduler.alphas_cumprod.double()
+    z = noise.clone() * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        alpha, sigma = alphas_cumprod[t].sqrt(), (1 - alphas_cumprod[t]).sqrt()
+        x0 = data.denoiser(z / alpha, torch.full((z.shape[0],), float(sigma / alpha), dtype=z.dtype))
+        z = scheduler.step(x0, t, z).prev_sample
+    return z
 
 
 def run(dim: int, n: int, seed: int = 0, rows: list[str] | None = None,
@@ -65,6 +89,10 @@ def run(dim: int, n: int, seed: int = 0, rows: list[str] | None = None,
         results[label] = []
         for nfe in NFES:
             steps = (nfe + 1) // 2 if name == "heun" else nfe  # Heun: 2N - 1 evaluations
+            if name == "diffusers_unipc":
+                out = diffusers_unipc(data, noise, nfe, schedule)
+                results[label].append(sliced_wasserstein(out, true, directions))
+                continue
             sigmas = sigmas_for(schedule, steps).double()
             out = get_sampler(name)(data.denoiser, noise * sigmas[0], sigmas,
                                     generator=torch.Generator().manual_seed(seed + 1))
