@@ -23,6 +23,7 @@ import pytest
 import torch
 from imagen_pytorch import elucidated_imagen as ref_elucidated
 from imagen_pytorch import imagen_pytorch as ref_module
+from imagen_pytorch import imagen_video as ref_video
 from ref_testing import assert_close, load_same_weights, randomize_
 
 import imagen.cascade as ours
@@ -77,6 +78,7 @@ def drawing_from(tape: Tape, monkeypatch):
             return tape.uniform(shape) < prob
 
         patch.setattr(ref_module, "prob_mask_like", prob_mask_like)
+        patch.setattr(ref_video, "prob_mask_like", prob_mask_like)  # Unet3D's conditioning dropout
         patch.setattr(ref_module, "random", lambda: float(tape.uniform(())))
         patch.setattr(ref_elucidated, "random", lambda: float(tape.uniform(())))
         yield
