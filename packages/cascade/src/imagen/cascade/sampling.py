@@ -84,6 +84,28 @@ def _per_stage(value, num_unets: int, name: str) -> tuple:
     return per_unet(value, num_unets, name)
 
 
+class Autocast:
+    """A network run under ``torch.autocast`` in ``dtype`` (bf16 or fp16), its output back in
+    float32: the sampler's state, guidance and thresholding stay in fp32."""
+
+    def __init__(self, net: Callable, dtype: torch.dtype, device_type: str):
+        self.net, self.dtype, self.device_type = net, dtype, device_type
+
+    def __call__(self, x, noise_cond, **cond):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = self.net(x, noise_cond, **cond)
+        return out.float()
+
+
+SAMPLING_DTYPES = (None, torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_sampling_dtype(dtype) -> torch.dtype | None:
+    if dtype not in SAMPLING_DTYPES:
+        raise ValueError(f"dtype must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}")
+    return None if dtype == torch.float32 else dtype
+
+
 class SelfConditioned:
     """An x0 model for a self-conditioned unet: each call gets the previous call's (guided,
     thresholded) x0 estimate as ``self_cond`` (None on the first call), as the reference feeds it."""
@@ -237,6 +259,7 @@ class CascadeSampling:
         sampler=None,
         steps=None,
         schedule=None,
+        dtype=None,
         generator=None,
         callback: Callable | None = None,
     ):
@@ -249,9 +272,11 @@ class CascadeSampling:
         (B, C, H, W) (videos (B, C, F, H, W)) in [0, 1] from the last stage, a list with every stage's
         output (``return_all_unet_outputs``) or PIL images (``return_pil_images``). Beyond the
         reference: per-stage ``sampler`` (any name of ``imagen.diffusion.SAMPLERS``), ``steps`` and
-        ``schedule`` (the spacing of the levels, see ``sampling_plan``);
+        ``schedule`` (the spacing of the levels, see ``sampling_plan``); ``dtype=torch.bfloat16`` (or
+        float16) runs the U-Nets under autocast, the sampler state, guidance and thresholding in fp32;
         ``generator`` an int seed gives the same sample i whatever the batch size.
         """
+        autocast_dtype = check_sampling_dtype(dtype)
         if device is not None:
             self.to(device)
         device = self.device
@@ -291,7 +316,7 @@ class CascadeSampling:
         cond_images = None if cond_images is None else _as_float_images(cond_images)
         generators = make_generators(generator, batch, device)
         guidance = dict(remove_parallel_component=cfg_remove_parallel_component,
-                        keep_parallel_frac=cfg_keep_parallel_frac)
+                        keep_parallel_frac=cfg_keep_parallel_frac, autocast_dtype=autocast_dtype)
         outputs = []
         for plan in plans:
             index = plan.unet_number - 1
@@ -342,10 +367,12 @@ class CascadeSampling:
         conversion to x0, thresholding, self-conditioning."""
         index = plan.unet_number - 1
         unet, stage = self.unets[index], self.stages[index]
-        net = unet
+        guidance = dict(guidance)
+        autocast_dtype = guidance.pop("autocast_dtype", None)
+        net = unet if autocast_dtype is None else Autocast(unet, autocast_dtype, self.device.type)
         if plan.cond_scale != 1:
             null = {"cond_drop_mask": torch.ones(batch, dtype=torch.bool, device=self.device)}
-            net = classifier_free_guidance(unet, plan.cond_scale, null, **guidance)
+            net = classifier_free_guidance(net, plan.cond_scale, null, **guidance)
         x0_model = stage.x0_model(net, plan.sampler, plan.schedule)
         if plan.dynamic_threshold:
             x0_model = dynamic_thresholding(x0_model, self._config.dynamic_thresholding_percentile)
@@ -394,7 +421,7 @@ _SAMPLE_ONLY_KEYWORDS = {
     "texts", "text_masks", "text_embeds", "cond_images", "cond_video_frames", "post_cond_video_frames",
     "inpaint_videos", "inpaint_images", "inpaint_masks", "inpaint_resample_times", "batch_size",
     "cfg_remove_parallel_component", "cfg_keep_parallel_frac", "start_image_or_video", "return_all_unet_outputs",
-    "return_pil_images", "use_tqdm", "use_one_unet_in_gpu", "generator", "callback",
+    "return_pil_images", "use_tqdm", "use_one_unet_in_gpu", "generator", "callback", "dtype",
 }
 _WARNED: set[str] = set()
 
