@@ -16,6 +16,7 @@ from .persistence import (
     imagen_from_config_json,
     load_imagen_from_checkpoint,
     read_safetensors,
+    weights_misfit,
 )
 from .reference_checkpoint import (
     ReferenceCheckpoint,
@@ -43,4 +44,5 @@ __all__ = [
     "read_reference_checkpoint",
     "read_safetensors",
     "to_pil_images",
+    "weights_misfit",
 ]

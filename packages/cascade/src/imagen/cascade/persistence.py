@@ -76,17 +76,24 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         raise ValueError(f"{path} is not a readable safetensors file (corrupt or truncated?): {error}") from None
 
 
-def load_weights_into(cascade, tensors: dict[str, torch.Tensor], source) -> None:
-    """Loads ``tensors`` into ``cascade``, or raises ValueError listing every key that does not fit."""
+def weights_misfit(cascade, tensors: dict[str, torch.Tensor]) -> str | None:
+    """Why ``tensors`` (a state dict) do not fit ``cascade``: its missing, unexpected and misshapen
+    keys (five of each at most), or None when they fit exactly."""
     expected = cascade.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     mismatched = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
-    if missing or unexpected or mismatched:
-        details = [f"{name}: {keys[:5]}{' ...' if len(keys) > 5 else ''}"
-                   for name, keys in (("missing", missing), ("unexpected", unexpected),
-                                      ("shape mismatch", mismatched)) if keys]
-        raise ValueError(f"weights in {source} do not match the cascade's config ({'; '.join(details)})")
+    details = [f"{name} {keys[:5]}{' ...' if len(keys) > 5 else ''}"
+               for name, keys in (("missing", missing), ("unexpected", unexpected),
+                                  ("shape mismatch", mismatched)) if keys]
+    return "; ".join(details) or None
+
+
+def load_weights_into(cascade, tensors: dict[str, torch.Tensor], source) -> None:
+    """Loads ``tensors`` into ``cascade``, or raises ValueError listing every key that does not fit."""
+    misfit = weights_misfit(cascade, tensors)
+    if misfit:
+        raise ValueError(f"weights in {source} do not match the cascade's config ({misfit})")
     cascade.load_state_dict(tensors, strict=True)
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from .config import CascadeConfig
+from .persistence import weights_misfit
 
 __all__ = [
     "ReferenceCheckpoint",
@@ -228,15 +229,9 @@ def read_reference_checkpoint(source, fs=None) -> ReferenceCheckpoint:
 
 
 def _load_strict(cascade, weights: dict[str, torch.Tensor], name: str) -> None:
-    expected = cascade.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
-    if missing or unexpected or mismatched:
-        details = [f"{label} {keys[:5]}{' ...' if len(keys) > 5 else ''}"
-                   for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                       ("shape mismatch", mismatched)) if keys]
-        raise ReferenceCheckpointError(f"the weights in {name} do not fit the cascade ({'; '.join(details)})")
+    misfit = weights_misfit(cascade, weights)
+    if misfit:
+        raise ReferenceCheckpointError(f"the weights in {name} do not fit the cascade ({misfit})")
     cascade.load_state_dict(weights, strict=True)
 
 

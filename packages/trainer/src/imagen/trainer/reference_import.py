@@ -26,7 +26,7 @@ import json
 
 import torch
 
-from imagen.cascade import ReferenceCheckpoint, ReferenceCheckpointError
+from imagen.cascade import ReferenceCheckpoint, ReferenceCheckpointError, weights_misfit
 
 from .checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, Checkpoint
 from .optim import optimizer_state_to_tensors
@@ -85,16 +85,10 @@ def checkpoint_from_reference(ref: ReferenceCheckpoint, imagen, config_json: str
     """The reference checkpoint ``ref`` as our :class:`Checkpoint` for the cascade ``imagen`` (whose
     parameter names give the optimizer's order). Raises ``ReferenceCheckpointError`` naming the
     keys when the weights do not fit the cascade."""
-    expected = imagen.state_dict()
     weights = ref.cascade_weights()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
-    if missing or unexpected or mismatched:
-        details = [f"{label} {keys[:5]}{' ...' if len(keys) > 5 else ''}"
-                   for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                       ("shape mismatch", mismatched)) if keys]
-        raise ReferenceCheckpointError(f"the weights in {ref.name} do not fit this cascade ({'; '.join(details)})")
+    misfit = weights_misfit(imagen, weights)
+    if misfit:
+        raise ReferenceCheckpointError(f"the weights in {ref.name} do not fit this cascade ({misfit})")
 
     tensors = {f"imagen.{k}": v for k, v in weights.items()}
     prefixes = unet_prefixes(imagen)
