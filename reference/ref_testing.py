@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from hypothesis import strategies as st
 from torch import nn
 
 TOLERANCE = 1e-5
@@ -43,3 +44,11 @@ def assert_close(ours: torch.Tensor, reference: torch.Tensor, tolerance: float =
     assert ours.shape == reference.shape, (ours.shape, reference.shape)
     error = (ours.double() - reference.double()).abs().max().item()
     assert error <= tolerance, f"max |ours - reference| = {error:.3g} > {tolerance}"
+
+
+@st.composite
+def per_stage(draw, values, stages: int):
+    """One value for every stage, or a tuple with one per stage."""
+    if draw(st.booleans()):
+        return draw(values)
+    return tuple(draw(values) for _ in range(stages))

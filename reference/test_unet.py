@@ -19,20 +19,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from imagen_pytorch import imagen_pytorch as reference
-from ref_testing import assert_close, load_same_weights, parameter_count, randomize_
+from ref_testing import assert_close, load_same_weights, parameter_count, per_stage, randomize_
 
 import imagen.unets as ours
 
 BATCH, SIZE, TEXT_DIM, MAX_TEXT_LEN = 2, 16, 12, 6
 OUTPUT_SCALE = 0.005  # final conv weights after randomize_, for outputs of order 1
-
-
-@st.composite
-def per_stage(draw, values, stages: int):
-    """One value for every stage, or a tuple with one per stage."""
-    if draw(st.booleans()):
-        return draw(values)
-    return tuple(draw(values) for _ in range(stages))
 
 
 @st.composite

@@ -26,7 +26,7 @@ import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from imagen_pytorch import imagen_video as reference
-from ref_testing import assert_close, load_same_weights, parameter_count, randomize_
+from ref_testing import assert_close, load_same_weights, parameter_count, per_stage, randomize_
 
 import imagen.unets as ours
 
@@ -38,14 +38,6 @@ NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate]  # shrinking two U-Net
 def reference_unet3d(**options) -> torch.nn.Module:
     with contextlib.redirect_stdout(io.StringIO()):  # its advice to use dim >= 128
         return reference.Unet3D(**options)
-
-
-@st.composite
-def per_stage(draw, values, stages: int):
-    """One value for every stage, or a tuple with one per stage."""
-    if draw(st.booleans()):
-        return draw(values)
-    return tuple(draw(values) for _ in range(stages))
 
 
 @st.composite
