@@ -35,16 +35,20 @@ TEXT_DIM = 32
 def demo_cascade_config(text_encoder_name: str, *, text_embed_dim: int = TEXT_DIM) -> dict:
     """The demo's cascade config as a dict (``CascadeConfig.from_dict`` builds it): an EDM base
     U-Net at 16 px with cross-attention to the text at its lowest resolution (8 px) and no
-    self-attention, and a small super-resolution U-Net 16 -> 32 px without attention."""
+    self-attention, and a small super-resolution U-Net 16 -> 32 px without attention.
+
+    Both U-Nets hide the text padding (``mask_text_padding=True``, not the reference's default):
+    the captions have at most 8 tokens, so with the reference's behaviour the 248 null-embedding
+    positions of the 256 would dominate the mean-pooled text and the cross-attention."""
     base = dict(
         dim=32, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=False, layer_cross_attns=(False, True),
         attend_at_middle=False, attn_heads=4, attn_dim_head=16, cond_dim=64, init_cross_embed=False,
-        init_conv_kernel_size=3, use_global_context_attn=False, attn_pool_text=False,
+        init_conv_kernel_size=3, use_global_context_attn=False, attn_pool_text=False, mask_text_padding=True,
     )
     sr = dict(
         dim=16, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=False, layer_cross_attns=False,
         attend_at_middle=False, attn_heads=2, attn_dim_head=16, cond_dim=32, init_cross_embed=False,
-        init_conv_kernel_size=3, use_global_context_attn=False, attn_pool_text=False,
+        init_conv_kernel_size=3, use_global_context_attn=False, attn_pool_text=False, mask_text_padding=True,
     )
     return dict(
         kind="ElucidatedImagen",
