@@ -152,3 +152,77 @@ def test_epoch_sampler_covers_and_shards(size, per_rank, world, epoch, seed):
 def test_epoch_sampler_rejects_uneven_split():
     with pytest.raises(ValueError, match="divisible"):
         EpochSampler(10, 3, num_replicas=2)
+
+
+def _captioned_folder(tmp_path, count=3):
+    for i in range(count):
+        _write_image(tmp_path / f"ok{i}.png", 8, 8, seed=i)
+        (tmp_path / f"ok{i}.txt").write_text(f"caption {i}")
+    return tmp_path
+
+
+def test_a_caption_file_that_is_not_utf8_is_skipped_and_named(tmp_path):
+    _captioned_folder(tmp_path)
+    _write_image(tmp_path / "latin.png", 8, 8)
+    (tmp_path / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.warns(UserWarning, match=r"skipped 1 bad sample.*latin\.txt is not UTF-8") as caught:
+        ds = Dataset(tmp_path, 8)
+    assert len([w for w in caught if "Dataset" in str(w.message)]) == 1  # one warning, not one per file
+    assert len(ds) == 3 and [p for p, _ in ds.skipped] == [str(tmp_path / "latin.png")]
+    assert sorted(ds[i]["texts"] for i in range(3)) == ["caption 0", "caption 1", "caption 2"]
+
+
+def test_an_empty_caption_is_skipped(tmp_path):
+    _captioned_folder(tmp_path)
+    _write_image(tmp_path / "blank.png", 8, 8)
+    (tmp_path / "blank.txt").write_text("  \n")
+    with pytest.warns(UserWarning, match=r"blank\.txt is empty"):
+        ds = Dataset(tmp_path, 8)
+    assert len(ds) == 3 and all(ds[i]["texts"] for i in range(3))
+
+
+def test_bad_metadata_lines_are_skipped_counted_and_named(tmp_path):
+    names = ["a", "b", "c", "d", "e", "f", "g"]
+    for name in names:
+        _write_image(tmp_path / f"{name}.png", 8, 8)
+    lines = [
+        json.dumps({"file_name": "a.png", "text": "kept"}),
+        json.dumps(["b.png", "a list, not an object"]),
+        json.dumps({"file_name": "c.png"}),  # no text: never the caption "None"
+        json.dumps({"file_name": "d.png", "text": ""}),
+        json.dumps({"file_name": "e.png", "text": None}),
+        "{not json",
+        "[" * 100_000,  # deeply nested: a bad line, not a RecursionError
+        json.dumps({"file_name": "f.png", "caption": "the caption key"}),
+    ]
+    raw = "\n".join(lines).encode() + b"\n" + b'{"file_name": "g.png", "text": "\xff"}\n'
+    (tmp_path / "metadata.jsonl").write_bytes(raw)
+    with pytest.warns(UserWarning, match=r"skipped \d+ bad sample.*metadata\.jsonl:2 \(not a JSON object"):
+        ds = Dataset(tmp_path, 8)
+    assert len(ds) == 2 and sorted(ds[i]["texts"] for i in range(2)) == ["kept", "the caption key"]
+    bad_lines = {p.rsplit(":", 1)[1] for p, _ in ds.skipped if "metadata.jsonl:" in p}
+    assert bad_lines == {"2", "3", "4", "5", "6", "7", "9"}
+    reasons = dict(ds.skipped)
+    assert "'text' must be a string, got None" in reasons[f"{tmp_path / 'metadata.jsonl'}:3"]
+    assert "empty 'text'" in reasons[f"{tmp_path / 'metadata.jsonl'}:4"]
+    assert "not UTF-8" in reasons[f"{tmp_path / 'metadata.jsonl'}:9"]
+    skipped_images = {p for p, _ in ds.skipped if p.endswith(".png")}
+    assert skipped_images == {str(tmp_path / f"{n}.png") for n in "bcdeg"}
+
+
+def test_nothing_usable_names_the_folder_and_the_reasons(tmp_path):
+    _write_image(tmp_path / "a.png", 8, 8)
+    (tmp_path / "a.txt").write_bytes(b"\xff\xfe")
+    with pytest.raises(ValueError, match=r"holds no usable image.*skipped 1 bad sample.*a\.txt is not UTF-8") as info:
+        Dataset(tmp_path, 8)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_the_warning_names_only_the_first_few(tmp_path):
+    _captioned_folder(tmp_path, count=1)
+    for i in range(9):
+        _write_image(tmp_path / f"bad{i}.png", 8, 8)
+        (tmp_path / f"bad{i}.txt").write_text("")
+    with pytest.warns(UserWarning, match=r"skipped 9 bad sample.*and 4 more"):
+        ds = Dataset(tmp_path, 8)
+    assert len(ds) == 1 and len(ds.skipped) == 9

@@ -7,7 +7,11 @@ line) it yields dicts ``{"images", "texts"}``; with a text embedding cache as we
 ``lookup(captions) -> (embeds, mask)``, such as ``imagen.text.TextEmbeddingCache``) it yields
 ``{"images", "text_embeds", "text_masks"}``.
 
-Images that cannot be read are skipped with a warning and counted in ``Dataset.skipped``.
+Bad samples never stop a dataset: images that cannot be read, caption files that are not UTF-8 or
+are empty, and ``metadata.jsonl`` lines that are not a JSON object with a string ``file_name`` and
+a non-empty string ``text`` are skipped, listed in ``Dataset.skipped`` (``(path, reason)``, a
+metadata line as ``<path>:<line number>``) and reported in one warning with the count and the first
+few files. A folder with nothing usable left raises a ``ValueError`` naming the folder.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ __all__ = ["Dataset", "EpochSampler", "collate", "pad_text_embeds"]
 logger = logging.getLogger(__name__)
 
 _UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+_NAMED_IN_WARNING = 5  # skipped files named in the one construction-time warning
 
 
 def _mix_seed(*values: int) -> int:
@@ -132,44 +137,61 @@ class Dataset(torch.utils.data.Dataset):
         for path in paths:
             caption = None
             if use_captions:
-                caption = self._caption_for(path, table)
+                caption, reason = self._caption_for(path, table)
                 if caption is None:
-                    self._skip(path, "no caption (sidecar .txt or metadata.jsonl entry)")
+                    self._skip(path, reason, warn=False)
                     continue
             if verify_images:
                 reason = self._unreadable_reason(path)
                 if reason is not None:
-                    self._skip(path, reason)
+                    self._skip(path, reason, warn=False)
                     continue
             self.paths.append(path)
             if caption is not None:
                 self.captions.append(caption)
+        summary = self._skipped_summary()
         if not self.paths:
-            raise ValueError(f"folder {str(folder)!r} holds no usable image with extensions {sorted(wanted)}")
+            raise ValueError(
+                f"folder {str(folder)!r} holds no usable image with extensions {sorted(wanted)}"
+                + (f"; {summary}" if summary else "")
+            )
+        if summary:
+            warnings.warn(f"imagen.trainer.Dataset({str(folder)!r}): {summary}", stacklevel=2)
 
     # ---- set-up helpers -------------------------------------------------------------------------
     def _read_metadata_jsonl(self) -> dict[str, str] | None:
+        """``{file_name: caption}`` from ``metadata.jsonl``; bad lines are skipped and counted."""
         meta = self.folder / "metadata.jsonl"
         if not meta.is_file():
             return None
+        try:
+            lines = meta.read_bytes().splitlines()
+        except OSError as error:
+            self._skip(meta, f"unreadable ({type(error).__name__}: {error})", warn=False)
+            return {}
         table = {}
-        for number, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                table[str(Path(row["file_name"]))] = str(row.get("text", row.get("caption")))
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                warnings.warn(f"{meta}:{number}: unreadable metadata line skipped ({error})", stacklevel=3)
+        for number, raw in enumerate(lines, start=1):
+            entry, reason = _metadata_entry(raw, first=number == 1)
+            if reason is not None:
+                self._skip(f"{meta}:{number}", reason, warn=False)
+            elif entry is not None:
+                table[entry[0]] = entry[1]
         return table
 
-    def _caption_for(self, path: Path, table: dict[str, str] | None) -> str | None:
+    def _caption_for(self, path: Path, table: dict[str, str] | None) -> tuple[str | None, str]:
+        """The image's caption, or None and the reason it has none usable."""
         sidecar = path.with_suffix(".txt")
         if sidecar.is_file():
-            return sidecar.read_text(encoding="utf-8").strip()
-        if table is not None:
-            return table.get(str(path.relative_to(self.folder)))
-        return None
+            try:
+                caption = sidecar.read_bytes().decode("utf-8-sig").strip()
+            except UnicodeDecodeError as error:
+                return None, f"caption file {sidecar} is not UTF-8 ({error.reason} at byte {error.start})"
+            except OSError as error:
+                return None, f"caption file {sidecar} cannot be read ({type(error).__name__}: {error})"
+            return (caption, "") if caption else (None, f"caption file {sidecar} is empty")
+        if table is not None and str(path.relative_to(self.folder)) in table:
+            return table[str(path.relative_to(self.folder))], ""
+        return None, "no caption (sidecar .txt or metadata.jsonl entry)"
 
     @staticmethod
     def _unreadable_reason(path: Path) -> str | None:
@@ -180,10 +202,19 @@ class Dataset(torch.utils.data.Dataset):
             return f"unreadable image ({type(error).__name__}: {error})"
         return None
 
-    def _skip(self, path: Path, reason: str) -> None:
+    def _skip(self, path: Path | str, reason: str, *, warn: bool = True) -> None:
         self.skipped.append((str(path), reason))
         logger.warning("skipping %s: %s", path, reason)
-        warnings.warn(f"imagen.trainer.Dataset skips {path}: {reason}", stacklevel=3)
+        if warn:  # at load time; construction warns once for all (see _skipped_summary)
+            warnings.warn(f"imagen.trainer.Dataset skips {path}: {reason}", stacklevel=3)
+
+    def _skipped_summary(self) -> str:
+        """``"skipped N bad samples: a.png (reason), ..."`` naming the first few, or ``""``."""
+        if not self.skipped:
+            return ""
+        named = "; ".join(f"{path} ({reason})" for path, reason in self.skipped[:_NAMED_IN_WARNING])
+        more = len(self.skipped) - _NAMED_IN_WARNING
+        return f"skipped {len(self.skipped)} bad sample(s): {named}" + (f"; and {more} more" if more > 0 else "")
 
     # ---- items ----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -232,6 +263,32 @@ class Dataset(torch.utils.data.Dataset):
             return {"images": image, "texts": caption}
         embeds, mask = self.text_embedding_cache.lookup([caption])
         return {"images": image, "text_embeds": embeds[0], "text_masks": mask[0].bool()}
+
+
+def _metadata_entry(raw: bytes, *, first: bool) -> tuple[tuple[str, str] | None, str | None]:
+    """One ``metadata.jsonl`` line as ``((file_name, caption), None)``, ``(None, None)`` for a blank
+    line, or ``(None, reason)`` for a bad one. The caption is ``text`` (or ``caption``)."""
+    try:
+        line = raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as error:
+        return None, f"not UTF-8 ({error.reason} at byte {error.start})"
+    if not line.strip():
+        return None, None
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as error:
+        return None, f"not valid JSON ({type(error).__name__}: {str(error)[:80]})"
+    if not isinstance(row, dict):
+        return None, f"not a JSON object (a {type(row).__name__})"
+    name = row.get("file_name")
+    if not isinstance(name, str) or not name:
+        return None, f"'file_name' must be a non-empty string, got {name!r}"[:120]
+    text = row["text"] if "text" in row else row.get("caption")
+    if not isinstance(text, str):
+        return None, f"{name}: 'text' must be a string, got {text!r}"[:120]
+    if not text.strip():
+        return None, f"{name}: empty 'text'"
+    return (str(Path(name)), text), None
 
 
 def pad_text_embeds(embeds: Sequence[torch.Tensor], masks: Sequence[torch.Tensor] | None = None):
