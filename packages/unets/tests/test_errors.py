@@ -111,3 +111,33 @@ def test_cond_images_channels(h):
         unet(torch.randn(1, 3, 8, 8), torch.rand(1), cond_images=torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="cond_images is required"):
         unet(torch.randn(1, 3, 8, 8), torch.rand(1))
+
+
+@pytest.mark.parametrize("cls", ["Unet", "Unet3D"])
+@pytest.mark.parametrize(("changes", "match"), [
+    ({"dim": 10**6}, r"dim must be at most 65536, got 1000000"),
+    ({"dim": 8192, "dim_mults": (1, 2, 4, 8)}, r"would hold at least .* parameters .* lower dim"),
+    ({"max_text_len": 10**7}, r"max_text_len must be at most"),
+    ({"attn_heads": 10**5}, r"attn_heads must be at most"),
+    ({"ff_mult": float("inf")}, r"ff_mult must be a number in \(0, 64\]"),
+    ({"init_cross_embed_kernel_sizes": (3, 10**4 + 1)}, r"init_cross_embed_kernel_sizes must be at most 255"),
+])
+def test_configs_are_bounded_before_anything_is_allocated(h, monkeypatch, cls, changes, match):
+    import imagen.unets as unets
+
+    def never(*args, **kwargs):
+        raise AssertionError("a layer was built before the bounds were checked")
+
+    monkeypatch.setattr(torch.nn.Conv2d, "__init__", never)
+    monkeypatch.setattr(torch.nn.Linear, "__init__", never)
+    with pytest.raises(ValueError, match=match):
+        getattr(unets, cls)(**h.tiny(**changes))
+
+
+def test_the_parameter_estimate_is_a_lower_bound(h):
+    from imagen.unets._checks import estimated_parameters
+
+    three = {"dim": 16, "dim_mults": (1, 2, 4), "layer_attns": True, "layer_cross_attns": True}
+    for changes in ({}, three, {"num_resnet_blocks": (1, 3)}, {"attend_at_middle": False}):
+        keywords = h.tiny(**changes)
+        assert 0 < estimated_parameters(keywords) <= sum(p.numel() for p in Unet(**keywords).parameters())

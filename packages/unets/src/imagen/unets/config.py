@@ -6,6 +6,8 @@ from typing import Any
 
 from torch import nn
 
+from ._checks import check_bounds
+
 __all__ = ["ConfigurableMixin", "register_unet", "unet_from_config"]
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
@@ -45,6 +47,7 @@ class ConfigurableMixin:
     _config: dict[str, Any]
 
     def _record_config(self, keywords: dict[str, Any]) -> None:
+        check_bounds(type(self).__name__, keywords)  # before anything is allocated
         self._config = {k: _jsonable(v) for k, v in keywords.items()}
 
     @property
