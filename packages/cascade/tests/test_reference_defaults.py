@@ -7,9 +7,17 @@ import warnings
 import pytest
 import torch
 from cascade_testing import randomize_cascade_, tiny_unet
-from safetensors.torch import save_file
 
-from imagen.cascade import ElucidatedImagen, ElucidatedImagenConfig, Imagen, ImagenConfig, load_imagen_from_checkpoint
+from imagen.cascade import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_FORMAT_VERSION,
+    ElucidatedImagen,
+    ElucidatedImagenConfig,
+    Imagen,
+    ImagenConfig,
+    load_imagen_from_checkpoint,
+    write_container,
+)
 from imagen.unets import NullUnet
 
 DICT_UNET = dict(dim=8, dim_mults=(1, 2), layer_attns=(False, True), layer_cross_attns=(False, True), max_text_len=8)
@@ -62,7 +70,8 @@ def _checkpoint(tmp_path, imagen):
     tensors = {f"imagen.{k}": v for k, v in state.items()}
     tensors.update({f"ema_imagen.{k}": (v * 2 if v.is_floating_point() else v) for k, v in state.items()})
     path = tmp_path / "checkpoint.safetensors"
-    save_file(tensors, str(path), metadata={"imagen_config": imagen.config.to_json()})
+    write_container(path, tensors, format=CHECKPOINT_FORMAT, version=CHECKPOINT_FORMAT_VERSION,
+                    metadata={"imagen_config": imagen.config.to_json()})
     return path, state
 
 

@@ -105,10 +105,16 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path, how):
 def test_folder_rotation(tmp_path):
     for steps in (1, 5, 10, 3):
         save_checkpoint(tmp_path / folder_checkpoint_name(steps), {"s": torch.tensor(steps)})
-    (tmp_path / ".checkpoint.99.safetensors.tmp-1-abcdef01").write_bytes(b"partial")
+    dead = 4194305  # above Linux's largest pid: never a live process
+    (tmp_path / f".checkpoint.99.safetensors.partial-{dead}-abcdef01").write_bytes(b"partial")
+    (tmp_path / f".checkpoint.98.safetensors.tmp-{dead}-abcdef01").write_bytes(b"an earlier version's name")
+    (tmp_path / f".checkpoint.97.safetensors.partial-{os.getpid()}-abcdef01").write_bytes(b"this process: kept")
     assert latest_checkpoint(tmp_path).name == "checkpoint.10.safetensors"
     prune_checkpoints(tmp_path, keep=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.10.safetensors", "checkpoint.5.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f".checkpoint.97.safetensors.partial-{os.getpid()}-abcdef01", "checkpoint.10.safetensors",
+        "checkpoint.5.safetensors"]
+    (tmp_path / f".checkpoint.97.safetensors.partial-{os.getpid()}-abcdef01").unlink()
     assert [p.name for p in checkpoint_folder_files(tmp_path)] == [
         "checkpoint.5.safetensors",
         "checkpoint.10.safetensors",
@@ -140,7 +146,7 @@ def test_sigkill_while_saving_leaves_previous_checkpoint(tmp_path):
     try:
         assert proc.stdout.readline().strip() == b"ready"
         deadline = time.monotonic() + 30
-        while not any(p.name.startswith(".checkpoint.pt.tmp-") for p in tmp_path.iterdir()):
+        while not any(p.name.startswith(".checkpoint.pt.partial-") for p in tmp_path.iterdir()):
             assert time.monotonic() < deadline, "the writer never started writing"
             time.sleep(0.005)
         os.kill(proc.pid, signal.SIGKILL)

@@ -10,6 +10,17 @@
 
 from .cascade import Cascade, ElucidatedImagen, Imagen, build_unet
 from .config import CascadeConfig, ElucidatedImagenConfig, ImagenConfig
+from .container import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_FORMAT_VERSION,
+    CheckpointError,
+    Container,
+    parse_checkpoint_json,
+    read_container,
+    remove_stale_partials,
+    tensor_digest,
+    write_container,
+)
 from .images import to_pil_images
 from .persistence import (
     atomic_write,
@@ -27,8 +38,12 @@ from .reference_checkpoint import (
 )
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_FORMAT_VERSION",
     "Cascade",
     "CascadeConfig",
+    "CheckpointError",
+    "Container",
     "ElucidatedImagen",
     "ElucidatedImagenConfig",
     "Imagen",
@@ -41,8 +56,13 @@ __all__ = [
     "imagen_from_reference_checkpoint",
     "is_torch_save",
     "load_imagen_from_checkpoint",
+    "parse_checkpoint_json",
+    "read_container",
     "read_reference_checkpoint",
     "read_safetensors",
+    "remove_stale_partials",
+    "tensor_digest",
     "to_pil_images",
     "weights_misfit",
+    "write_container",
 ]

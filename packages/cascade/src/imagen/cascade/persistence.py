@@ -6,74 +6,118 @@ Two layouts are read:
 - one safetensors file (a trainer checkpoint, whatever its extension) whose metadata holds the
   cascade config as JSON under ``imagen_config`` and whose tensors are ``imagen.<key>`` (the
   weights) and optionally ``ema_imagen.<key>`` (the same state with EMA U-Net weights).
+
+Both weights files are containers of :mod:`imagen.cascade.container` (format, version and digest
+checked on every load); every refusal is a :class:`~imagen.cascade.container.CheckpointError`
+naming the file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .config import FORMAT, FORMAT_VERSION, CascadeConfig
+from .container import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_FORMAT_VERSION,
+    PICKLE_SIGNATURES,
+    CheckpointError,
+    atomic_write,
+    encode_container,
+    fsync_folder,
+    parse_checkpoint_json,
+    partial_name,
+    read_container,
+    remove_stale_partials,
+    replace_folder,
+)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-PICKLE_SIGNATURES = (b"PK\x03\x04", b"\x80")  # torch.save zip archives, raw pickles
+CASCADE_FORMATS = {FORMAT: FORMAT_VERSION, CHECKPOINT_FORMAT: CHECKPOINT_FORMAT_VERSION}
+"""The containers that hold a cascade: ``save_pretrained`` weights and trainer checkpoints."""
 
-
-def atomic_write(path: Path, write) -> None:
-    """Calls ``write(temporary_path)``, flushes it to disk, then renames it onto ``path``: a crash
-    leaves either the old file or the new one, never a torn one."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+__all__ = ["atomic_write", "load_imagen_from_checkpoint", "load_pretrained", "read_safetensors", "save_pretrained"]
 
 
 def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().to("cpu").contiguous() for key, value in module.state_dict().items()}
 
 
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def save_pretrained(cascade, folder) -> None:
+    """Writes ``config.json`` and ``model.safetensors`` (a container) into ``folder`` as one
+    step: both go to a sibling partial folder, which then replaces ``folder``. A failure (a full
+    disk, a kill) leaves the previous folder (or none) and no partial folder from this process.
+    An existing ``folder`` must hold nothing but those two files (it is replaced whole)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"save_pretrained: {folder} exists and is not a folder")
+    if folder.is_dir():
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in (CONFIG_FILE, WEIGHTS_FILE))
+        if foreign:
+            raise ValueError(f"save_pretrained replaces the whole folder {folder}, which holds other files too "
+                             f"({foreign[:5]}); give a new or empty folder, or one written by save_pretrained")
+    parent = folder.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(parent)
     document = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cascade.config.to_dict()}
-    atomic_write(folder / CONFIG_FILE, lambda p: p.write_text(json.dumps(document, indent=2, sort_keys=True)))
-    atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(cpu_state(cascade), str(p), metadata={"format": FORMAT}))
+    config_bytes = json.dumps(document, indent=2, sort_keys=True).encode()
+    weights_bytes = encode_container(cpu_state(cascade), format=FORMAT, version=FORMAT_VERSION)
+    staging = parent / partial_name(folder.name)
+    try:
+        staging.mkdir()
+        _write_synced(staging / WEIGHTS_FILE, weights_bytes)
+        _write_synced(staging / CONFIG_FILE, config_bytes)
+        fsync_folder(staging)
+        replace_folder(staging, folder)
+    except OSError as error:
+        _remove_tree(staging)
+        if error.errno is None:
+            raise
+        raise type(error)(error.errno, f"save_pretrained could not write {folder}: "
+                                       f"{error.strerror}; nothing was replaced") from error
+    except BaseException:
+        _remove_tree(staging)
+        raise
 
 
-def imagen_from_config_json(text: str):
+def _remove_tree(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def imagen_from_config_json(text: str, source=None):
     """A freshly initialised cascade from config JSON (``config.to_json()``, or a ``config.json``
-    document written by ``save_pretrained``)."""
-    config = CascadeConfig.from_json(text)
+    document written by ``save_pretrained``); with ``source`` (the file it came from) any refusal
+    is a :class:`CheckpointError` naming it."""
+    if source is None:
+        return CascadeConfig.from_json(text).create()
+    try:
+        config = CascadeConfig.from_json(_config_document(text, source))
+    except (TypeError, ValueError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"{source} holds an invalid cascade config ({error})") from None
     return config.create()
 
 
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and the metadata of a safetensors file, refusing pickles and torn files."""
-    path = Path(path)
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head.startswith(PICKLE_SIGNATURES):
-        raise ValueError(
-            f"{path} is a pickle (torch.save) file; loading it could run arbitrary code, so it is refused. "
-            "Checkpoints of this library are safetensors files"
-        )
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            return {key: handle.get_tensor(key) for key in handle.keys()}, metadata
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path} is not a readable safetensors file (corrupt or truncated?): {error}") from None
+def read_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a cascade container (``save_pretrained`` weights or a trainer
+    checkpoint), verified (format, version, digest); refuses pickles and torn files with a
+    :class:`CheckpointError`."""
+    container = read_container(path, formats=CASCADE_FORMATS)
+    return container.tensors, container.metadata
 
 
 def weights_misfit(cascade, tensors: dict[str, torch.Tensor]) -> str | None:
@@ -93,31 +137,44 @@ def load_weights_into(cascade, tensors: dict[str, torch.Tensor], source) -> None
     """Loads ``tensors`` into ``cascade``, or raises ValueError listing every key that does not fit."""
     misfit = weights_misfit(cascade, tensors)
     if misfit:
-        raise ValueError(f"weights in {source} do not match the cascade's config ({misfit})")
+        raise CheckpointError(f"weights in {source} do not match the cascade's config ({misfit})")
     cascade.load_state_dict(tensors, strict=True)
 
 
 def _config_document(text: str, source) -> str:
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{source} is not valid JSON: {error}") from None
+    """The cascade config JSON held by ``text`` (a ``save_pretrained`` document or a bare config)."""
+    document = parse_checkpoint_json(text, source)
     if not isinstance(document, dict):
-        raise ValueError(f"{source} must hold a JSON object")
+        raise CheckpointError(f"{source} must hold a JSON object, got {type(document).__name__}")
     if "config" in document:  # the save_pretrained document
         if document.get("format") != FORMAT:
-            raise ValueError(f"{source} is not an {FORMAT} config (format={document.get('format')!r})")
+            raise CheckpointError(f"{source} is not an {FORMAT} config (format={document.get('format')!r})")
+        version = document.get("format_version")
+        if type(version) is not int or not 1 <= version <= FORMAT_VERSION:
+            raise CheckpointError(f"{source} has format_version={version!r}; this version of imagen reads "
+                                  f"versions 1 to {FORMAT_VERSION}")
         document = document["config"]
+        if not isinstance(document, dict):
+            raise CheckpointError(f"{source}: its config must be a JSON object, got {type(document).__name__}")
     return json.dumps(document)
 
 
+def _read_config_file(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CheckpointError(f"{path} is not UTF-8 text ({error})") from None
+
+
 def load_pretrained(folder, *, device=None):
+    """The cascade saved by :func:`save_pretrained` in ``folder``: its config, and weights from a
+    verified container. Raises :class:`CheckpointError` naming the file at fault."""
     folder = Path(folder)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (folder / name).is_file():
-            raise ValueError(f"{folder} is not a saved cascade: {name} is missing")
-    cascade = imagen_from_config_json(_config_document((folder / CONFIG_FILE).read_text(), folder / CONFIG_FILE))
-    tensors, _ = read_safetensors(folder / WEIGHTS_FILE)
+            raise CheckpointError(f"{folder} is not a saved cascade: {name} is missing")
+    cascade = imagen_from_config_json(_read_config_file(folder / CONFIG_FILE), folder / CONFIG_FILE)
+    tensors = read_container(folder / WEIGHTS_FILE, formats={FORMAT: FORMAT_VERSION}).tensors
     load_weights_into(cascade, tensors, folder / WEIGHTS_FILE)
     return cascade.to(device) if device is not None else cascade
 
@@ -144,10 +201,10 @@ def load_imagen_from_checkpoint(
     path = Path(checkpoint_path)
     if path.is_dir():
         cascade = load_pretrained(path) if load_weights else imagen_from_config_json(
-            _config_document((path / CONFIG_FILE).read_text(), path / CONFIG_FILE))
+            _read_config_file(path / CONFIG_FILE), path / CONFIG_FILE)
         return cascade.to(device) if device is not None else cascade
     if not path.is_file():
-        raise ValueError(f"no checkpoint at {path}")
+        raise CheckpointError(f"no checkpoint at {path}")
     if is_pickle_file(path):
         # An imagen-pytorch .pt checkpoint: torch.load(weights_only=True) only, never a full unpickle.
         from .reference_checkpoint import imagen_from_reference_checkpoint
@@ -155,10 +212,11 @@ def load_imagen_from_checkpoint(
         cascade = imagen_from_reference_checkpoint(
             path, load_weights=load_weights, load_ema_if_available=load_ema_if_available)
         return cascade.to(device) if device is not None else cascade
-    tensors, metadata = read_safetensors(path)
+    container = read_container(path, formats=CASCADE_FORMATS)
+    tensors, metadata = container.tensors, container.metadata
     if "imagen_config" not in metadata:
-        raise ValueError(f"{path} has no imagen_config in its metadata: it is not a cascade checkpoint")
-    cascade = imagen_from_config_json(_config_document(metadata["imagen_config"], path))
+        raise CheckpointError(f"{path} has no imagen_config in its metadata: it is not a cascade checkpoint")
+    cascade = imagen_from_config_json(metadata["imagen_config"], f"{path} (metadata 'imagen_config')")
     if load_weights:
         has_ema = any(k.startswith("ema_imagen.") for k in tensors)
         prefix = "ema_imagen." if load_ema_if_available and has_ema else "imagen."

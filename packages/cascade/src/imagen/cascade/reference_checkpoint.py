@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from .config import CascadeConfig
+from .container import CheckpointError
 from .persistence import weights_misfit
 
 __all__ = [
@@ -45,8 +46,9 @@ TORCH_SAVE_SIGNATURES = (b"PK\x03\x04", b"\x80")
 _IMAGEN_TYPES = {"original": "Imagen", "elucidated": "ElucidatedImagen"}
 
 
-class ReferenceCheckpointError(ValueError):
-    """A file is not a readable imagen-pytorch checkpoint (or would need a full unpickle)."""
+class ReferenceCheckpointError(CheckpointError):
+    """A file is not a readable imagen-pytorch checkpoint (or would need a full unpickle); a
+    :class:`~imagen.cascade.container.CheckpointError`, as every checkpoint refusal."""
 
 
 def is_torch_save(head: bytes) -> bool:

@@ -1,5 +1,5 @@
-"""Setting the trainer up on accelerate: the Accelerator, the training precision, per-unet options
-and the process group's teardown at exit."""
+"""Setting the trainer up on accelerate: the Accelerator, the training precision, per-unet options,
+the seeding of layers that draw on their own, and the process group's teardown at exit."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 
-__all__ = ["PRECISIONS", "autocast", "make_accelerator", "per_unet", "register_teardown", "training_precision"]
+from imagen.diffusion import randint
+
+__all__ = [
+    "PRECISIONS", "autocast", "layer_randomness", "make_accelerator", "per_unet", "register_teardown",
+    "training_precision",
+]
 
 PRECISIONS = {None: None, "no": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 """Accepted ``precision`` values and the autocast dtype of each (None: full precision)."""
@@ -63,6 +68,23 @@ def autocast(device: torch.device, precision: str | None):
     """``torch.autocast`` to ``precision``'s dtype on ``device``, or a no-op in full precision."""
     dtype = PRECISIONS[precision]
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def layer_randomness(generator: torch.Generator, device: torch.device):
+    """Runs the block with the global RNG of the CPU and of ``device`` (a CUDA device) seeded from
+    one draw of ``generator`` (a CPU generator: no host sync), and restores both afterwards.
+
+    Layers that draw on their own from the global RNG (``nn.Dropout``) then follow ``generator``,
+    which checkpoints save and restore, so a resumed run draws the same masks as an uninterrupted
+    one; the caller's global RNG is left as it was."""
+    seed = int(randint(0, 2**62, (), generator))
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
 
 
 def per_unet(value, num_unets: int, name: str) -> tuple:
