@@ -14,6 +14,7 @@ import contextlib
 import inspect
 import json
 import logging
+import time
 import warnings
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from torch import nn
 
 from imagen.cascade import (
     ReferenceCheckpointError,
+    atomic_write,
     is_torch_save,
     load_imagen_from_checkpoint,
     read_reference_checkpoint,
@@ -36,18 +38,29 @@ from .checkpoints import (
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    remove_partial_checkpoints,
     save_checkpoint,
 )
 from .chunks import concatenate_outputs, split_batch, split_sample_kwargs
 from .data import _mix_seed
 from .optim import WarmupCosine, make_optimizer
 from .reference_import import REFERENCE_SOURCE, checkpoint_from_reference
-from .sampling import ema_weights, save_image_grid
-from .setup import PRECISIONS, autocast, make_accelerator, per_unet, register_teardown, training_precision
-from .stage import NonFiniteTrainingError, StageOptimization
+from .sampling import ema_weights, grid_picture
+from .setup import (
+    PRECISIONS,
+    autocast,
+    layer_randomness,
+    make_accelerator,
+    per_unet,
+    register_teardown,
+    training_precision,
+)
+from .shards import ShardDataset, loader_settings
+from .stage import NonFiniteTrainingError, StageOptimization, any_process
 from .state import gather_generator_states, pack_state, restore_generators, restore_training, restore_weights
 from .storage import is_local, join, resolve
 from .streams import DataStreams, LoaderStream, dataset_stream, split_validation
+from .tracking import Progress, TrainingLog, check_trackers, log_image, quiet_other_processes
 
 __all__ = ["ImagenTrainer", "NonFiniteTrainingError"]
 
@@ -76,10 +89,13 @@ def _as_tensor(value):
     return torch.from_numpy(value) if isinstance(value, np.ndarray) else value
 
 
-def _as_float_images(images):
-    """Images as a float tensor: numpy arrays become tensors, uint8 values in [0, 255] become [0, 1]."""
+def _as_float_images(images, device=None):
+    """Images as a float tensor: numpy arrays become tensors, uint8 values in [0, 255] become [0, 1]
+    (moved to ``device`` first, when given, so that uint8 crosses to the device)."""
     images = _as_tensor(images)
     if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+        if device is not None:
+            images = images.to(device, non_blocking=True)
         return images.float() / 255
     return images
 
@@ -103,6 +119,13 @@ class ImagenTrainer(nn.Module):
     ``accelerate.Accelerator``. With ``checkpoint_path`` the trainer resumes from the newest
     checkpoint there and writes one every ``checkpoint_every`` steps, keeping ``max_checkpoints_keep``.
     ``max_consecutive_nonfinite`` bad steps in a row raise :class:`NonFiniteTrainingError`.
+
+    Tracking: ``log_with`` (``"tensorboard"``, ``"wandb"``, a list, or accelerate trackers) with
+    ``project_dir`` (where file-based trackers write) starts accelerate's trackers with the run config
+    as hyper-parameters (the cascade config, the trainer's options and ``run_config``, flattened); every
+    ``log_every`` steps of a stage its loss (averaged over processes), learning rate, gradient norm,
+    images/s and non-finite step count are logged (:mod:`imagen.trainer.tracking`). A tracker that is
+    not installed is refused here, before anything trains.
 
     As the reference: other keywords (``weight_decay``, ``amsgrad``, ``foreach``, ``fused``,
     ``decoupled_weight_decay``...) go to each unet's ``torch.optim.Adam``; ``group_wd_params`` is
@@ -144,6 +167,9 @@ class ImagenTrainer(nn.Module):
         max_consecutive_nonfinite=10,
         accelerator=None,
         log_with=None,
+        project_dir=None,
+        log_every: int = 10,
+        run_config: dict | None = None,
         **kwargs,
     ):
         super().__init__()
@@ -182,7 +208,15 @@ class ImagenTrainer(nn.Module):
         )
         if checkpoint_path is None:
             self.checkpoint_path = None
-        self.accelerator = accelerator if accelerator is not None else make_accelerator(accelerate_kwargs, log_with)
+        if accelerator is not None and (log_with is not None or project_dir is not None):
+            raise ValueError("log_with / project_dir conflict with accelerator=: build that Accelerator with log_with "
+                             "and project_dir instead (the trainer logs to its trackers)")
+        if log_with is not None:
+            accelerate_kwargs.setdefault("log_with", check_trackers(log_with, project_dir))
+        if project_dir is not None:
+            accelerate_kwargs.setdefault("project_dir", str(project_dir))
+        self.accelerator = accelerator if accelerator is not None else make_accelerator(accelerate_kwargs)
+        quiet_other_processes(self.accelerator)
         precision = training_precision(self.accelerator, precision)
         register_teardown(self.accelerator)
         self.imagen = imagen.to(self.device)
@@ -200,6 +234,15 @@ class ImagenTrainer(nn.Module):
             warmup_steps=warmup_steps, cosine_decay_max_steps=cosine_decay_max_steps,
         )
         per = {name: per_unet(value, imagen.num_unets, name) for name, value in options.items()}
+        self.tracking = TrainingLog(self.accelerator, log_every, enabled=bool(self.accelerator.log_with),
+                                    owns_trackers=accelerator is None)
+        """The tracker log of every stage's training metrics (:class:`~imagen.trainer.tracking.TrainingLog`)."""
+        if self.tracking.owns_trackers and self.tracking.enabled:
+            trainer_options = dict(options, precision=precision, seed=seed, use_ema=use_ema,
+                                   split_batches=split_batches, num_processes=self.accelerator.num_processes,
+                                   ema=ema_kwargs, adam=optimizer_kwargs)
+            self.tracking.start({"imagen": json.loads(imagen.config.to_json()), "trainer": trainer_options,
+                                 **(run_config or {})})
         self.emas = nn.ModuleDict()
         self.stages: dict[int, StageOptimization] = {}
         """The optimisation state of each trainable stage, by 0-based index (NullUnet stages have none)."""
@@ -211,7 +254,8 @@ class ImagenTrainer(nn.Module):
         process_seed = _mix_seed(seed, self.accelerator.process_index)
         self._generator = torch.Generator(self.device).manual_seed(process_seed)
         self._valid_generator = torch.Generator(self.device).manual_seed(_mix_seed(process_seed, 1))
-        self._generators = {"train": self._generator, "valid": self._valid_generator}
+        self._generators = {"train": self._generator, "valid": self._valid_generator,
+                            "layers": torch.Generator().manual_seed(_mix_seed(process_seed, 2))}  # nn.Dropout's
         self.data = DataStreams(dl_tuple_output_keywords_names)
         """The train / valid batch streams (:class:`~imagen.trainer.streams.DataStreams`)."""
         if self.checkpoint_path is not None:
@@ -369,6 +413,8 @@ class ImagenTrainer(nn.Module):
             raise ValueError("load_from_checkpoint_folder needs checkpoint_path")
         if last_total_steps != -1:
             return self.load(join(self.checkpoint_path, folder_checkpoint_name(last_total_steps)))
+        if self.is_main:
+            remove_partial_checkpoints(self.checkpoint_path, self.fs)  # left by a save that was killed
         newest = latest_checkpoint(self.checkpoint_path, self.fs, include_reference=True)
         if newest is None:
             logger.info("no checkpoint in %s to load", self.checkpoint_path)
@@ -383,16 +429,18 @@ class ImagenTrainer(nn.Module):
         chunks = list(split_batch(images, kwargs, max_batch_size))
         model = stage.prepare(self.accelerator) if train else None
         total = torch.zeros((), device=self.device)
-        for i, (fraction, chunk_images, chunk_kwargs) in enumerate(chunks):
-            with stage.no_sync(self.accelerator, sync=i == len(chunks) - 1) if train else contextlib.nullcontext():
-                with autocast(self.device, self.precision):
-                    loss = self.imagen(
-                        chunk_images, unet_number=stage.unet_number, generator=generator, unet=model, **chunk_kwargs
-                    )
-                loss = loss.float() * fraction
-                if train:
-                    stage.backward(self.accelerator, loss)
-            total += loss.detach()
+        layers = layer_randomness(self._generators["layers"], self.device) if train else contextlib.nullcontext()
+        with layers:  # nn.Dropout draws from the global RNG: seed it from a saved generator
+            for i, (fraction, chunk_images, chunk_kwargs) in enumerate(chunks):
+                with stage.no_sync(self.accelerator, sync=i == len(chunks) - 1) if train else contextlib.nullcontext():
+                    with autocast(self.device, self.precision):
+                        loss = self.imagen(
+                            chunk_images, unet_number=stage.unet_number, generator=generator, unet=model, **chunk_kwargs
+                        )
+                    loss = loss.float() * fraction
+                    if train:
+                        stage.backward(self.accelerator, loss)
+                total += loss.detach()
         return total.item()
 
     def forward(self, images=None, *, unet_number: int | None = None, max_batch_size: int | None = None, **kwargs):
@@ -404,8 +452,9 @@ class ImagenTrainer(nn.Module):
         cascade; those with the batch as first dimension are chunked with the images."""
         if images is None:
             images = kwargs.pop("images", None)
-        images, kwargs = _as_float_images(images), {k: _as_float_images(v) if k == "cond_images" else _as_tensor(v)
-                                                    for k, v in kwargs.items()}
+        images = _as_float_images(images, self.device)
+        kwargs = {k: _as_float_images(v, self.device) if k == "cond_images" else _as_tensor(v)
+                  for k, v in kwargs.items()}
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"images must be a tensor (B, C, H, W) or (B, C, F, H, W), got {type(images).__name__}")
         stage = self._stage(unet_number)
@@ -429,14 +478,22 @@ class ImagenTrainer(nn.Module):
             seed=_mix_seed(self.seed, seed_salt), **dl_kwargs,
         )
 
-    def add_train_dataset(self, ds=None, *, batch_size, **dl_kwargs) -> None:
-        """Train on ``ds`` (a map-style dataset) in batches of ``batch_size`` (the global batch when
-        ``split_batches``, else per process). With ``split_valid_from_train`` a random
-        ``split_valid_fraction`` of it becomes the validation set. Other keywords go to the DataLoader."""
+    def add_train_dataset(self, ds=None, *, batch_size, num_workers: int = 0, pin_memory: bool = False,
+                          persistent_workers: bool = False, prefetch_factor: int | None = None, **dl_kwargs) -> None:
+        """Train on ``ds`` (a map-style dataset, or a :class:`~imagen.trainer.ShardDataset` of tar
+        shards) in batches of ``batch_size`` (the global batch when ``split_batches``, else per
+        process). With ``split_valid_from_train`` a random ``split_valid_fraction`` of it becomes the
+        validation set (map-style datasets only). ``num_workers`` loader processes decode the
+        batches, with ``pin_memory``, ``persistent_workers`` and ``prefetch_factor`` (batches each
+        worker prepares ahead) as in ``torch.utils.data.DataLoader``; other keywords go to it too."""
         if ds is None:
             raise ValueError("add_train_dataset needs a dataset")
         if "train" in self.data:
             raise ValueError("a training dataset or dataloader was already added")
+        dl_kwargs.update(loader_settings(num_workers, pin_memory, persistent_workers, prefetch_factor))
+        if self.split_valid_from_train and isinstance(ds, ShardDataset):
+            raise ValueError("split_valid_from_train needs a map-style dataset; give a validation ShardDataset "
+                             "to add_valid_dataset instead")
         if self.split_valid_from_train:
             n = len(ds)
             ds, valid = split_validation(ds, self.split_valid_fraction, self.split_random_seed)
@@ -453,25 +510,30 @@ class ImagenTrainer(nn.Module):
             raise ValueError("a validation dataset or dataloader was already added")
         self.data.add("valid", self._dataset_stream(ds, batch_size, 3, **dl_kwargs))
 
-    def add_train_dataloader(self, dl=None) -> None:
-        """Train on the batches of a user's DataLoader (prepared by accelerate across processes)."""
+    def add_train_dataloader(self, dl=None, *, prepare: bool = True) -> None:
+        """Train on the batches of a user's DataLoader, prepared by accelerate across processes
+        unless ``prepare=False`` (a loader that already gives each process its own share)."""
         if dl is None or "train" in self.data:
             raise ValueError("add_train_dataloader needs a dataloader, and only one")
-        self.data.add("train", LoaderStream(dl, self.accelerator))
+        self.data.add("train", LoaderStream(dl, self.accelerator, prepare=prepare))
 
-    def add_valid_dataloader(self, dl=None) -> None:
-        """Validate on the batches of a user's DataLoader."""
+    def add_valid_dataloader(self, dl=None, *, prepare: bool = True) -> None:
+        """Validate on the batches of a user's DataLoader (``prepare`` as in :meth:`add_train_dataloader`)."""
         if dl is None or "valid" in self.data:
             raise ValueError("add_valid_dataloader needs a dataloader, and only one")
-        self.data.add("valid", LoaderStream(dl, self.accelerator))
+        self.data.add("valid", LoaderStream(dl, self.accelerator, prepare=prepare))
 
     def train_step(self, unet_number: int | None = None, **kwargs) -> float:
         """One step on the next training batch: loss (chunked by ``max_batch_size``) and update."""
         unet_number = self._resolve_unet_number(unet_number)
-        loss = self(**self.data.next_kwargs("train"), unet_number=unet_number, **kwargs)
-        self.update(unet_number)
-        if self.accelerator.trackers:
-            self.accelerator.log({f"loss/unet{unet_number}": loss}, step=self.num_steps_taken())
+        began = time.perf_counter()
+        batch = self.data.next_kwargs("train")
+        loss = self(**batch, unet_number=unet_number, **kwargs)
+        taken = self.update(unet_number)
+        stage = self.stages[unet_number - 1]
+        self.tracking.record(stage, loss, images=len(batch["images"]), seconds=time.perf_counter() - began,
+                             taken=taken)
+        self.tracking.log_due(stage)  # every log_every steps of the stage (a collective: all ranks call it)
         return loss
 
     @torch.no_grad()
@@ -480,7 +542,7 @@ class ImagenTrainer(nn.Module):
         stage = self._stage(unet_number)
         batch = {**self.data.next_kwargs("valid"), **kwargs}
         max_batch_size = batch.pop("max_batch_size", None)
-        images = _as_float_images(batch.pop("images"))
+        images = _as_float_images(batch.pop("images"), self.device)
         with self.use_ema_unets() if use_ema_unets else contextlib.nullcontext():
             return self._loss(stage, images, max_batch_size, batch, train=False, generator=self._valid_generator)
 
@@ -518,50 +580,131 @@ class ImagenTrainer(nn.Module):
         finally:
             self.imagen.train(was_training)
 
-    def save_sample_grid(self, path, **sample_kwargs) -> Path | None:
-        """Samples (through the EMA weights) and writes the images as one PNG grid (main process only)."""
-        if not self.is_main:
-            return None
+    def sample_grid(self, *, prompts=None, columns: int | None = None, **sample_kwargs):
+        """Samples (through the EMA weights) and returns the images as one PIL grid, each ``prompts``
+        text written under its image (:func:`~imagen.trainer.sampling.grid_picture`). ``prompts`` are
+        the texts to sample; without them give ``batch_size`` (or embeddings) in ``sample_kwargs``."""
+        if prompts is not None:
+            prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+            if not prompts or not all(isinstance(p, str) for p in prompts):
+                raise ValueError(f"sample prompts must be a non-empty list of strings, got {prompts!r}")
+            sample_kwargs = {"texts": prompts, **sample_kwargs}
         images = self.sample(**sample_kwargs)
         if images.ndim != 4:
-            raise ValueError("save_sample_grid is for image cascades")
-        return save_image_grid(images, path)
+            raise ValueError("sample grids are for image cascades (this one samples videos)")
+        return grid_picture(images, columns=columns, captions=prompts)
+
+    def save_sample_grid(self, path, *, prompts=None, columns: int | None = None, **sample_kwargs) -> Path | None:
+        """Samples (through the EMA weights) and writes the images as one PNG grid, atomically (main
+        process only; the others return None). ``prompts`` are sampled and written under their cells."""
+        if not self.is_main:
+            return None
+        picture = self.sample_grid(prompts=prompts, columns=columns, **sample_kwargs)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda p: picture.save(p, format="PNG"))
+        return path
+
+    def end_training(self) -> None:
+        """Flushes and closes the trackers (what ``accelerator.end_training`` does for them; a later log
+        opens them again). The process group is left up, since the trainer may still save; it is torn
+        down at exit. :meth:`fit` calls this when it ends."""
+        self.tracking.finish()
 
     def fit(
         self,
-        num_steps: int,
+        num_steps: int | None = None,
         unet_number: int | None = None,
         *,
+        seconds: float | None = None,
         max_batch_size: int | None = None,
+        validate_every: int | None = None,
         valid_every: int | None = None,
+        valid_batches: int = 1,
         sample_every: int | None = None,
         sample_folder=None,
+        sample_prompts=None,
         sample_kwargs: dict | None = None,
+        step_fn=None,
+        end_training: bool = True,
     ) -> list[float]:
-        """Runs ``num_steps`` train steps with a progress bar; validates every ``valid_every`` steps
-        and writes a sample grid PNG into ``sample_folder`` every ``sample_every`` steps. Returns the
-        training losses."""
-        from tqdm.auto import tqdm
+        """Trains stage ``unet_number`` for ``num_steps`` steps, or for ``seconds`` seconds (a time
+        budget, the bar's total), with a progress bar (main process, ``verbose``) and returns the
+        training losses of this process.
 
+        Every ``validate_every`` steps (``valid_every`` is the same) the loss of ``valid_batches``
+        validation batches (``add_valid_dataset`` or ``split_valid_from_train``), averaged over
+        processes, is shown and logged as ``valid/loss/unet<n>``. Every ``sample_every`` steps the
+        main process samples ``sample_prompts`` (or ``sample_kwargs``, e.g. ``batch_size`` for an
+        unconditional cascade; the noise is seeded with ``seed`` so grids are comparable) through
+        the EMA weights and logs the grid, each prompt under its image, as the image
+        ``samples/unet<n>`` and/or writes it to ``sample_folder/sample-unet<n>-<step>.png``.
+        ``step_fn(trainer, unet_number, max_batch_size=...) -> loss`` replaces :meth:`train_step`.
+        Ends with :meth:`end_training` unless ``end_training=False``."""
         unet_number = self._resolve_unet_number(unet_number)
-        if sample_every is not None and sample_folder is None:
-            raise ValueError("sample_every needs sample_folder")
+        stage = self.stages[unet_number - 1]
+        if valid_every is not None and validate_every is not None and valid_every != validate_every:
+            raise ValueError(f"validate_every={validate_every!r} and valid_every={valid_every!r} are one setting")
+        validate_every = validate_every if validate_every is not None else valid_every
+        for name, value in (("validate_every", validate_every), ("sample_every", sample_every),
+                            ("valid_batches", valid_batches)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+        if validate_every and "valid" not in self.data:
+            raise ValueError("validate_every needs validation data: add_valid_dataset(...), add_valid_dataloader(...) "
+                             "or split_valid_from_train=True")
+        if sample_every and sample_folder is None and not self.tracking.enabled:
+            raise ValueError("sample_every needs sample_folder or a tracker (log_with) to send the grids to")
+        step_fn = step_fn or type(self).train_step
+        sample_options = {"stop_at_unet_number": unet_number, "generator": self.seed, **(sample_kwargs or {})}
+        if sample_prompts is None and not {"texts", "text_embeds", "batch_size"} & set(sample_options):
+            sample_options["batch_size"] = 4
+        show = self.verbose and self.is_main
+        progress = Progress(steps=num_steps if seconds is None else None, seconds=seconds, desc=f"unet {unet_number}",
+                            show=show)
         losses = []
-        bar = tqdm(range(num_steps), disable=not (self.verbose and self.is_main), desc=f"unet {unet_number}")
-        for _ in bar:
-            losses.append(self.train_step(unet_number, max_batch_size=max_batch_size))
-            step = self.num_steps_taken(unet_number)
-            postfix = {"loss": f"{losses[-1]:.4f}"}
-            if valid_every and step % valid_every == 0:
-                valid = self.valid_step(unet_number, max_batch_size=max_batch_size)
-                postfix["valid"] = f"{valid:.4f}"
-                if self.accelerator.trackers:
-                    self.accelerator.log({f"valid_loss/unet{unet_number}": valid}, step=self.num_steps_taken())
-            if sample_every and step % sample_every == 0:
-                options = {"stop_at_unet_number": unet_number, **(sample_kwargs or {})}
-                self.save_sample_grid(Path(sample_folder) / f"sample-unet{unet_number}-{step}.png", **options)
-            bar.set_postfix(postfix)
+        try:
+            while not self._budget_spent(progress):
+                losses.append(step_fn(self, unet_number, max_batch_size=max_batch_size))
+                step = stage.steps
+                postfix = {"loss": f"{losses[-1]:.4f}"}
+                if validate_every and step % validate_every == 0:
+                    postfix["valid"] = f"{self._validate(stage, valid_batches, max_batch_size):.4f}"
+                if sample_every and step % sample_every == 0:
+                    self._log_samples(stage, sample_folder, sample_prompts, sample_options)
+                progress.advance(**postfix)
+        finally:
+            progress.close()
+        if end_training:
+            self.end_training()
         return losses
+
+    def _budget_spent(self, progress: Progress) -> bool:
+        """Whether to stop; a time budget is decided by every process together (one all-reduce per step
+        with several processes), so that no rank trains on alone."""
+        if progress.seconds is None:
+            return progress.done
+        return any_process(self.accelerator, progress.done)
+
+    def _validate(self, stage, batches: int, max_batch_size) -> float:
+        """The mean loss of ``batches`` validation batches, averaged over processes; logged."""
+        local = sum(self.valid_step(stage.unet_number, max_batch_size=max_batch_size) for _ in range(batches)) / batches
+        loss = self.tracking.mean_over_processes(local)
+        if self.tracking.enabled:
+            self.tracking.log({f"valid/loss/unet{stage.unet_number}": loss}, step=stage.steps)
+        return loss
+
+    def _log_samples(self, stage, folder, prompts, options) -> None:
+        if not self.is_main:
+            return
+        picture = self.sample_grid(prompts=prompts, **options)
+        if folder is not None:
+            path = Path(folder) / f"sample-unet{stage.unet_number}-{stage.steps}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda p: picture.save(p, format="PNG"))
+        if self.tracking.enabled:
+            self.tracking.ensure_open()
+            log_image(self.accelerator, f"samples/unet{stage.unet_number}", picture, stage.steps)
 
     # ------------------------------------------------------------------------------ checkpoints
 
@@ -594,9 +737,9 @@ class ImagenTrainer(nn.Module):
                 raise NonFiniteTrainingError(f"refusing to save non-finite weights ({name})")
         rng_states = None if without_optim_and_sched else gather_generator_states(self.accelerator, self._generators)
         written = None
+        data = self.data.state_dict()  # on every process: a shard stream gathers each one's position
         if self.is_main:
             meta = dict(num_processes=self.accelerator.num_processes, seed=self.seed, precision=self.precision)
-            data = self.data.state_dict()
             tensors, state = pack_state(
                 self.imagen, self.stages, self.accelerator, meta=meta, rng_states=rng_states, data=data
             )
