@@ -55,6 +55,8 @@ class StageOptimization:
         self.nonfinite_steps = 0
         self.consecutive_nonfinite = 0
         self.nonfinite_loss = False
+        self.last_grad_norm: torch.Tensor | None = None
+        """The gradient norm before clipping of the last step taken (a 0-d tensor on the device)."""
 
     @property
     def unet_number(self) -> int:
@@ -116,6 +118,7 @@ class StageOptimization:
             optimizer.step()  # accelerate's optimizer steps and updates its scaler
         optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        self.last_grad_norm = norm.detach()
         if self.ema is not None:
             self.ema.update()
         self.steps += 1
