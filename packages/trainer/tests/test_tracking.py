@@ -7,13 +7,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from imagen.cascade import Imagen
 from imagen.trainer import Dataset, ImagenTrainer, WarmupCosine
 from imagen.trainer.tracking import Progress, flat_hyperparameters
-
-pytest.importorskip("tensorboard")
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 CAPTIONS = ["a puppy on the table", "a giant donut", "milky way galaxy", "a puppy looking at a donut",
             "the style of monet", "a donut on the table"]
