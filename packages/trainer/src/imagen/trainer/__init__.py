@@ -11,6 +11,7 @@ from imagen.trainer.checkpoints import (
 from imagen.trainer.data import Dataset, EpochSampler, collate, pad_text_embeds
 from imagen.trainer.optim import WarmupCosine
 from imagen.trainer.reference_import import checkpoint_from_reference
+from imagen.trainer.shards import ShardDataset, index_shards, write_shards
 from imagen.trainer.trainer import ImagenTrainer, NonFiniteTrainingError
 
 __all__ = [
@@ -19,12 +20,15 @@ __all__ = [
     "EpochSampler",
     "ImagenTrainer",
     "NonFiniteTrainingError",
+    "ShardDataset",
     "WarmupCosine",
     "checkpoint_from_reference",
     "collate",
+    "index_shards",
     "latest_checkpoint",
     "load_checkpoint",
     "pad_text_embeds",
     "prune_checkpoints",
     "save_checkpoint",
+    "write_shards",
 ]

@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import EpochSampler, collate
+from .shards import ShardDataset, ShardStream
 
 __all__ = ["DataStreams", "DatasetStream", "IndexSubset", "LoaderStream", "dataset_stream", "split_validation"]
 
@@ -90,13 +91,14 @@ class DatasetStream(_EpochStream):
 class LoaderStream(_EpochStream):
     """Batches of a user's DataLoader, epoch after epoch. Its position is saved and a resume skips
     that many batches of the epoch; the order of a shuffled user loader is only reproduced if the
-    loader's own randomness is."""
+    loader's own randomness is. With several processes the loader goes through
+    ``accelerator.prepare`` unless ``prepare=False`` (a loader that shards by process itself)."""
 
     source = "the dataloader"
 
-    def __init__(self, loader, accelerator):
+    def __init__(self, loader, accelerator, *, prepare: bool = True):
         self.accelerator = accelerator
-        self.loader = accelerator.prepare(loader) if accelerator.num_processes > 1 else loader
+        self.loader = accelerator.prepare(loader) if prepare and accelerator.num_processes > 1 else loader
         self.epoch, self.batch = 0, 0
         self._iterator = None
 
@@ -109,15 +111,19 @@ class LoaderStream(_EpochStream):
         self._iterator = iter(loader)
 
 
-def dataset_stream(dataset, batch_size, accelerator, *, split_batches: bool, seed: int, **dl_kwargs) -> DatasetStream:
-    """A :class:`DatasetStream` of ``dataset`` for this process: ``batch_size`` is the global batch
-    when ``split_batches``, else the batch of each process. ``shuffle`` (default True) and other
-    DataLoader keywords are accepted; ``drop_last`` is ignored (every batch is whole)."""
+def dataset_stream(dataset, batch_size, accelerator, *, split_batches: bool, seed: int, **dl_kwargs):
+    """A :class:`DatasetStream` of ``dataset`` for this process (a :class:`ShardStream` for a
+    :class:`ShardDataset`): ``batch_size`` is the global batch when ``split_batches``, else the
+    batch of each process. ``shuffle`` (default True) and other DataLoader keywords are accepted;
+    ``drop_last`` is ignored (every batch is whole)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     world = accelerator.num_processes
     shuffle = dl_kwargs.pop("shuffle", True)
     dl_kwargs.pop("drop_last", None)
+    if isinstance(dataset, ShardDataset):
+        return ShardStream(dataset, batch_size if split_batches else batch_size * world, world=world,
+                           rank=accelerator.process_index, seed=seed, shuffle=shuffle, **dl_kwargs)
     return DatasetStream(
         dataset, batch_size if split_batches else batch_size * world, num_replicas=world,
         rank=accelerator.process_index, seed=seed, shuffle=shuffle, **dl_kwargs,
