@@ -28,7 +28,7 @@ def test_shapes_score_reads_true_images_back(size):
     rng = random.Random(0)
     images = torch.stack([torch.from_numpy(np.array(shapes.draw(*p, size, rng))).permute(2, 0, 1) / 255
                           for p in prompts])
-    assert shapes.score(images, prompts) == {"colour": 1.0, "position": 1.0}
+    assert shapes.score(images, prompts) == {"colour": 1.0, "shape": 1.0, "position": 1.0, "all": 1.0}
     assert all(not shapes.is_held_out(*t) for _, t in zip(range(50), _captions_to_triples(20)))
 
 
