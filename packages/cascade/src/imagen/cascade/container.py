@@ -4,9 +4,12 @@ Every checkpoint this library writes or reads (trainer checkpoints, ``save_pretr
 is ONE safetensors file whose string metadata holds, besides what the writer adds:
 
 - ``format`` (e.g. ``"imagen-checkpoint"``) and ``format_version`` (a decimal integer),
-- ``tensors_sha256``: a SHA-256 of every tensor's name, dtype, shape and bytes.
+- ``tensors_sha256``: a SHA-256 of every tensor's name, dtype, shape and bytes,
+- ``metadata_sha256``: a SHA-256 of every other metadata entry (key and value), so that a flipped
+  byte in a config or trainer state is caught too (absent only from version 1 trainer checkpoints,
+  written before it existed).
 
-All three are mandatory. :func:`read_container` checks, before any tensor is built: that the file
+All are mandatory. :func:`read_container` checks, before any tensor is built: that the file
 is not a pickle or zip (those are never unpickled), that the header is a JSON object of sane size
 and depth without duplicate names, that every tensor entry has a known dtype, a shape and offsets
 that tile the data section exactly, that the file length matches, and that the format and version
@@ -49,6 +52,8 @@ __all__ = [
     "atomic_write",
     "fsync_folder",
     "is_partial_name",
+    "looks_like_torch_save",
+    "metadata_digest",
     "parse_checkpoint_json",
     "partial_name",
     "read_container",
@@ -61,8 +66,11 @@ __all__ = [
 CHECKPOINT_FORMAT = "imagen-checkpoint"
 """``format`` of a trainer checkpoint (``ImagenTrainer.save``)."""
 
-CHECKPOINT_FORMAT_VERSION = 1
-"""Newest trainer checkpoint layout; bumped when the layout changes incompatibly."""
+CHECKPOINT_FORMAT_VERSION = 2
+"""Newest trainer checkpoint layout (2: ``metadata_sha256`` added; version 1 files are still read)."""
+
+_METADATA_DIGEST_SINCE = {CHECKPOINT_FORMAT: 2}
+"""Per format, the first version that carries ``metadata_sha256`` (1 where not listed)."""
 
 PICKLE_SIGNATURES = (b"PK\x03\x04", b"\x80")
 """First bytes of a ``torch.save`` zip archive and of a raw pickle."""
@@ -252,6 +260,15 @@ def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def metadata_digest(metadata: Mapping[str, str]) -> str:
+    """SHA-256 (hex) of every metadata entry but ``metadata_sha256`` itself, in key order."""
+    digest = hashlib.sha256()
+    for key in sorted(metadata):
+        if key != "metadata_sha256":
+            digest.update(key.encode() + b"\0" + metadata[key].encode() + b"\0")
+    return digest.hexdigest()
+
+
 def _prepare(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """CPU, contiguous, detached tensors that share no storage (safetensors refuses shared storage)."""
     out, seen = {}, set()
@@ -279,6 +296,7 @@ def encode_container(tensors: Mapping[str, torch.Tensor], *, format: str, versio
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"checkpoint metadata must map strings to strings, got {key!r}: {type(value).__name__}")
     entries.update(format=format, format_version=str(int(version)), tensors_sha256=tensor_digest(prepared))
+    entries["metadata_sha256"] = metadata_digest(entries)
     return save_bytes(prepared, metadata=entries)
 
 
@@ -367,8 +385,19 @@ def parse_checkpoint_json(text: str, where) -> object:
         raise CheckpointError(f"{where} is not valid JSON ({error})") from None
 
 
-def _header(path, head: bytes, read: Callable[[int], bytes], size: int) -> tuple[dict, int]:
-    """The parsed safetensors header and where the data section starts."""
+def looks_like_torch_save(head: bytes) -> bool:
+    """Whether a file starting with ``head`` (its first 4 to 9 bytes) is a ``torch.save`` zip
+    archive or a protocol 2+ pickle rather than a safetensors file (whose 8-byte little-endian
+    header length may start with the same bytes, but whose 9th byte is ``{``)."""
+    if len(head) >= 9 and head[8:9] == b"{":
+        return False
+    if head[:4] == b"PK\x03\x04":
+        return True
+    # PROTO <2..5>, then an opcode (opcodes are printable or >= 0x80, never a control byte)
+    return len(head) >= 3 and head[0] == 0x80 and 2 <= head[1] <= 5 and head[2] >= 0x20
+
+
+def _refuse_torch_save(path, head: bytes) -> None:
     if head[:2] == b"PK":
         raise CheckpointError(
             f"{path} is a zip archive (a torch.save / pickle checkpoint), not a safetensors checkpoint; it is "
@@ -377,13 +406,23 @@ def _header(path, head: bytes, read: Callable[[int], bytes], size: int) -> tuple
     if head[:1] == PICKLE_SIGNATURES[1]:
         raise CheckpointError(f"{path} is a Python pickle, not a safetensors checkpoint; pickles are never "
                               "loaded, because unpickling can run arbitrary code")
+
+
+def _header(path, head: bytes, read: Callable[[int], bytes], size: int) -> tuple[dict, int]:
+    """The parsed safetensors header and where the data section starts (``head``: the first 8
+    bytes, ``read(n)``: the next ``n``)."""
     if len(head) < 8:
+        _refuse_torch_save(path, head)
         raise CheckpointError(f"{path} is truncated: {size} bytes, too short for a safetensors header")
     (header_len,) = struct.unpack("<Q", head[:8])
     if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+        _refuse_torch_save(path, head)
         raise CheckpointError(f"{path} is torn or not a safetensors file: its header length {header_len} does not "
                               f"fit in the file's {size} bytes")
     raw = read(header_len)
+    if raw[:1] != b"{":
+        _refuse_torch_save(path, head)
+        raise CheckpointError(f"{path} is not a safetensors file (its header does not start with '{{')")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -441,10 +480,16 @@ def _check_format(path, metadata: dict[str, str], formats: Mapping[str, int]) ->
     if not 1 <= int(version) <= formats[kind]:
         raise CheckpointError(f"{path} has {kind} format_version={version}; this version of imagen reads "
                               f"versions 1 to {formats[kind]}")
-    digest = metadata.get("tensors_sha256")
-    if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
-        raise CheckpointError(f"{path} has no tensors_sha256 digest (got {digest!r}); integrity cannot be checked, "
-                              "so it is refused")
+    required = ["tensors_sha256"]
+    if int(version) >= _METADATA_DIGEST_SINCE.get(kind, 1):
+        required.append("metadata_sha256")
+    for key in required:
+        digest = metadata.get(key)
+        if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+            raise CheckpointError(f"{path} has no {key} digest (got {digest!r}); its integrity cannot be checked, so "
+                                  "it is refused")
+    if "metadata_sha256" in metadata and metadata_digest(metadata) != metadata["metadata_sha256"]:
+        raise CheckpointError(f"{path} is corrupt: its metadata does not match the digest written with it")
 
 
 def read_container(path, *, formats: Mapping[str, int], fs=None) -> Container:

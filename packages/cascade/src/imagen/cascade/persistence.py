@@ -14,6 +14,7 @@ naming the file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -25,11 +26,11 @@ from .config import FORMAT, FORMAT_VERSION, CascadeConfig
 from .container import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_FORMAT_VERSION,
-    PICKLE_SIGNATURES,
     CheckpointError,
     atomic_write,
     encode_container,
     fsync_folder,
+    looks_like_torch_save,
     parse_checkpoint_json,
     partial_name,
     read_container,
@@ -74,7 +75,8 @@ def save_pretrained(cascade, folder) -> None:
     remove_stale_partials(parent)
     document = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cascade.config.to_dict()}
     config_bytes = json.dumps(document, indent=2, sort_keys=True).encode()
-    weights_bytes = encode_container(cpu_state(cascade), format=FORMAT, version=FORMAT_VERSION)
+    weights_bytes = encode_container(cpu_state(cascade), format=FORMAT, version=FORMAT_VERSION,
+                                     metadata={"config_sha256": hashlib.sha256(config_bytes).hexdigest()})
     staging = parent / partial_name(folder.name)
     try:
         staging.mkdir()
@@ -159,30 +161,37 @@ def _config_document(text: str, source) -> str:
     return json.dumps(document)
 
 
-def _read_config_file(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise CheckpointError(f"{path} is not UTF-8 text ({error})") from None
-
-
 def load_pretrained(folder, *, device=None):
     """The cascade saved by :func:`save_pretrained` in ``folder``: its config, and weights from a
     verified container. Raises :class:`CheckpointError` naming the file at fault."""
     folder = Path(folder)
+    cascade, tensors = _read_pretrained(folder)
+    load_weights_into(cascade, tensors, folder / WEIGHTS_FILE)
+    return cascade.to(device) if device is not None else cascade
+
+
+def _read_pretrained(folder: Path):
+    """The fresh cascade of ``folder``'s config.json and its verified weights; the config's bytes
+    must match the ``config_sha256`` written into the weights container with it."""
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder} is not a saved cascade: {name} is missing")
-    cascade = imagen_from_config_json(_read_config_file(folder / CONFIG_FILE), folder / CONFIG_FILE)
-    tensors = read_container(folder / WEIGHTS_FILE, formats={FORMAT: FORMAT_VERSION}).tensors
-    load_weights_into(cascade, tensors, folder / WEIGHTS_FILE)
-    return cascade.to(device) if device is not None else cascade
+    container = read_container(folder / WEIGHTS_FILE, formats={FORMAT: FORMAT_VERSION})
+    config_bytes = (folder / CONFIG_FILE).read_bytes()
+    if hashlib.sha256(config_bytes).hexdigest() != container.metadata.get("config_sha256"):
+        raise CheckpointError(f"{folder / CONFIG_FILE} does not match the config digest in {folder / WEIGHTS_FILE} "
+                              "(corrupt, edited, or from another save)")
+    try:
+        text = config_bytes.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CheckpointError(f"{folder / CONFIG_FILE} is not UTF-8 text ({error})") from None
+    return imagen_from_config_json(text, folder / CONFIG_FILE), container.tensors
 
 
 def is_pickle_file(path) -> bool:
     """Whether ``path`` starts like a ``torch.save`` archive or a raw pickle (e.g. a reference ``.pt``)."""
     with open(path, "rb") as handle:
-        return handle.read(8).startswith(PICKLE_SIGNATURES)
+        return looks_like_torch_save(handle.read(9))
 
 
 def load_imagen_from_checkpoint(
@@ -200,8 +209,7 @@ def load_imagen_from_checkpoint(
         load_ema_if_available = use_ema
     path = Path(checkpoint_path)
     if path.is_dir():
-        cascade = load_pretrained(path) if load_weights else imagen_from_config_json(
-            _read_config_file(path / CONFIG_FILE), path / CONFIG_FILE)
+        cascade = load_pretrained(path) if load_weights else _read_pretrained(path)[0]
         return cascade.to(device) if device is not None else cascade
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")

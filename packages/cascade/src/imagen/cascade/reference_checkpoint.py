@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from .config import CascadeConfig
-from .container import CheckpointError
+from .container import CheckpointError, looks_like_torch_save
 from .persistence import weights_misfit
 
 __all__ = [
@@ -52,8 +52,9 @@ class ReferenceCheckpointError(CheckpointError):
 
 
 def is_torch_save(head: bytes) -> bool:
-    """Whether a file starting with ``head`` (its first 4+ bytes) is a ``torch.save`` file."""
-    return head.startswith(TORCH_SAVE_SIGNATURES)
+    """Whether a file starting with ``head`` (its first 4+ bytes; 9 settle every case) is a
+    ``torch.save`` file rather than a safetensors one."""
+    return looks_like_torch_save(head)
 
 
 _SAFE_PREFIXES = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset", "_codecs.encode")
@@ -225,7 +226,7 @@ def read_reference_checkpoint(source, fs=None) -> ReferenceCheckpoint:
         name = os.fspath(source)
         with open(name, "rb") as handle:
             data = handle.read()
-    if not is_torch_save(data[:4]):
+    if not is_torch_save(data[:9]):
         raise ReferenceCheckpointError(f"{name} is not a torch.save file (it starts with {data[:4]!r})")
     return ReferenceCheckpoint(_torch_load(data, str(name)), str(name))
 
