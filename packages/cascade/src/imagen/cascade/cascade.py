@@ -27,6 +27,7 @@ from imagen.text import T5Encoder, get_encoded_dim
 from imagen.unets import Unet, Unet3D, unet_from_config
 
 from . import persistence
+from .checks import check_keywords
 from .conditioning import (
     batch_size_of,
     check_text_embeds,
@@ -34,7 +35,7 @@ from .conditioning import (
 )
 from .config import CascadeConfig, ElucidatedImagenConfig, ImagenConfig, per_unet
 from .images import normalize, random_crop, resize, unnormalize
-from .sampling import CascadeSampling, _as_float_images, _warn_once
+from .sampling import CascadeSampling, _warn_once
 from .stages import ElucidatedStage, GaussianStage
 
 
@@ -162,9 +163,10 @@ class Cascade(CascadeSampling, nn.Module):
         """The U-Net of stage ``unet_number`` (counted from 1)."""
         return self.unets[self._index(unet_number)]
 
-    def _index(self, unet_number) -> int:
+    def _index(self, unet_number, name: str = "unet_number") -> int:
+        """The 0-based index of ``unet_number``; a ValueError naming the keyword ``name`` otherwise."""
         if isinstance(unet_number, bool) or not isinstance(unet_number, int) or not 1 <= unet_number <= self.num_unets:
-            raise ValueError(f"unet_number must be an integer in [1, {self.num_unets}], got {unet_number!r}")
+            raise ValueError(f"{name} must be an integer in [1, {self.num_unets}], got {unet_number!r}")
         return unet_number - 1
 
     # ------------------------------------------------------------------------------------ text
@@ -324,7 +326,10 @@ class Cascade(CascadeSampling, nn.Module):
         wrapped, unet = unet, self.unets[index]
         if unet.is_null:
             raise ValueError(f"unet {unet_number} is a NullUnet placeholder and cannot be trained")
-        images = _as_float_images(images)
+        checked = check_keywords(self, images=images, cond_images=cond_images, text_embeds=text_embeds,
+                                 cond_video_frames=cond_video_frames, post_cond_video_frames=post_cond_video_frames)
+        images, cond_images, text_embeds = checked["images"], checked["cond_images"], checked["text_embeds"]
+        cond_video_frames, post_cond_video_frames = checked["cond_video_frames"], checked["post_cond_video_frames"]
         images = self._to_model_range(self._check_pixels("images", images, index))
         batch = images.shape[0]
         text_embeds, text_masks = self._text_condition(texts, text_embeds, text_masks, batch)
@@ -336,8 +341,6 @@ class Cascade(CascadeSampling, nn.Module):
         lowres = None
         if index > 0:
             lowres = self._resize(self._resize(images, index - 1, self._frames(index - 1, frames)), index, stage_frames)
-        if cond_images is not None:
-            cond_images = _as_float_images(cond_images)
         pixels = self._pixel_conditions(index, batch, cond_images=cond_images, cond_video_frames=cond_video_frames,
                                         post_cond_video_frames=post_cond_video_frames)
         crop = (self._config.random_crop_sizes or (None,) * self.num_unets)[index]

@@ -30,6 +30,13 @@ def mask_from_embeddings(text_embeds: torch.Tensor) -> torch.Tensor:
 
 
 def check_text_embeds(text_embeds: torch.Tensor, text_masks: torch.Tensor | None, dim: int | None):
+    """The (B, L) bool mask of ``text_embeds`` (B, L, D) (given, or from the non-zero positions),
+    after checking shapes; finiteness is checked once per call by ``checks.check_keywords``."""
+    for name, value in (("text_embeds", text_embeds), ("text_masks", text_masks)):
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+    if not text_embeds.is_floating_point():
+        raise TypeError(f"text_embeds must be a floating-point tensor (B, L, D), got dtype {text_embeds.dtype}")
     if text_embeds.ndim != 3:
         raise ValueError(f"text_embeds must have shape (B, L, D), got {tuple(text_embeds.shape)}")
     if dim is not None and text_embeds.shape[-1] != dim:

@@ -9,6 +9,7 @@ U-Net accept one value for all stages or a tuple with one value per stage.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -90,19 +91,59 @@ def _each(check):
     return validate
 
 
+# Upper bounds, so that a config file cannot ask for terabytes or years of sampling.
+MAX_IMAGE_SIZE = 16_384
+MAX_STEPS = 100_000
+MAX_CHANNELS = 1_024
+MAX_TEXT_EMBED_DIM = 65_536
+MAX_UNETS = 64
+_INT_BOUNDS = {"image_sizes": MAX_IMAGE_SIZE, "random_crop_sizes": MAX_IMAGE_SIZE, "timesteps": MAX_STEPS,
+               "num_sample_steps": MAX_STEPS, "channels": MAX_CHANNELS, "text_embed_dim": MAX_TEXT_EMBED_DIM,
+               "temporal_downsample_factor": 1_024}
+
+
 def _positive_int(name: str, item: Any) -> None:
-    if isinstance(item, bool) or not isinstance(item, int) or item < 1:
-        raise ValueError(f"{name} must be a positive integer (or one per unet), got {item!r}")
+    limit = _INT_BOUNDS.get(name)
+    if isinstance(item, bool) or not isinstance(item, int) or item < 1 or (limit is not None and item > limit):
+        accepted = f"an integer in [1, {limit}]" if limit is not None else "a positive integer"
+        raise ValueError(f"{name} must be {accepted} (or one per unet), got {item!r}")
+
+
+def _finite_number(name: str, item: Any) -> None:
+    if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
+        raise ValueError(f"{name} must be a finite number (or one per unet), got {item!r}")
 
 
 def _positive_float(name: str, item: Any) -> None:
-    if isinstance(item, bool) or not isinstance(item, int | float) or not item > 0:
-        raise ValueError(f"{name} must be a positive number (or one per unet), got {item!r}")
+    if isinstance(item, bool) or not isinstance(item, int | float) or not 0 < item < math.inf:
+        raise ValueError(f"{name} must be a finite number > 0 (or one per unet), got {item!r}")
 
 
 def _non_negative_float(name: str, item: Any) -> None:
-    if isinstance(item, bool) or not isinstance(item, int | float) or not item >= 0:
-        raise ValueError(f"{name} must be a number >= 0 (or one per unet), got {item!r}")
+    if isinstance(item, bool) or not isinstance(item, int | float) or not 0 <= item < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0 (or one per unet), got {item!r}")
+
+
+def _flag(name: str, item: Any) -> None:
+    if not isinstance(item, bool):
+        raise ValueError(f"{name} must be True or False (or one per unet), got {item!r}")
+
+
+def _is_bool(instance, attribute, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"{attribute.name} must be True or False, got {value!r}")
+
+
+def _text(instance, attribute, value):
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{attribute.name} must be a non-empty string, got {value!r}")
+
+
+def _to_float(value: Any) -> Any:
+    """Numbers become floats; anything else is left for the validator to refuse, naming the field."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def _one_of(*choices: str):
@@ -122,8 +163,8 @@ def _known(lookup):
 
 
 def _probability(instance, attribute, value):
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{attribute.name} must lie in [0, 1], got {value!r}")
+    if not isinstance(value, float) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attribute.name} must be a number in [0, 1], got {value!r}")
 
 
 def _optional_crop_sizes(instance, attribute, value):
@@ -147,25 +188,25 @@ class CascadeConfig:
     kind: ClassVar[str] = ""
     unets: tuple[dict, ...] = attrs.field(converter=_unet_configs)
     image_sizes: int | tuple[int, ...] = attrs.field(converter=_tuple_if_sequence, validator=_each(_positive_int))
-    text_encoder_name: str = DEFAULT_T5_NAME
+    text_encoder_name: str = attrs.field(default=DEFAULT_T5_NAME, validator=_text)
     text_embed_dim: int | None = attrs.field(default=None)
     channels: int = _field(3, _positive_int)
-    video: bool = False
+    video: bool = attrs.field(default=False, validator=_is_bool)
     # 0.5 as the reference's config classes (the cascade classes themselves default to 0.1)
-    cond_drop_prob: float = attrs.field(default=0.5, converter=float, validator=_probability)
+    cond_drop_prob: float = attrs.field(default=0.5, converter=_to_float, validator=_probability)
     random_crop_sizes: tuple | None = attrs.field(
         default=None, converter=_tuple_if_sequence, validator=_optional_crop_sizes
     )
     lowres_noise_schedule: str = _field("linear", _known(get_noise_schedule))
-    lowres_sample_noise_level: float = attrs.field(default=0.2, converter=float, validator=_probability)
-    per_sample_random_aug_noise_level: bool = False
-    condition_on_text: bool = True
-    auto_normalize_img: bool = True
-    dynamic_thresholding: bool | tuple = _field(True)
-    dynamic_thresholding_percentile: float = attrs.field(default=0.95, converter=float, validator=_probability)
+    lowres_sample_noise_level: float = attrs.field(default=0.2, converter=_to_float, validator=_probability)
+    per_sample_random_aug_noise_level: bool = attrs.field(default=False, validator=_is_bool)
+    condition_on_text: bool = attrs.field(default=True, validator=_is_bool)
+    auto_normalize_img: bool = attrs.field(default=True, validator=_is_bool)
+    dynamic_thresholding: bool | tuple = _field(True, _flag)
+    dynamic_thresholding_percentile: float = attrs.field(default=0.95, converter=_to_float, validator=_probability)
     only_train_unet_number: int | None = attrs.field(default=None)
     temporal_downsample_factor: int | tuple = _field(1, _positive_int)
-    resize_cond_video_frames: bool = True
+    resize_cond_video_frames: bool = attrs.field(default=True, validator=_is_bool)
     resize_mode: str = _field("nearest", _one_of("nearest", "bilinear", "bicubic", "area", "nearest-exact"))
     sampler: str | tuple | None = _field(None, _known(get_sampler))
 
@@ -173,6 +214,8 @@ class CascadeConfig:
         if not isinstance(self.image_sizes, tuple):
             object.__setattr__(self, "image_sizes", (self.image_sizes,))
         n = len(self.unets)
+        if n > MAX_UNETS:
+            raise ValueError(f"unets must hold at most {MAX_UNETS} U-Nets, got {n}")
         self._expand_defaults(n)
         for field in attrs.fields(type(self)):
             value = getattr(self, field.name)
@@ -182,8 +225,9 @@ class CascadeConfig:
             per_unet(self.random_crop_sizes, n, "random_crop_sizes")
         if list(self.image_sizes) != sorted(self.image_sizes):
             raise ValueError(f"image_sizes must not decrease from one unet to the next, got {self.image_sizes!r}")
-        if self.only_train_unet_number is not None and not 1 <= self.only_train_unet_number <= n:
-            raise ValueError(f"only_train_unet_number must lie in [1, {n}], got {self.only_train_unet_number!r}")
+        number = self.only_train_unet_number
+        if number is not None and (isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= n):
+            raise ValueError(f"only_train_unet_number must be None or an integer in [1, {n}], got {number!r}")
         if self.text_embed_dim is not None:
             _positive_int("text_embed_dim", self.text_embed_dim)
 
@@ -218,6 +262,8 @@ class CascadeConfig:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise ValueError(f"cascade config is not valid JSON: {error}") from None
+        except RecursionError:
+            raise ValueError("cascade config is nested too deeply to be a config (JSON depth over ~1000)") from None
         if not isinstance(data, dict):
             raise ValueError(f"cascade config must be a JSON object, got {type(data).__name__}")
         return cls.from_dict(data)
@@ -231,7 +277,12 @@ class CascadeConfig:
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            unets = [build_unet(config, video=self.video) for config in self.unets]
+            unets = []
+            for i, config in enumerate(self.unets):
+                try:
+                    unets.append(build_unet(config, video=self.video))
+                except (TypeError, ValueError) as error:  # name the entry of the config file
+                    raise type(error)(f"unets[{i}]: {error}") from None
             return self.cascade_class()(unets, **settings)
 
 
@@ -252,7 +303,7 @@ class ImagenConfig(CascadeConfig):
     noise_schedules: str | tuple = _field("cosine", _known(get_noise_schedule))
     pred_objectives: str | tuple = _field("noise", _one_of("noise", "x_start", "v"))
     loss_type: str | tuple = _field("l2", _one_of("l1", "l2", "huber"))
-    min_snr_loss_weight: bool | tuple = _field(True)
+    min_snr_loss_weight: bool | tuple = _field(True, _flag)
     min_snr_gamma: float | tuple = _field(5.0, _positive_float)
 
     def _expand_defaults(self, num_unets: int) -> None:
@@ -286,7 +337,7 @@ class ElucidatedImagenConfig(CascadeConfig):
     sigma_max: float | tuple = _field(80.0, _positive_float)
     sigma_data: float | tuple = _field(0.5, _positive_float)
     rho: float | tuple = _field(7.0, _positive_float)
-    P_mean: float | tuple = _field(-1.2)
+    P_mean: float | tuple = _field(-1.2, _finite_number)
     P_std: float | tuple = _field(1.2, _positive_float)
     S_churn: float | tuple = _field(80.0, _non_negative_float)
     S_tmin: float | tuple = _field(0.05, _non_negative_float)
