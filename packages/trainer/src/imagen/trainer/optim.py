@@ -1,4 +1,9 @@
-"""Optimizers and learning-rate schedules for one U-Net stage, and their state as tensors + JSON."""
+"""Optimizers and learning-rate schedules for one U-Net stage, and their state as tensors + JSON.
+
+The default schedule is the reference's (:class:`WarmupCosine`: a linear warm-up times an optional
+cosine decay, what imagen-pytorch gets from pytorch_warmup and ``CosineAnnealingLR``); named
+schedules come from ``transformers.get_scheduler`` (:func:`make_scheduler`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,21 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["WarmupCosine", "make_optimizer", "optimizer_state_from_tensors", "optimizer_state_to_tensors"]
+__all__ = [
+    "LR_SCHEDULERS",
+    "WarmupCosine",
+    "make_optimizer",
+    "make_scheduler",
+    "optimizer_state_from_tensors",
+    "optimizer_state_to_tensors",
+]
+
+LR_SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay",
+)
+"""The ``transformers.get_scheduler`` names ``lr_scheduler`` accepts (those that are a function of
+the step alone; ``reduce_lr_on_plateau`` needs a metric and is not among them)."""
 
 
 class WarmupCosine:
@@ -30,6 +49,47 @@ class WarmupCosine:
             t = min(step, self.cosine_decay_max_steps) / self.cosine_decay_max_steps
             factor *= 0.5 * (1.0 + math.cos(math.pi * t))
         return factor
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer,
+    name: str | None = None,
+    *,
+    warmup_steps: int | None = None,
+    decay_steps: int | None = None,
+    scheduler_kwargs: dict | None = None,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The stage's LR scheduler, stepped once per optimizer step.
+
+    ``name`` None: the reference's :class:`WarmupCosine` (``warmup_steps``, cosine over
+    ``decay_steps``). Otherwise one of :data:`LR_SCHEDULERS`, built by
+    ``transformers.get_scheduler(name, num_warmup_steps=warmup_steps or 0,
+    num_training_steps=decay_steps, scheduler_specific_kwargs=scheduler_kwargs)`` (note that its
+    warm-up starts from 0 at step 0, where :class:`WarmupCosine` starts from ``1 / warmup_steps``).
+    """
+    if name is None:
+        if scheduler_kwargs:
+            raise ValueError(f"lr_scheduler_kwargs {sorted(scheduler_kwargs)} need a named lr_scheduler")
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup_steps, decay_steps))
+    if name not in LR_SCHEDULERS:
+        raise ValueError(f"lr_scheduler must be None (warm-up x cosine, the reference's) or one of {LR_SCHEDULERS}, "
+                         f"got {name!r}")
+    for parameter, value in (("warmup_steps", warmup_steps), ("cosine_decay_max_steps", decay_steps)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"{parameter} must be None or an int >= 0, got {value!r}")
+    from transformers import get_scheduler
+
+    try:
+        return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps or 0, num_training_steps=decay_steps,
+                             scheduler_specific_kwargs=dict(scheduler_kwargs or {}))
+    except ValueError as error:
+        if "num_training_steps" in str(error):
+            raise ValueError(f"lr_scheduler={name!r} needs cosine_decay_max_steps (the schedule's length in steps)") \
+                from None
+        raise ValueError(f"lr_scheduler={name!r}: {error}") from None
+    except TypeError as error:
+        raise TypeError(f"lr_scheduler={name!r} does not take lr_scheduler_kwargs {scheduler_kwargs}: {error}") \
+            from None
 
 
 def make_optimizer(

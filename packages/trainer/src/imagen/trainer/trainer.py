@@ -43,7 +43,7 @@ from .checkpoints import (
 )
 from .chunks import concatenate_outputs, split_batch, split_sample_kwargs
 from .data import _mix_seed
-from .optim import WarmupCosine, make_optimizer
+from .optim import make_optimizer, make_scheduler
 from .reference_import import REFERENCE_SOURCE, checkpoint_from_reference
 from .sampling import ema_weights, grid_picture
 from .setup import (
@@ -111,7 +111,11 @@ class ImagenTrainer(nn.Module):
     ``trainer(images, texts=... | text_embeds=..., text_masks=, cond_images=, unet_number=,
     max_batch_size=)`` accumulates gradients and returns the loss; ``trainer.update(unet_number)``
     applies them. ``lr``, ``eps``, ``beta1``, ``beta2``, ``weight_decay``, ``max_grad_norm``,
-    ``warmup_steps`` and ``cosine_decay_max_steps`` may be tuples with one value per unet.
+    ``warmup_steps``, ``cosine_decay_max_steps`` and ``lr_scheduler`` may be tuples with one value per
+    unet. The LR schedule is the reference's linear warm-up x cosine decay (``lr_scheduler=None``) or a
+    ``transformers.get_scheduler`` name (``"linear"``, ``"cosine"``, ``"constant_with_warmup"``... see
+    :data:`~imagen.trainer.optim.LR_SCHEDULERS`) with ``warmup_steps`` warm-up steps over
+    ``cosine_decay_max_steps`` steps in all, and ``lr_scheduler_kwargs`` for its own options.
     ``precision`` is ``"no"``, ``"bf16"`` or ``"fp16"`` (with loss scaling); ``fp16=True`` means
     ``"fp16"``; None adopts the accelerator's mixed precision. ``ema_beta``,
     ``ema_update_after_step``, ``ema_update_every`` (and any other ``ema_<name>`` keyword of
@@ -170,6 +174,8 @@ class ImagenTrainer(nn.Module):
         project_dir=None,
         log_every: int = 10,
         run_config: dict | None = None,
+        lr_scheduler: str | None = None,
+        lr_scheduler_kwargs: dict | None = None,
         **kwargs,
     ):
         super().__init__()
@@ -231,8 +237,9 @@ class ImagenTrainer(nn.Module):
 
         options = dict(
             lr=lr, eps=eps, beta1=beta1, beta2=beta2, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
-            warmup_steps=warmup_steps, cosine_decay_max_steps=cosine_decay_max_steps,
+            warmup_steps=warmup_steps, cosine_decay_max_steps=cosine_decay_max_steps, lr_scheduler=lr_scheduler,
         )
+        self.lr_scheduler_kwargs = dict(lr_scheduler_kwargs or {})
         per = {name: per_unet(value, imagen.num_unets, name) for name, value in options.items()}
         self.tracking = TrainingLog(self.accelerator, log_every, enabled=bool(self.accelerator.log_with),
                                     owns_trackers=accelerator is None)
@@ -266,14 +273,16 @@ class ImagenTrainer(nn.Module):
             unet, lr=options["lr"], eps=options["eps"], betas=(options["beta1"], options["beta2"]),
             weight_decay=options["weight_decay"], **optimizer_kwargs,
         )
-        schedule = WarmupCosine(options["warmup_steps"], options["cosine_decay_max_steps"])
+        scheduler = make_scheduler(optimizer, options["lr_scheduler"], warmup_steps=options["warmup_steps"],
+                                   decay_steps=options["cosine_decay_max_steps"],
+                                   scheduler_kwargs=self.lr_scheduler_kwargs)
         scaler = self.accelerator.scaler  # accelerate's fp16 scaler (GPU) when it has one, else ours
         if scaler is None:
             scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         if self.use_ema:
             self.emas[str(index)] = EMA(unet, include_online_model=False, **ema_kwargs)
         return StageOptimization(
-            index, unet, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), scaler,
+            index, unet, optimizer, scheduler, scaler,
             ema=self.emas[str(index)] if self.use_ema else None, max_grad_norm=options["max_grad_norm"],
         )
 
