@@ -13,7 +13,7 @@ from ema_pytorch import EMA
 from torch import nn
 
 import imagen.cascade
-from imagen.cascade import CascadeConfig, load_imagen_from_checkpoint
+from imagen.cascade import Cascade, CascadeConfig, load_imagen_from_checkpoint
 from imagen.trainer import load_checkpoint
 
 cli_main = importlib.import_module("imagen.cli.main")  # the module (imagen.cli.main is also the function's name)
@@ -132,12 +132,12 @@ def test_sample_reference_spellings_and_defaults(config_file, tmp_path, monkeypa
         seen["load"] = kwargs
         return loader(path, **kwargs)
 
-    def sample(cascade, scales, skips, generators, options):
-        seen["scales"] = scales
-        return torch.zeros(len(generators), 3, 16, 16)
+    def sample(cascade, cond_scale, generator, **options):
+        seen["scales"] = cond_scale
+        return torch.zeros(len(generator), 3, 16, 16)
 
     monkeypatch.setattr(imagen.cascade, "load_imagen_from_checkpoint", load)
-    monkeypatch.setattr(cli_main, "_sample_by_stage", sample)
+    monkeypatch.setattr(Cascade, "sample", sample)
     out = str(tmp_path / "out")
     assert run_cli("sample", "--model", model, "a red circle", "--output-dir", out) == 0
     assert seen["scales"] == (5.0, 5.0) and seen["load"]["load_ema_if_available"] is True  # the reference CLI's
@@ -170,19 +170,19 @@ def test_train_to_an_fsspec_url_and_resume(config_file):
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False))[-1] == "checkpoint.2.safetensors"
 
 
-@pytest.mark.parametrize(("count", "skip"), [(8, 4), (16, 3), (5, 1)])
-def test_refining_cuts_the_karras_schedule_exactly(count, skip, tiny_t5, image_folder, tmp_path):
-    """--skip-steps on an ElucidatedImagen stage starts at the schedule's level ``skip`` through the
-    reference's sigma_max (init_images + skip_steps alone would start from sigma_max-scaled noise)."""
-    from imagen.diffusion import karras_sigmas
+def test_skip_steps_refine_the_stage_before_in_one_sample_call(config_file, tmp_path, monkeypatch):
+    """--skip-steps 0,N is refine_from_step=(None, N): one cascade.sample call, no stage-by-stage loop."""
+    assert run_cli("train", "--config", str(config_file), "--steps", "1") == 0
+    calls = []
 
-    full = karras_sigmas(count, 0.002, 80.0, rho=7.0)
-    torch.testing.assert_close(karras_sigmas(count - skip, 0.002, float(full[skip]), rho=7.0), full[skip:])
-    params = tiny_config(tiny_t5, image_folder, tmp_path, kind="ElucidatedImagen")["imagen"]
-    cascade = CascadeConfig.from_dict(params).create()
-    images = torch.rand(1, 3, 8, 8)
-    options = cli_main.refining_options(cascade, 2, count, skip, images)
-    assert options["init_images"] is images and options["steps"] == count - skip
-    assert options["sigma_max"] == pytest.approx(float(full[skip]))
-    imagen = CascadeConfig.from_dict(tiny_config(tiny_t5, image_folder, tmp_path)["imagen"]).create()
-    assert cli_main.refining_options(imagen, 2, count, skip, images)["skip_steps"] == (0, skip)  # the reference's
+    def sample(cascade, **options):
+        calls.append(options)
+        return torch.zeros(len(options["generator"]), 3, 16, 16)
+
+    monkeypatch.setattr(Cascade, "sample", sample)
+    out = str(tmp_path / "out")
+    model = str(tmp_path / "checkpoints")
+    assert run_cli("sample", "--model", model, "a red circle", "--skip-steps", "0,2", "--output-dir", out) == 0
+    assert len(calls) == 1 and calls[0]["refine_from_step"] == (None, 2)
+    assert run_cli("sample", "--model", model, "a red circle", "--skip-steps", "0,5", "--steps", "5",
+                   "--output-dir", out) == 2

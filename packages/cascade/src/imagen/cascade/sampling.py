@@ -36,7 +36,8 @@ class StagePlan:
     ``levels`` is the stage's full grid (times from 1 to 0 for the time-grid ``ddpm`` of a Gaussian
     stage, EDM sigmas ending in 0 otherwise) spaced by ``schedule`` down to ``sigma_floor`` (None:
     the stage's sigma_min); sampling starts at ``levels[skip_steps]``.
-    ``init_images`` (B, C, [F,] H, W) in the caller's range, or None.
+    ``init_images`` (B, C, [F,] H, W) in the caller's range, or None. ``refine``: the stage starts
+    from the previous stage's output noised to ``levels[skip_steps]`` (``refine_from_step``).
     """
 
     unet_number: int
@@ -48,6 +49,7 @@ class StagePlan:
     sampler_options: dict = attrs.field(factory=dict)
     steps: int
     skip_steps: int
+    refine: bool = False
     cond_scale: float
     dynamic_threshold: bool
     lowres_noise_level: float | None
@@ -130,6 +132,7 @@ class CascadeSampling:
         cond_scale=1.0,
         init_images=None,
         skip_steps=None,
+        refine_from_step=None,
         lowres_sample_noise_level: float | None = None,
         start_at_unet_number: int = 1,
         stop_at_unet_number: int | None = None,
@@ -139,6 +142,7 @@ class CascadeSampling:
         steps=None,
         schedule=None,
         device=None,
+        start_image_or_video=None,
         **sample_only,
     ) -> list[StagePlan]:
         """The stages ``sample`` runs with these keywords, each fully resolved (see ``StagePlan``).
@@ -147,7 +151,11 @@ class CascadeSampling:
         ``sigma_max``, ``sampler``, ``steps``, ``schedule``) take one value for every stage or a list/tuple
         with one entry per unet, as in the reference. ``schedule`` spaces the stage's levels: "time"
         (Imagen stages: the reference's time grid), "karras", "exponential", "sech", or "default"/None
-        (see ``resolve_schedule``). A step count below the sampler's ``imagen.diffusion.MIN_STEPS``
+        (see ``resolve_schedule``). ``refine_from_step`` (beyond the reference; None or one per unet):
+        step k makes a stage start from the previous stage's output (upsampled; for the first stage
+        sampled, ``start_image_or_video``) noised to the level of its step k and run the remaining
+        steps (SDEdit), instead of drawing from noise; it excludes ``init_images``/``skip_steps`` on
+        that stage. A step count below the sampler's ``imagen.diffusion.MIN_STEPS``
         (heun, dpmpp_3m) is a ValueError when ``steps`` asks for it or the sampler is not the stage's
         default (the configured default, e.g. ElucidatedImagen's Heun at num_sample_steps, runs as the
         reference does). ``sample``'s other keywords are
@@ -165,6 +173,7 @@ class CascadeSampling:
         scales = _per_stage(cond_scale, n, "cond_scale")
         inits = _per_stage(init_images, n, "init_images")
         skips = _per_stage(skip_steps, n, "skip_steps")
+        refines = _per_stage(refine_from_step, n, "refine_from_step")
         samplers = _per_stage(sampler, n, "sampler")
         stepss = _per_stage(steps, n, "steps")
         schedules = _per_stage(schedule, n, "schedule")
@@ -184,6 +193,10 @@ class CascadeSampling:
             skip = skips[index] or 0
             if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip < count:
                 raise ValueError(f"skip_steps for unet {index + 1} must be an int in [0, {count}), got {skip!r}")
+            refine = refines[index] is not None
+            if refine:
+                skip = self._refine_start(refines[index], index, count, first, start_image_or_video,
+                                          inits[index] is not None or skip != 0)
             if stepss[index] is not None or name != stage.default_sampler:  # not the reference's own path
                 check_sampler_steps(name, count)
             spacing, floor = resolve_schedule(stage, name, count, schedules[index])
@@ -198,6 +211,7 @@ class CascadeSampling:
                 sampler_options=options,
                 steps=count,
                 skip_steps=skip,
+                refine=refine,
                 cond_scale=self._checked_cond_scale(scales[index]),
                 dynamic_threshold=bool(self._setting("dynamic_thresholding", index)),
                 lowres_noise_level=level if index > 0 else None,
@@ -208,6 +222,18 @@ class CascadeSampling:
                 init_images=inits[index],
             ))
         return plans
+
+    def _refine_start(self, step, index: int, count: int, first: int, start_image, reference_start: bool) -> int:
+        """The checked ``refine_from_step`` of unet ``index + 1``: the step it starts at."""
+        name = f"refine_from_step for unet {index + 1}"
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < count:
+            raise ValueError(f"{name} must be None or an int in [0, {count}) (its steps), got {step!r}")
+        if index == first and (index == 0 or start_image is None):
+            raise ValueError(f"{name}: there is no previous stage output to refine (unet {index + 1} is the first "
+                             "stage sampled; give start_image_or_video with start_at_unet_number > 1)")
+        if reference_start:
+            raise ValueError(f"{name} replaces init_images / skip_steps on that unet: give one or the other")
+        return step
 
     def _checked_cond_scale(self, scale) -> float:
         if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale >= 0:
@@ -243,6 +269,7 @@ class CascadeSampling:
         skip_steps=None,
         sigma_min=None,
         sigma_max=None,
+        refine_from_step=None,
         batch_size: int = 1,
         cond_scale=1.0,
         cfg_remove_parallel_component: bool = True,
@@ -271,8 +298,9 @@ class CascadeSampling:
         ``use_one_unet_in_gpu`` keeps only the active stage on an accelerator). Returns images
         (B, C, H, W) (videos (B, C, F, H, W)) in [0, 1] from the last stage, a list with every stage's
         output (``return_all_unet_outputs``) or PIL images (``return_pil_images``). Beyond the
-        reference: per-stage ``sampler`` (any name of ``imagen.diffusion.SAMPLERS``), ``steps`` and
-        ``schedule`` (the spacing of the levels, see ``sampling_plan``); ``dtype=torch.bfloat16`` (or
+        reference: per-stage ``sampler`` (any name of ``imagen.diffusion.SAMPLERS``), ``steps``,
+        ``schedule`` (the spacing of the levels) and ``refine_from_step`` (a later stage refines the
+        upsampled output of the one before from step k, see ``sampling_plan``); ``dtype=torch.bfloat16`` (or
         float16) runs the U-Nets under autocast, the sampler state, guidance and thresholding in fp32;
         ``generator`` an int seed gives the same sample i whatever the batch size.
         """
@@ -302,7 +330,8 @@ class CascadeSampling:
             video_frames=video_frames, cond_scale=cond_scale, init_images=init_images, skip_steps=skip_steps,
             lowres_sample_noise_level=lowres_sample_noise_level, start_at_unet_number=start_at_unet_number,
             stop_at_unet_number=stop_at_unet_number, sigma_min=sigma_min, sigma_max=sigma_max, sampler=sampler,
-            steps=steps, schedule=schedule, device=device,
+            steps=steps, schedule=schedule, device=device, refine_from_step=refine_from_step,
+            start_image_or_video=start_image_or_video,
         )
         previous = None
         if plans[0].unet_number > 1:
@@ -401,6 +430,8 @@ class CascadeSampling:
         init = None
         if plan.init_images is not None:
             init = self._resize(self._to_model_range(_as_float_images(plan.init_images)), index, frames)
+        elif plan.refine:
+            init = self._to_model_range(self._resize(previous, index, frames))
         known, masks, resample_times = inpaint
         region = None
         if known is not None:
@@ -410,7 +441,7 @@ class CascadeSampling:
         x = stage.sample(self._x0_model(plan, batch, guidance), shape, sampler=plan.sampler,
                          options=plan.sampler_options, levels=plan.levels, skip=plan.skip_steps, init=init,
                          inpaint=region, cond=cond, generator=generators, callback=callback, progress=progress,
-                         schedule=plan.schedule)
+                         schedule=plan.schedule, refine=plan.refine)
         x = x.clamp(-1.0, 1.0)
         if region is not None:  # the known region exactly, as the reference pastes it at the end
             x = torch.where(_broadcastable(region.mask, x), region.known, x)
@@ -420,7 +451,7 @@ class CascadeSampling:
 _SAMPLE_ONLY_KEYWORDS = {
     "texts", "text_masks", "text_embeds", "cond_images", "cond_video_frames", "post_cond_video_frames",
     "inpaint_videos", "inpaint_images", "inpaint_masks", "inpaint_resample_times", "batch_size",
-    "cfg_remove_parallel_component", "cfg_keep_parallel_frac", "start_image_or_video", "return_all_unet_outputs",
+    "cfg_remove_parallel_component", "cfg_keep_parallel_frac", "return_all_unet_outputs",
     "return_pil_images", "use_tqdm", "use_one_unet_in_gpu", "generator", "callback", "dtype",
 }
 _WARNED: set[str] = set()

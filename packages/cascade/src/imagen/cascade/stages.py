@@ -128,14 +128,21 @@ class GaussianStage:
 
     def sample(self, x0_model: Model, shape, *, sampler: str, options: dict, levels: torch.Tensor, skip: int,
                init, inpaint: Inpainting | None, cond: dict, generator, callback, progress: bool,
-               schedule: str = "time") -> torch.Tensor:
-        """One stage from noise (plus ``init``) to data; returns the unclamped result in [-1, 1]."""
+               schedule: str = "time", refine: bool = False) -> torch.Tensor:
+        """One stage from noise (plus ``init``) to data; returns the unclamped result in [-1, 1].
+
+        The reference's start: ``init`` added to the noise of the first level, then ``skip`` levels
+        skipped. ``refine``: ``init`` noised to ``levels[skip]``, where sampling starts (SDEdit)."""
         device = levels.device
         noise = randn(shape, generator, device=device)
         if not self.on_time_grid(sampler, schedule):
-            return _sample_sigmas(x0_model, noise * levels[0], sampler, options, levels[skip:], init, inpaint,
-                                  cond, generator, callback, progress)
-        z = noise if init is None else noise + init
+            start = init + levels[skip] * noise if refine else noise * levels[0]
+            return _sample_sigmas(x0_model, start, sampler, options, levels[skip:], None if refine else init,
+                                  inpaint, cond, generator, callback, progress)
+        if refine:
+            z = q_sample(init, self.schedule.log_snr(levels[skip].expand(shape[0])), noise)
+        else:
+            z = noise if init is None else noise + init
         known = {} if inpaint is None else dict(known=inpaint.known, mask=broadcast_mask(inpaint.mask, z),
                                                 resample_times=inpaint.resample_times)
         return sample_vp_ddpm(x0_model, z, levels[skip:], schedule=self.schedule, cond=cond, generator=generator,
@@ -208,14 +215,20 @@ class ElucidatedStage:
 
     def sample(self, x0_model: Model, shape, *, sampler: str, options: dict, levels: torch.Tensor, skip: int,
                init, inpaint: Inpainting | None, cond: dict, generator, callback, progress: bool,
-               schedule: str = "karras") -> torch.Tensor:
+               schedule: str = "karras", refine: bool = False) -> torch.Tensor:
+        """As ``GaussianStage.sample``, in sigmas: the start is ``noise * levels[0] (+ init)``, or
+        ``init + levels[skip] * noise`` with ``refine``."""
         noise = randn(shape, generator, device=levels.device)
+        if refine:
+            x, init = init + levels[skip] * noise, None
+        else:
+            x = noise * levels[0]
         if inpaint is not None and sampler == self.default_sampler:  # the reference's Heun inpainting
-            x = noise * levels[0] if init is None else noise * levels[0] + init
+            x = x if init is None else x + init
             return get_sampler(sampler)(x0_model, x, levels[skip:], cond=cond, generator=generator, callback=callback,
                                         progress=progress, known=inpaint.known, mask=broadcast_mask(inpaint.mask, x),
                                         resample_times=inpaint.resample_times, **options)
-        return _sample_sigmas(x0_model, noise * levels[0], sampler, options, levels[skip:], init, inpaint, cond,
+        return _sample_sigmas(x0_model, x, sampler, options, levels[skip:], init, inpaint, cond,
                               generator, callback, progress)
 
 

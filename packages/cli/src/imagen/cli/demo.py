@@ -24,7 +24,7 @@ from imagen.text.testing import build_tiny_t5
 from imagen.trainer import Dataset, ImagenTrainer
 
 from . import shapes
-from .main import refining_options, seeded_train_step
+from .main import seeded_train_step
 
 logger = logging.getLogger(__name__)
 
@@ -171,22 +171,20 @@ def save_grid(images: torch.Tensor, columns: int, path: Path) -> None:
 
 
 def sample_two_stages(sampler, embeds: torch.Tensor, masks: torch.Tensor, settings: DemoSettings):
-    """Samples the base stage with guidance, then the super-resolution stage started from the
-    upsampled base image (SDEdit-style: the first ``sr_skip_steps`` of its ``sample_steps[1]`` steps
-    are skipped, so it refines the picture rather than redrawing it) with ``sr_cond_scale``.
+    """Samples both stages in one call: the base stage with guidance ``cond_scale``, then the
+    super-resolution stage refining the upsampled base image from step ``sr_skip_steps`` of its
+    ``sample_steps[1]`` (``refine_from_step``: it sharpens the picture rather than redrawing it),
+    with ``sr_cond_scale``.
 
     ``sampler`` is an ``ImagenTrainer`` (samples through the EMA weights) or a cascade; ``embeds``
     (B, L, D) and ``masks`` (B, L) are the prompts' text embeddings. Returns (base (B, 3, 16, 16),
     super-resolved (B, 3, 32, 32)) in [0, 1] on the CPU.
     """
-    common = dict(text_embeds=embeds, text_masks=masks, generator=settings.seed, use_tqdm=settings.progress)
-    base = sampler.sample(cond_scale=settings.cond_scale, steps=settings.sample_steps[0], stop_at_unet_number=1,
-                          **common)
-    cascade = sampler.imagen if isinstance(sampler, ImagenTrainer) else sampler
-    refine = refining_options(cascade, 2, settings.sample_steps[1], settings.sr_skip_steps, base)
-    sr = sampler.sample(
-        cond_scale=settings.sr_cond_scale, start_at_unet_number=2, start_image_or_video=base,
-        lowres_sample_noise_level=settings.sr_noise_level, **refine, **common,
+    base, sr = sampler.sample(
+        text_embeds=embeds, text_masks=masks, generator=settings.seed, use_tqdm=settings.progress,
+        cond_scale=(settings.cond_scale, settings.sr_cond_scale), steps=settings.sample_steps,
+        refine_from_step=(None, settings.sr_skip_steps or None), lowres_sample_noise_level=settings.sr_noise_level,
+        return_all_unet_outputs=True,
     )
     return base.float().cpu(), sr.float().cpu()
 

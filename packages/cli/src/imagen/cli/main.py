@@ -418,6 +418,13 @@ def cmd_sample(args) -> int:
     if skips[0] != 0:
         raise CliError(f"--skip-steps {args.skip_steps}: the first stage has no image to start from; "
                        "its value must be 0")
+    plans = cascade.sampling_plan(steps=steps, sampler=sampler,
+                                  video_frames=args.video_frames if cascade.is_video else None)
+    for plan, skip in zip(plans, skips):
+        if skip >= plan.steps:
+            raise CliError(f"--skip-steps {args.skip_steps}: stage {plan.unet_number} samples {plan.steps} steps; "
+                           "skip fewer")
+    refine = tuple(skip or None for skip in skips)  # a stage with N > 0 refines the one before from step N
     prompts = list(args.prompts)
     if cascade.condition_on_text:
         if not prompts:
@@ -444,62 +451,13 @@ def cmd_sample(args) -> int:
             options["texts"] = prompts[start:stop]
         if cascade.is_video:
             options["video_frames"] = args.video_frames
-        outputs = _sample_by_stage(cascade, scales, skips, generators, options).float().cpu()
+        outputs = cascade.sample(cond_scale=scales, generator=generators, refine_from_step=refine,
+                                 **options).float().cpu()
         write = _write_videos if cascade.is_video else _write_images
         written += write(outputs, stems[start:stop], output_dir)
     for path in written:
         print(path)
     return 0
-
-
-def _sample_by_stage(cascade, scales: tuple, skips: tuple, generators, options: dict):
-    """Samples all stages in one call (the cascade's per-stage plan takes one guidance scale per
-    unet); only a later stage that refines the upsampled output of the one before (``skips``) needs
-    that output first, so it is sampled stage by stage."""
-    if not any(skips):
-        return cascade.sample(cond_scale=scales if len(set(scales)) > 1 else scales[0], generator=generators,
-                              **options)
-    previous = None
-    for number in range(1, cascade.num_unets + 1):
-        stage = dict(options, cond_scale=scales[number - 1], start_at_unet_number=number, stop_at_unet_number=number,
-                     generator=generators)  # each sample's stream goes on from stage to stage
-        if previous is not None:
-            stage["start_image_or_video"] = previous
-            if skips[number - 1]:
-                stage.update(refining_options(cascade, number, options.get("steps"), skips[number - 1], previous))
-        previous = cascade.sample(**stage)
-    return previous
-
-
-def _stage_value(value, index: int):
-    return value[index] if isinstance(value, (tuple, list)) else value
-
-
-def refining_options(cascade, number: int, steps, skip: int, images) -> dict:
-    """``sample`` keywords that make stage ``number`` refine ``images`` (the previous stage's output)
-    instead of drawing from scratch, skipping the first ``skip`` of its ``steps`` steps.
-
-    The reference adds ``init_images`` to noise of the schedule's *first* level and then skips
-    steps, so ``skip_steps`` alone leaves mostly noise. For an ElucidatedImagen stage the same
-    refinement is exact through the reference's ``sigma_max``: the Karras schedule of ``steps``
-    levels, cut at level ``skip``, is the Karras schedule of ``steps - skip`` levels from that
-    level's sigma (both are evenly spaced in ``sigma ** (1 / rho)``), so the stage starts from
-    ``images + sigma * noise`` and runs the remaining steps. An Imagen stage gets the reference's
-    ``init_images`` / ``skip_steps`` unchanged.
-    """
-    from imagen.diffusion import karras_sigmas
-
-    index = number - 1
-    config = cascade.config
-    if not hasattr(config, "sigma_max"):
-        skips = tuple(skip if i == index else 0 for i in range(cascade.num_unets))
-        return dict(init_images=images, skip_steps=skips)
-    count = _stage_value(steps, index) or _stage_value(config.num_sample_steps, index)
-    if not 0 <= skip < count:
-        raise CliError(f"--skip-steps {skip} for stage {number} must be below its {count} steps")
-    levels = karras_sigmas(count, _stage_value(config.sigma_min, index), _stage_value(config.sigma_max, index),
-                           rho=_stage_value(config.rho, index))
-    return dict(init_images=images, sigma_max=float(levels[skip]), steps=count - skip)
 
 
 def cmd_encode_text(args) -> int:
