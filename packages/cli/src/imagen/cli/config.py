@@ -31,6 +31,11 @@ def _check_each(check):
     return validate
 
 
+def _is_str(name: str, item: Any) -> None:
+    if not isinstance(item, str):
+        raise ValueError(f"trainer.{name} must be a name (or a list, one per unet), got {item!r}")
+
+
 def _positive_number(name: str, item: Any) -> None:
     if isinstance(item, bool) or not isinstance(item, int | float) or not item > 0:
         raise ValueError(f"trainer.{name} must be a positive number (or a list, one per unet), got {item!r}")
@@ -64,6 +69,31 @@ def _probability(instance, attribute, value):
         raise ValueError(f"trainer.{attribute.name} must be a number in [0, 1), got {value!r}")
 
 
+def _log_with(instance, attribute, value):
+    names = value if isinstance(value, tuple) else (value,)
+    if value is not None and (not names or not all(isinstance(name, str) and name for name in names)):
+        raise ValueError(f"trainer.log_with must be null, a tracker name (\"tensorboard\", \"wandb\"...) or a list of "
+                         f"names, got {value!r}")
+
+
+def _prompts(instance, attribute, value):
+    if not all(isinstance(prompt, str) and prompt.strip() for prompt in value):
+        raise ValueError(f"trainer.sample_prompts must be a list of non-empty strings, got {list(value)!r}")
+
+
+def _optional_str(section: str):
+    def validate(instance, attribute, value):
+        if value is not None and not (isinstance(value, str) and value):
+            raise ValueError(f"{section}.{attribute.name} must be null or a non-empty string, got {value!r}")
+
+    return validate
+
+
+def _fraction(instance, attribute, value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise ValueError(f"trainer.{attribute.name} must be a number in (0, 1), got {value!r}")
+
+
 def _per_unet_field(default, check):
     return attrs.field(default=default, converter=_tuple_if_list, validator=_check_each(check))
 
@@ -83,7 +113,15 @@ def _from_section(cls, data: Any, section: str):
 class TrainerConfig:
     """The ``trainer`` section: ``ImagenTrainer`` keywords (per-unet values as lists) plus where and
     how often checkpoints are written. ``max_batch_size`` splits each batch into chunks of at most
-    that many images (gradient accumulation)."""
+    that many images (gradient accumulation).
+
+    Tracking: ``log_with`` (``"tensorboard"``, ``"wandb"``... or a list; null: none) writes under
+    ``project_dir`` every ``log_every`` steps; every ``sample_every`` steps a grid of
+    ``sample_prompts`` (``sample_steps`` sampling steps, null: the cascade's own) goes to the trackers
+    and, with ``sample_folder``, to PNG files; every ``validate_every`` steps the loss of
+    ``valid_batches`` batches of the held-out data (``dataset.valid_folder``, or a
+    ``split_valid_fraction`` of the training folder with ``split_valid_from_train``) is logged.
+    ``lr_scheduler`` names a ``transformers`` schedule (null: warm-up x cosine, the reference's)."""
 
     lr: float | tuple = _per_unet_field(1e-3, _positive_number)
     eps: float | tuple = _per_unet_field(1e-8, _positive_number)
@@ -105,11 +143,32 @@ class TrainerConfig:
     checkpoint_every: int | None = attrs.field(default=500, validator=_int_at_least(1, "trainer"))
     max_checkpoints_keep: int = attrs.field(default=3, validator=_int_at_least(0, "trainer"))  # 0: keep all
     max_batch_size: int | None = attrs.field(default=None, validator=_int_at_least(1, "trainer"))
+    lr_scheduler: str | tuple | None = attrs.field(default=None, converter=_tuple_if_list,
+                                                   validator=_check_each(_optional(_is_str)))
+    log_with: str | tuple | None = attrs.field(default=None, converter=_tuple_if_list, validator=_log_with)
+    project_dir: str = attrs.field(default="./runs", validator=_optional_str("trainer"))
+    log_every: int = attrs.field(default=10, validator=_int_at_least(1, "trainer"))
+    sample_every: int | None = attrs.field(default=None, validator=_int_at_least(1, "trainer"))
+    sample_prompts: tuple[str, ...] = attrs.field(default=(), converter=tuple, validator=_prompts)
+    sample_steps: int | None = attrs.field(default=None, validator=_int_at_least(1, "trainer"))
+    sample_folder: str | None = attrs.field(default=None, validator=_optional_str("trainer"))
+    validate_every: int | None = attrs.field(default=None, validator=_int_at_least(1, "trainer"))
+    valid_batches: int = attrs.field(default=1, validator=_int_at_least(1, "trainer"))
+    split_valid_from_train: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    split_valid_fraction: float = attrs.field(default=0.025, validator=_fraction)
+
+    FIT_KEYS = ("max_batch_size", "sample_every", "sample_prompts", "sample_steps", "sample_folder", "validate_every",
+                "valid_batches")
+    """Keys that go to each step / ``fit`` rather than to ``ImagenTrainer``."""
 
     def trainer_kwargs(self) -> dict:
-        """The keywords for ``ImagenTrainer`` (``max_batch_size`` goes to each step instead)."""
+        """The keywords for ``ImagenTrainer`` (the :attr:`FIT_KEYS` go to the training loop instead;
+        ``project_dir`` only with ``log_with``)."""
         values = attrs.asdict(self)
-        values.pop("max_batch_size")
+        for key in self.FIT_KEYS:
+            values.pop(key)
+        if values["log_with"] is None:
+            values.pop("project_dir")
         return values
 
 
@@ -118,7 +177,8 @@ class DatasetConfig:
     """The ``dataset`` section: an image folder with captions (``<image>.txt`` or
     ``metadata.jsonl``) read by ``imagen.trainer.Dataset``; ``image_size`` None means the cascade's
     largest size; ``text_embedding_cache`` is a folder written by ``encode-text`` (or None to encode
-    captions on the fly with the cascade's text encoder)."""
+    captions on the fly with the cascade's text encoder); ``valid_folder`` is a held-out image folder
+    of the same kind, for ``trainer.validate_every``."""
 
     folder: str = "./images"
     image_size: int | None = attrs.field(default=None, validator=_int_at_least(1, "dataset"))
@@ -128,6 +188,7 @@ class DatasetConfig:
     convert_image_to: str | None = "RGB"
     captions: bool | str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", True, False)))
     text_embedding_cache: str | None = None
+    valid_folder: str | None = attrs.field(default=None, validator=_optional_str("dataset"))
 
 
 @attrs.frozen(kw_only=True)
@@ -157,6 +218,21 @@ class CliConfig:
             trainer=_from_section(TrainerConfig, data.get("trainer", {}), "trainer"),
             dataset=_from_section(DatasetConfig, data.get("dataset", {}), "dataset"),
         )
+
+    def __attrs_post_init__(self):
+        trainer, dataset = self.trainer, self.dataset
+        if trainer.validate_every is not None and dataset.valid_folder is None and not trainer.split_valid_from_train:
+            raise ValueError("trainer.validate_every needs held-out data: set dataset.valid_folder or "
+                             "trainer.split_valid_from_train")
+        if dataset.valid_folder is not None and trainer.split_valid_from_train:
+            raise ValueError("dataset.valid_folder and trainer.split_valid_from_train both give validation data: "
+                             "set one")
+        if trainer.sample_every is not None and trainer.log_with is None and trainer.sample_folder is None:
+            raise ValueError("trainer.sample_every needs trainer.log_with or trainer.sample_folder (where grids go)")
+        if trainer.sample_every is not None and self.imagen.condition_on_text and not trainer.sample_prompts:
+            raise ValueError("trainer.sample_every: this cascade conditions on text; give trainer.sample_prompts")
+        if trainer.sample_prompts and not self.imagen.condition_on_text:
+            raise ValueError("trainer.sample_prompts: this cascade does not condition on text; give none")
 
     @classmethod
     def read(cls, path: str | Path) -> CliConfig:
