@@ -29,6 +29,7 @@ from .persistence import (
     read_safetensors,
     weights_misfit,
 )
+from .presets import PRESETS, Recipe, preset, preset_config, small_fast
 from .reference_checkpoint import (
     ReferenceCheckpoint,
     ReferenceCheckpointError,
@@ -40,6 +41,7 @@ from .reference_checkpoint import (
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_FORMAT_VERSION",
+    "PRESETS",
     "Cascade",
     "CascadeConfig",
     "CheckpointError",
@@ -48,6 +50,7 @@ __all__ = [
     "ElucidatedImagenConfig",
     "Imagen",
     "ImagenConfig",
+    "Recipe",
     "ReferenceCheckpoint",
     "ReferenceCheckpointError",
     "atomic_write",
@@ -57,10 +60,13 @@ __all__ = [
     "is_torch_save",
     "load_imagen_from_checkpoint",
     "parse_checkpoint_json",
+    "preset",
+    "preset_config",
     "read_container",
     "read_reference_checkpoint",
     "read_safetensors",
     "remove_stale_partials",
+    "small_fast",
     "tensor_digest",
     "to_pil_images",
     "weights_misfit",

@@ -1,0 +1,159 @@
+"""Named recipes: a cascade config together with the training and sampling settings it was tuned with.
+
+``small_fast`` is the recipe for learning fast at small scale on a CPU (tuned on the demo's
+captioned shapes at 16-64 px, bench/learning.md holds the measurements and the ablation table).
+Every choice is an explicit keyword here; no reference default changes. ``Recipe.with_reference``
+switches one choice back to the reference's, for ablations.
+
+    recipe = small_fast(32, text_embed_dim=32, text_encoder_name="path/to/t5")
+    imagen = recipe.config.create(seed=0)
+    trainer = ImagenTrainer(imagen, **recipe.trainer_options)
+    images = trainer.sample(texts=[...], **recipe.sample_options)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+
+from imagen.text import DEFAULT_T5_NAME
+
+from .config import CascadeConfig, ElucidatedImagenConfig
+
+__all__ = ["PRESETS", "Recipe", "preset", "preset_config", "small_fast"]
+
+LOWEST_RESOLUTION = 8  # the base U-Net halves down to 8 px, where it cross-attends to the text
+
+
+@attrs.frozen(kw_only=True)
+class Recipe:
+    """A named cascade config plus what to train and sample it with.
+
+    ``trainer_options``: ``ImagenTrainer`` keywords (lr, warm-up, decay, EMA, clipping);
+    ``batch_size``: per training step; ``sample_options``: ``sample`` keywords (guidance);
+    the sampler and its step count live in ``config``. ``reference`` holds, for each choice, the
+    changes that put the reference's setting back (see :meth:`with_reference`).
+    """
+
+    name: str
+    config: CascadeConfig
+    trainer_options: dict = attrs.field(factory=dict)
+    batch_size: int = 32
+    sample_options: dict = attrs.field(factory=dict)
+    reference: dict = attrs.field(factory=dict, repr=False)
+
+    def with_reference(self, choice: str) -> Recipe:
+        """This recipe with one choice (a key of ``reference``) switched back to the reference's."""
+        if choice not in self.reference:
+            raise ValueError(f"unknown choice {choice!r} for recipe {self.name!r}; expected one of "
+                             f"{sorted(self.reference)}")
+        change = self.reference[choice]
+        config = self.config.to_dict()
+        kind = change.get("kind", config["kind"])
+        if kind != config["kind"]:  # a different cascade kind keeps only the settings both kinds share
+            shared = {f.name for f in attrs.fields(CascadeConfig)}
+            config = {k: v for k, v in config.items() if k in shared}
+        config.update(kind=kind, **change.get("config", {}))
+        for index, unet_change in enumerate(change.get("unets", ())):
+            if unet_change is not None:
+                config["unets"][index] = unet_change
+        return attrs.evolve(
+            self, name=f"{self.name} with the reference's {choice}", config=CascadeConfig.from_dict(config),
+            trainer_options={**self.trainer_options, **change.get("trainer", {})},
+            batch_size=change.get("batch_size", self.batch_size),
+            sample_options={**self.sample_options, **change.get("sample", {})},
+        )
+
+
+def _base_unet(size: int) -> dict:
+    """The base U-Net of ``small_fast`` at ``size`` px: halves down to 8 px (one level per halving),
+    cross-attends to the text at the two lowest levels, no self-attention, a small ``cond_dim``,
+    and the text padding hidden from attention (the captions are short)."""
+    levels = int(math.log2(size // LOWEST_RESOLUTION)) + 1
+    return dict(
+        dim=32, dim_mults=(1, 2, 4, 4, 8)[:levels], num_resnet_blocks=1, layer_attns=False,
+        layer_cross_attns=tuple(i >= levels - 2 for i in range(levels)), attend_at_middle=False,
+        attn_heads=4, attn_dim_head=16, cond_dim=64, init_cross_embed=False, init_conv_kernel_size=3,
+        use_global_context_attn=False, attn_pool_text=False, mask_text_padding=True,
+    )
+
+
+def _sr_unet() -> dict:
+    """A small convolutional super-resolution U-Net (no attention: the base image carries the layout)."""
+    return dict(
+        dim=16, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=False, layer_cross_attns=False,
+        attend_at_middle=False, attn_heads=2, attn_dim_head=16, cond_dim=32, init_cross_embed=False,
+        init_conv_kernel_size=3, use_global_context_attn=False, attn_pool_text=False, mask_text_padding=True,
+    )
+
+
+def _reference_unet(unet: dict) -> dict:
+    """The U-Net keywords the issue's seed gives (everything else the reference's defaults)."""
+    return dict(dim=32, cond_dim=128, dim_mults=unet["dim_mults"], num_resnet_blocks=2,
+                layer_attns=tuple(i > 0 for i in range(len(unet["dim_mults"]))),
+                layer_cross_attns=tuple(i > 0 for i in range(len(unet["dim_mults"]))))
+
+
+def small_fast(image_sizes: int | tuple[int, ...] = 32, *, text_embed_dim: int | None = None,
+               text_encoder_name: str = DEFAULT_T5_NAME, total_steps: int | None = None) -> Recipe:
+    """The ``small-fast`` recipe: an EDM (``ElucidatedImagen``) cascade of one base stage at
+    ``image_sizes[0]`` (a power of two >= 8 px) and, when a second size is given, a small
+    super-resolution stage, trained with a high learning rate after a short warm-up and a fast EMA,
+    sampled with 16 DPM-Solver++(2M) steps and guidance 4.
+
+    ``total_steps`` (the training steps planned) adds a cosine learning-rate decay over them.
+    """
+    sizes = (image_sizes,) if isinstance(image_sizes, int) else tuple(image_sizes)
+    if not sizes or len(sizes) > 2 or any(isinstance(s, bool) or not isinstance(s, int) for s in sizes):
+        raise ValueError(f"image_sizes must be one or two ints (base, super-resolution), got {image_sizes!r}")
+    base = sizes[0]
+    if base < LOWEST_RESOLUTION or base & (base - 1):
+        raise ValueError(f"image_sizes[0] must be a power of two >= {LOWEST_RESOLUTION}, got {base}")
+    if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
+                                    or total_steps < 1):
+        raise ValueError(f"total_steps must be None or an int >= 1, got {total_steps!r}")
+    unets = [_base_unet(base)] + [_sr_unet()] * (len(sizes) - 1)
+    config = ElucidatedImagenConfig(
+        unets=unets, image_sizes=sizes, text_encoder_name=text_encoder_name, text_embed_dim=text_embed_dim,
+        cond_drop_prob=0.1, num_sample_steps=16, sampler="dpmpp_2m", lowres_sample_noise_level=0.2,
+        resize_mode="bilinear", random_crop_sizes=None if len(sizes) == 1 else (None, base),
+    )
+    trainer: dict[str, Any] = dict(lr=2e-3, warmup_steps=50, max_grad_norm=1.0, ema_beta=0.99,
+                                   ema_update_after_step=10, ema_update_every=1)
+    if total_steps is not None:
+        trainer["cosine_decay_max_steps"] = total_steps
+    reference_trainer = {"lr": 1e-4, "warmup_steps": None, "max_grad_norm": None, "cosine_decay_max_steps": None}
+    reference = {
+        "unet": {"unets": [_reference_unet(unets[0])]},
+        "objective": {"kind": "Imagen", "config": {"timesteps": 16}},  # VP, noise prediction, same sampler
+        "lr": {"trainer": {k: reference_trainer[k] for k in ("lr", "cosine_decay_max_steps")}},
+        "warmup": {"trainer": {"warmup_steps": None}},
+        "ema": {"trainer": {"ema_beta": 0.9999, "ema_update_after_step": 100, "ema_update_every": 10}},
+        "cond_drop": {"config": {"cond_drop_prob": 0.5}},
+        "text_padding": {"unets": [dict(unets[0], mask_text_padding=False)]},
+        "sampler": {"config": {"sampler": None, "num_sample_steps": 32}},
+        "guidance": {"sample": {"cond_scale": 1.0}},
+    }
+    return Recipe(name="small-fast", config=config, trainer_options=trainer, batch_size=32,
+                  sample_options=dict(cond_scale=4.0), reference=reference)
+
+
+PRESETS = {"small-fast": small_fast}
+
+
+def preset(name: str, *args, **options) -> Recipe:
+    """The recipe called ``name`` (a key of ``PRESETS``), built with ``options``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name](*args, **options)
+
+
+def preset_config(cls: type[CascadeConfig], name: str, *args, **options) -> CascadeConfig:
+    """The config of the recipe called ``name``; ``cls`` (a config class) must be its kind or a base of it.
+    ``CascadeConfig.preset`` / ``ElucidatedImagenConfig.preset`` call this."""
+    config = preset(name, *args, **options).config
+    if not isinstance(config, cls):
+        raise ValueError(f"preset {name!r} builds a {type(config).__name__}, not a {cls.__name__}")
+    return config
