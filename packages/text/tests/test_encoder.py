@@ -164,3 +164,34 @@ def test_t5_encode_text_matches_the_encoder_and_reuses_it(tiny_t5, tiny_encoder)
     assert again[0].shape[1] == int(again[1].sum(1).max())
     release_text_encoders()
     assert not encoder_module._ENCODERS
+
+
+def _damage(folder, case):
+    if case == "garbage pytorch_model.bin":
+        (folder / "model.safetensors").unlink()
+        (folder / "pytorch_model.bin").write_bytes(b"not a torch.save file " * 4)
+    elif case == "empty pytorch_model.bin":
+        (folder / "model.safetensors").unlink()
+        (folder / "pytorch_model.bin").write_bytes(b"")
+    elif case == "truncated model.safetensors":
+        data = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(data[:100])
+    elif case == "tokenizer.json without its fields":
+        (folder / "tokenizer.json").write_text("{}")
+    elif case == "config.json not JSON":
+        (folder / "config.json").write_text("{not json")
+
+
+@pytest.mark.parametrize("case", ["garbage pytorch_model.bin", "empty pytorch_model.bin", "truncated model.safetensors",
+                                  "tokenizer.json without its fields", "config.json not JSON"])
+def test_a_damaged_folder_is_one_clear_error_naming_it(tiny_t5, tmp_path, case):
+    import shutil
+
+    from imagen.text import TextEncoderLoadError
+
+    folder = tmp_path / "t5"
+    shutil.copytree(tiny_t5, folder)
+    _damage(folder, case)
+    with pytest.raises(TextEncoderLoadError, match=r"cannot load the (tokenizer|model) of text encoder") as info:
+        T5Encoder(folder).encode(["a puppy"])
+    assert str(folder) in str(info.value) and isinstance(info.value, OSError) and isinstance(info.value, ValueError)

@@ -5,7 +5,14 @@ Encode captions with :class:`T5Encoder` (or :func:`t5_encode_text`); precompute 
 """
 
 from .cache import CorruptCacheError, TextEmbeddingCache
-from .encoder import T5Encoder, TextEncoder, check_dtype, release_text_encoders, t5_encode_text
+from .encoder import (
+    T5Encoder,
+    TextEncoder,
+    TextEncoderLoadError,
+    check_dtype,
+    release_text_encoders,
+    t5_encode_text,
+)
 from .locate import (
     DEFAULT_MAX_LENGTH,
     DEFAULT_T5_NAME,
@@ -24,6 +31,7 @@ __all__ = [
     "T5Encoder",
     "TextEmbeddingCache",
     "TextEncoder",
+    "TextEncoderLoadError",
     "TextEncoderNotFoundError",
     "check_dtype",
     "check_texts",

@@ -28,6 +28,14 @@ logger = logging.getLogger(__name__)
 ACCEPTED_DTYPES = (torch.float32, torch.bfloat16)
 
 
+class TextEncoderLoadError(OSError, ValueError):
+    """A text encoder's folder is there but cannot be loaded: a damaged, truncated or foreign file.
+
+    The message names the folder, the part that failed (tokenizer or model), the files it holds and
+    the underlying error. Both an ``OSError`` and a ``ValueError``, so either ``except`` clause catches it.
+    """
+
+
 @runtime_checkable
 class TextEncoder(Protocol):
     """Anything that turns captions into token embeddings and a mask.
@@ -133,11 +141,17 @@ class T5Encoder:
         options = {"local_files_only": where.local}
         if not where.local and self.cache_dir is not None:
             options["cache_dir"] = os.fspath(self.cache_dir)
+        part = "tokenizer"
         try:
             with _transformers_progress(self.progress):
                 tokenizer = AutoTokenizer.from_pretrained(where.source, **options)
+                part = "model"
                 model = T5EncoderModel.from_pretrained(where.source, dtype=self.dtype, **options)
-        except (OSError, ValueError, ImportError) as error:
+        except Exception as error:
+            if not isinstance(error, OSError | ValueError | ImportError):
+                # a damaged file fails deep inside transformers, torch.load or safetensors with
+                # whatever error its parser raises (UnpicklingError, EOFError, SafetensorError, KeyError...)
+                raise self._load_error(where.source, part, error) from error
             if not where.local:  # the one guarded download attempt failed
                 cache = Path(self.cache_dir) if self.cache_dir is not None else hf_hub_cache()
                 raise not_found_error(self.name_or_path, None, cache, f"the download failed ({error})") from error
@@ -148,7 +162,9 @@ class T5Encoder:
                     f"and converting that needs the sentencepiece package ({error}). Install sentencepiece, or save "
                     "the fast tokenizer (tokenizer.json) with save_pretrained on a machine that has it."
                 ) from error
-            raise
+            if isinstance(error, TextEncoderNotFoundError):
+                raise
+            raise self._load_error(where.source, part, error) from error
         tokenizer.padding_side = "right"
         self._tokenizer = tokenizer
         self._model = model.to(self.device).eval().requires_grad_(False)
@@ -156,6 +172,17 @@ class T5Encoder:
         logger.info("loaded text encoder %s (dim %d) on %s in %s", self.name_or_path, self._dim, self.device,
                     self.dtype)
         return self
+
+    def _load_error(self, source: str, part: str, error: Exception) -> TextEncoderLoadError:
+        folder = Path(source)
+        files = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        detail = " ".join(str(error).split())[:300] or type(error).__name__
+        held = f" (it holds {', '.join(files)})" if files else ""
+        return TextEncoderLoadError(
+            f"cannot load the {part} of text encoder {self.name_or_path!r} from {source}{held}: "
+            f"{type(error).__name__}: {detail}. A file there is damaged, truncated or not what its name says: "
+            "save the encoder again with save_pretrained"
+        )
 
     def release(self) -> None:
         """Drops the model and tokenizer to free memory; the next ``encode`` loads them again."""
