@@ -114,6 +114,10 @@ def test_fit_refuses_validation_without_data_and_samples_with_nowhere_to_go(toy_
         trainer.fit(2, sample_every=1)
     with pytest.raises(ValueError, match="validate_every"):
         trainer.fit(2, validate_every=0)
+    with pytest.raises(ValueError, match="exactly one of num_steps and seconds"):
+        trainer.fit(2, seconds=5)
+    with pytest.raises(ValueError, match="exactly one of num_steps and seconds"):
+        trainer.fit()
 
 
 class FakeClock:

@@ -130,14 +130,14 @@ class TrainingLog:
             self.start(self.config)
 
     def finish(self) -> None:
-        """Flushes and closes every tracker of the main process."""
-        if not (self.enabled and self.open):
+        """Flushes and closes every tracker of the main process (only trackers this log opened: those of
+        an accelerator the user passed are the user's to end)."""
+        if not (self.enabled and self.open and self.owns_trackers):
             return
         for tracker in self.accelerator.trackers:
             tracker.finish()
-        if self.owns_trackers:
-            self.accelerator.trackers.clear()
-            self.open = False
+        self.accelerator.trackers.clear()
+        self.open = False
 
     def log(self, values: dict, step: int) -> None:
         """``accelerator.log(values, step)`` (the main process's trackers)."""

@@ -650,6 +650,9 @@ class ImagenTrainer(nn.Module):
         ``samples/unet<n>`` and/or writes it to ``sample_folder/sample-unet<n>-<step>.png``.
         ``step_fn(trainer, unet_number, max_batch_size=...) -> loss`` replaces :meth:`train_step`.
         Ends with :meth:`end_training` unless ``end_training=False``."""
+        if (num_steps is None) == (seconds is None):
+            raise ValueError(f"fit needs exactly one of num_steps and seconds (a time budget), got "
+                             f"num_steps={num_steps!r}, seconds={seconds!r}")
         unet_number = self._resolve_unet_number(unet_number)
         stage = self.stages[unet_number - 1]
         if valid_every is not None and validate_every is not None and valid_every != validate_every:
@@ -669,8 +672,7 @@ class ImagenTrainer(nn.Module):
         if sample_prompts is None and not {"texts", "text_embeds", "batch_size"} & set(sample_options):
             sample_options["batch_size"] = 4
         show = self.verbose and self.is_main
-        progress = Progress(steps=num_steps if seconds is None else None, seconds=seconds, desc=f"unet {unet_number}",
-                            show=show)
+        progress = Progress(steps=num_steps, seconds=seconds, desc=f"unet {unet_number}", show=show)
         losses = []
         try:
             while not self._budget_spent(progress):
