@@ -9,26 +9,34 @@ from imagen.trainer.checkpoints import (
     save_checkpoint,
 )
 from imagen.trainer.data import Dataset, EpochSampler, collate, pad_text_embeds
-from imagen.trainer.optim import WarmupCosine
+from imagen.trainer.optim import LR_SCHEDULERS, WarmupCosine
 from imagen.trainer.reference_import import checkpoint_from_reference
+from imagen.trainer.sampling import grid_picture, image_grid, save_image_grid
 from imagen.trainer.shards import ShardDataset, index_shards, write_shards
+from imagen.trainer.tracking import Progress, flat_hyperparameters
 from imagen.trainer.trainer import ImagenTrainer, NonFiniteTrainingError
 
 __all__ = [
+    "LR_SCHEDULERS",
     "CheckpointError",
     "Dataset",
     "EpochSampler",
     "ImagenTrainer",
     "NonFiniteTrainingError",
+    "Progress",
     "ShardDataset",
     "WarmupCosine",
     "checkpoint_from_reference",
     "collate",
+    "flat_hyperparameters",
+    "grid_picture",
+    "image_grid",
     "index_shards",
     "latest_checkpoint",
     "load_checkpoint",
     "pad_text_embeds",
     "prune_checkpoints",
     "save_checkpoint",
+    "save_image_grid",
     "write_shards",
 ]
