@@ -150,6 +150,20 @@ def test_training_loss_equals_the_reference(kind, settings, unet_number, seed, m
     assert_close(got, expected)
 
 
+@pytest.mark.parametrize("kind", ["Imagen", "ElucidatedImagen"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_crops_train_as_the_reference(kind, seed, monkeypatch):
+    """``random_crop_sizes``: one window per sample, drawn as kornia's RandomCrop draws it (its
+    uniforms come from the tape through ``torch.rand``), applied to the image, its low-res copy and
+    (Gaussian stages) the noise drawn whole, in the reference's order of draws."""
+    mine, reference = cascades(kind, random_crop_sizes=(None, 8))
+    images = _rand(BATCH, 3, 20, 20, generator=torch.Generator().manual_seed(seed))
+    embeds, masks = text_condition(seed)
+    kwargs = dict(text_embeds=embeds, text_masks=masks, unet_number=2)
+    got, expected = run_both(seed, monkeypatch, lambda: reference(images, **kwargs), lambda: mine(images, **kwargs))
+    assert_close(got, expected)
+
+
 def test_uint8_images_train_as_the_reference(monkeypatch):
     mine, reference = cascades("Imagen")
     images = (_rand(BATCH, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 255).to(torch.uint8)

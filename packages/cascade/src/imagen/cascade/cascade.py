@@ -20,6 +20,7 @@ from imagen.diffusion import (
     get_noise_schedule,
     q_sample,
     rand,
+    randn,
     randn_like,
     sample_training_times,
 )
@@ -34,7 +35,7 @@ from .conditioning import (
     check_texts,
 )
 from .config import CascadeConfig, ElucidatedImagenConfig, ImagenConfig, per_unet
-from .images import normalize, random_crop, resize, unnormalize
+from .images import crop_at, crop_windows, normalize, resize, unnormalize
 from .sampling import CascadeSampling, _warn_once
 from .stages import ElucidatedStage, GaussianStage
 
@@ -42,13 +43,15 @@ from .stages import ElucidatedStage, GaussianStage
 @attrs.frozen(kw_only=True)
 class TrainingDraws:
     """The random draws of one training step: the stage's noise level (t for a Gaussian stage,
-    sigma for EDM) (B,), the noise like x0, the low-res augmentation times (B,) and noise (or None)
-    and the self-conditioning coin."""
+    sigma for EDM) (B,), the noise like the (cropped) x0, the low-res augmentation times (B,) and
+    noise (or None), the random-crop windows (B, 2) (top, left) or None, and the self-conditioning
+    coin."""
 
     noise_level: torch.Tensor = attrs.field(eq=False)
     noise: torch.Tensor = attrs.field(eq=False)
     lowres_times: torch.Tensor | None = attrs.field(eq=False)
     lowres_noise: torch.Tensor | None = attrs.field(eq=False)
+    crop_windows: torch.Tensor | None = attrs.field(default=None, eq=False)
     self_condition: bool
 
 
@@ -265,28 +268,41 @@ class Cascade(CascadeSampling, nn.Module):
         noise = randn_like(lowres, generators) if noise is None else noise
         return q_sample(lowres, log_snr, noise), log_snr
 
-    def _training_draws(self, index: int, x0: torch.Tensor, lowres: torch.Tensor | None, generator) -> TrainingDraws:
+    def _training_draws(self, index: int, x0: torch.Tensor, lowres: torch.Tensor | None, generator,
+                        crop: int | None = None) -> TrainingDraws:
         """Every random draw of one training step, in the reference's order (the one helper a test
-        replaces to feed the reference's draws)."""
+        replaces to feed the reference's draws). ``x0`` and ``lowres`` are uncropped; with ``crop``
+        the noise comes at the crop's size (a Gaussian stage draws it whole and crops it, as the
+        reference)."""
         batch, device = x0.shape[0], x0.device
         stage = self.stages[index]
         gaussian = not isinstance(stage, ElucidatedStage)
+        cropped = x0.shape if crop is None else (*x0.shape[:-2], crop, crop)
+
+        def draw_windows():
+            if crop is None:
+                return None
+            return crop_windows(batch, *x0.shape[-2:], crop, generator, device=device)
+
         noise_level = stage.draw_noise_level(batch, generator, device) if gaussian else None
         lowres_times = lowres_noise = None
         if lowres is not None:
             count = batch if self._config.per_sample_random_aug_noise_level else 1
             lowres_times = sample_training_times(count, generator=generator, device=device).expand(batch)
-        if gaussian:  # Gaussian: times, lowres times, the image noise, the lowres noise
+        if gaussian:  # Gaussian: times, lowres times, the image noise, the crop, the lowres noise
             noise = randn_like(x0, generator)
-            lowres_noise = None if lowres is None else randn_like(lowres, generator)
-        else:  # EDM: lowres times, the lowres noise, sigmas, the image noise
-            lowres_noise = None if lowres is None else randn_like(lowres, generator)
+            windows = draw_windows()
+            noise = noise if crop is None else crop_at(noise, windows, crop)
+            lowres_noise = None if lowres is None else randn(cropped, generator, device=device, dtype=x0.dtype)
+        else:  # EDM: lowres times, the crop, the lowres noise, sigmas, the image noise
+            windows = draw_windows()
+            lowres_noise = None if lowres is None else randn(cropped, generator, device=device, dtype=x0.dtype)
             noise_level = stage.draw_noise_level(batch, generator, device)
-            noise = randn_like(x0, generator)
+            noise = randn(cropped, generator, device=device, dtype=x0.dtype)
         # one coin for the batch, read once here at the step's boundary (a Python branch follows)
         self_cond = bool(self.unets[index].self_cond) and bool(rand((), first_generator(generator)) < 0.5)
         return TrainingDraws(noise_level=noise_level, noise=noise, lowres_times=lowres_times,
-                             lowres_noise=lowres_noise, self_condition=self_cond)
+                             lowres_noise=lowres_noise, crop_windows=windows, self_condition=self_cond)
 
     # ------------------------------------------------------------------------------- training
 
@@ -344,10 +360,10 @@ class Cascade(CascadeSampling, nn.Module):
         pixels = self._pixel_conditions(index, batch, cond_images=cond_images, cond_video_frames=cond_video_frames,
                                         post_cond_video_frames=post_cond_video_frames)
         crop = (self._config.random_crop_sizes or (None,) * self.num_unets)[index]
-        if crop is not None:
-            x0, lowres, *cropped = random_crop([x0, lowres, *pixels.values()], crop, generator)
-            pixels = dict(zip(pixels, cropped))
-        draws = self._training_draws(index, x0, lowres, generator)
+        draws = self._training_draws(index, x0, lowres, generator, crop)
+        if crop is not None:  # one window per sample, shared by the image, its low-res and pixel conditions
+            x0, lowres = crop_at(x0, draws.crop_windows, crop), crop_at(lowres, draws.crop_windows, crop)
+            pixels = {name: crop_at(value, draws.crop_windows, crop) for name, value in pixels.items()}
         lowres_log_snr = None
         if lowres is not None:
             lowres, lowres_log_snr = self._lowres_augmentation(lowres, draws.lowres_times, None, draws.lowres_noise)

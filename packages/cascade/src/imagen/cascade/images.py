@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from imagen.diffusion import GeneratorArg, first_generator, randint
+from imagen.diffusion import GeneratorArg, rand
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -38,16 +38,31 @@ def _align(mode: str) -> dict:
     return {"align_corners": False} if mode in ("bilinear", "bicubic", "trilinear") else {}
 
 
-def random_crop(tensors: list[torch.Tensor | None], size: int, generator: GeneratorArg = None):
-    """Crops every tensor (same spatial size, last two dims) at one random size x size window
-    (drawn from the first generator of a per-sample list)."""
-    height, width = next(t for t in tensors if t is not None).shape[-2:]
+def crop_windows(batch: int, height: int, width: int, size: int, generator: GeneratorArg = None,
+                 device=None) -> torch.Tensor:
+    """One random ``size`` x ``size`` window per sample, drawn as kornia's ``RandomCrop`` (the
+    reference's) draws them: u_x then u_y uniform (B,) each, left = floor(u_x (W - size + 1)),
+    top = floor(u_y (H - size + 1)). Returns (B, 2) int64 (top, left)."""
     if size > min(height, width):
         raise ValueError(f"random crop size {size} exceeds the stage's image size {height}x{width}")
-    generator = first_generator(generator)
-    top = int(randint(0, height - size + 1, (), generator))
-    left = int(randint(0, width - size + 1, (), generator))
-    return [None if t is None else t[..., top : top + size, left : left + size] for t in tensors]
+    u_x = rand((batch,), generator, device=device)
+    u_y = rand((batch,), generator, device=device)
+    lefts = (u_x * (width - size + 1)).floor().long()
+    tops = (u_y * (height - size + 1)).floor().long()
+    return torch.stack([tops, lefts], dim=1)
+
+
+def crop_at(x: torch.Tensor | None, windows: torch.Tensor, size: int) -> torch.Tensor | None:
+    """Sample i of ``x`` (B, ..., H, W) cropped to its window ``windows[i]`` = (top, left), size x
+    size, with gathers (no host read of the offsets); None stays None."""
+    if x is None:
+        return None
+    span = torch.arange(size, device=x.device)
+    lead = (x.shape[0], *[1] * (x.ndim - 3))
+    rows = (windows[:, 0, None] + span).view(*lead, size, 1).expand(*x.shape[:-2], size, x.shape[-1])
+    x = x.gather(-2, rows)
+    cols = (windows[:, 1, None] + span).view(*lead, 1, size).expand(*x.shape[:-1], size)
+    return x.gather(-1, cols)
 
 
 def to_pil_images(images: torch.Tensor) -> list[Image.Image]:
