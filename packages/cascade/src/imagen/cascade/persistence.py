@@ -161,10 +161,13 @@ def _config_document(text: str, source) -> str:
     return json.dumps(document)
 
 
-def load_pretrained(folder, *, device=None):
-    """The cascade saved by :func:`save_pretrained` in ``folder``: its config, and weights from a
-    verified container. Raises :class:`CheckpointError` naming the file at fault."""
-    folder = Path(folder)
+def load_pretrained(folder, *, device=None, **hub_options):
+    """The cascade saved by :func:`save_pretrained` in ``folder`` (or a Hub repo id, from the Hugging
+    Face cache first: :func:`imagen.cascade.hub.resolve_pretrained` with ``hub_options``): its config,
+    and weights from a verified container. Raises :class:`CheckpointError` naming the file at fault."""
+    from .hub import resolve_pretrained
+
+    folder = resolve_pretrained(folder, **hub_options)
     cascade, tensors = _read_pretrained(folder)
     load_weights_into(cascade, tensors, folder / WEIGHTS_FILE)
     return cascade.to(device) if device is not None else cascade
