@@ -21,6 +21,7 @@ from .container import (
     tensor_digest,
     write_container,
 )
+from .hub import model_card, push_to_hub, resolve_pretrained
 from .images import to_pil_images
 from .persistence import (
     atomic_write,
@@ -59,13 +60,16 @@ __all__ = [
     "imagen_from_reference_checkpoint",
     "is_torch_save",
     "load_imagen_from_checkpoint",
+    "model_card",
     "parse_checkpoint_json",
     "preset",
     "preset_config",
+    "push_to_hub",
     "read_container",
     "read_reference_checkpoint",
     "read_safetensors",
     "remove_stale_partials",
+    "resolve_pretrained",
     "small_fast",
     "tensor_digest",
     "to_pil_images",
