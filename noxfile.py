@@ -24,6 +24,8 @@ nox.options.sessions = ["layout", "lint", "tests", "reference"]
 nox.options.default_venv_backend = "venv"
 
 CONSTRAINTS = "constraints.txt"
+# One pytest worker per core (pytest-xdist), a test file's tests on one worker (module fixtures).
+PARALLEL = ("-n", "auto", "--dist", "loadfile")
 
 
 def install_pinned(session: nox.Session, *args: str) -> None:
@@ -36,10 +38,10 @@ def tests(session: nox.Session, package: str) -> None:
     """Installs one package (with its internal dependencies from local folders) and runs its tests."""
     install_pinned(session, "torch==2.13.0")
     local = [f"./packages/{name}" for name in internal_closure(package) if name != package]
-    install_pinned(session, *local, f"./packages/{package}[test]")
+    install_pinned(session, *local, f"./packages/{package}[test]", "pytest-xdist")
     # Tiny test models run fastest on one thread per process (and never oversubscribe the cores).
     session.env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
-    session.run("pytest", f"packages/{package}/tests", *session.posargs)
+    session.run("pytest", *PARALLEL, f"packages/{package}/tests", *session.posargs)
 
 
 @nox.session
@@ -71,7 +73,19 @@ def reference(session: nox.Session) -> None:
     install_pinned(session, "torch==2.13.0")
     install_pinned(session, *[f"./packages/{name}[test]" for name in PACKAGES])
     install_pinned(session, "--no-deps", *REFERENCE_PACKAGES)
+    install_pinned(session, "pytest-xdist")
     session.env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
-    session.run("pytest", "reference", *session.posargs)
+    session.run("pytest", *PARALLEL, "reference", *session.posargs)
     if not session.posargs:  # a full run also refreshes the side-by-side speed table
         session.run("python", "bench/reference_bench.py", "--rounds", "3", "--output", "bench/reference.md")
+
+
+@nox.session
+def faults(session: nox.Session) -> None:
+    """Fault injection (not a default session): SIGKILLs aimed inside saves, damaged checkpoint files
+    against every loader, full and read-only disks (tmpfs when root). ``nox -s faults -- --long`` runs
+    the full counts (>= 50 kills); each suite prints its counts."""
+    install_pinned(session, "torch==2.13.0")
+    install_pinned(session, *[f"./packages/{name}[test]" for name in PACKAGES])
+    session.env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
+    session.run("pytest", "faults", "-s", *session.posargs)
