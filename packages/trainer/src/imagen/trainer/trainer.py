@@ -14,6 +14,7 @@ import contextlib
 import inspect
 import json
 import logging
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -28,6 +29,7 @@ from imagen.cascade import (
     atomic_write,
     is_torch_save,
     load_imagen_from_checkpoint,
+    push_to_hub,
     read_reference_checkpoint,
 )
 
@@ -613,6 +615,25 @@ class ImagenTrainer(nn.Module):
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda p: picture.save(p, format="PNG"))
         return path
+
+    def push_to_hub(self, repo_id: str, *, use_ema: bool | None = None, sample_prompts=None,
+                    sample_kwargs: dict | None = None, **hub_kwargs):
+        """Uploads the cascade (through the EMA weights unless ``use_ema=False``) to the Hub repo
+        ``repo_id`` with a model card: its config, the steps of each unet and, with ``sample_prompts``
+        (or ``sample_kwargs``), a grid sampled now with the noise seeded by ``seed``
+        (:func:`imagen.cascade.push_to_hub`; ``token``, ``private``, ``revision``... go to it). Main
+        process only (the others return None)."""
+        if not self.is_main:
+            return None
+        use_ema = self.use_ema if use_ema is None else use_ema
+        with tempfile.TemporaryDirectory(prefix="imagen-card-") as scratch:
+            grid = None
+            if sample_prompts is not None or sample_kwargs is not None:
+                options = {"generator": self.seed, "use_ema": use_ema, **(sample_kwargs or {})}
+                grid = self.save_sample_grid(Path(scratch) / "samples.png", prompts=sample_prompts, **options)
+            with self.use_ema_unets() if use_ema else contextlib.nullcontext():
+                return push_to_hub(self.imagen, repo_id, training_steps=self.steps.tolist(), sample_grid=grid,
+                                   sample_prompts=sample_prompts, **hub_kwargs)
 
     def end_training(self) -> None:
         """Flushes and closes the trackers (what ``accelerator.end_training`` does for them; a later log
