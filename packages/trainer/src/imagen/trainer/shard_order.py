@@ -43,21 +43,25 @@ def shard_permutation(num_shards: int, seed: int, epoch: int, shuffle: bool) -> 
     return order
 
 
-def worker_batches(batches_per_epoch: int, epoch: int, worker: int, num_workers: int) -> list[int]:
+def worker_batches(batches_per_epoch: int, epoch: int, worker: int, num_workers: int) -> range:
     """The batches ``k`` of ``epoch`` (in ``[0, B)``) that ``worker`` makes: ``(epoch * B + k) % W == worker``."""
     first = (worker - epoch * batches_per_epoch) % num_workers
-    return list(range(first, batches_per_epoch, num_workers))
+    return range(first, batches_per_epoch, num_workers)
 
 
 class WorkerRun:
     """One worker's share of one epoch on one process: positions ``[start, start + length)`` of the
     epoch's sequence (mod ``N``), cut into the batches ``batches`` (epoch-local numbers)."""
 
-    def __init__(self, start: int, length: int, batches: list[int]):
+    def __init__(self, start: int, length: int, batches: range):
         self.start, self.length, self.batches = start, length, batches
 
     def __repr__(self) -> str:
         return f"WorkerRun(start={self.start}, length={self.length}, batches={self.batches})"
+
+    def batches_before(self, batch: int) -> int:
+        """How many of this run's batches come before epoch batch ``batch``."""
+        return len(range(self.batches.start, min(batch, self.batches.stop), self.batches.step))
 
 
 def worker_run(
@@ -73,13 +77,10 @@ def worker_run(
     return WorkerRun(start, local * len(batches), batches)
 
 
-def window_order(length: int, window: int, seed: int, salt: Sequence[int], shuffle: bool) -> list[int]:
-    """Offsets ``0 .. length - 1`` of a run, each window of ``window`` offsets permuted on its own."""
-    if not shuffle or window <= 1:
-        return list(range(length))
-    order = []
-    for w, begin in enumerate(range(0, length, window)):
-        offsets = list(range(begin, min(begin + window, length)))
-        random.Random(_mix_seed(seed, *salt, w)).shuffle(offsets)
-        order.extend(offsets)
-    return order
+def window_order(begin: int, size: int, window: int, seed: int, salt: Sequence[int], shuffle: bool) -> list[int]:
+    """The run's offsets ``begin .. begin + size - 1`` (one window: ``begin`` a multiple of
+    ``window``) in the order the window is read: permuted on its own, seeded from its number."""
+    offsets = list(range(begin, begin + size))
+    if shuffle and window > 1:
+        random.Random(_mix_seed(seed, *salt, begin // window)).shuffle(offsets)
+    return offsets

@@ -159,8 +159,7 @@ class ShardEpochs(IterableDataset):
         ds, local = self.dataset, self.local_batch
         run = worker_run(ds.total, self.global_batch, world=self.world, rank=self.rank,
                          num_workers=self.num_workers, worker=worker, epoch=epoch)
-        skip_batches = sum(k < first for k in run.batches)
-        order = window_order(run.length, ds.shuffle_window, self.seed, (epoch, self.rank, worker), self.shuffle)
+        skip_batches = run.batches_before(first)
         window = ds.shuffle_window
         shards = shard_permutation(len(ds.urls), self.seed, epoch, self.shuffle)
         ends = np.cumsum([ds.counts[s] for s in shards]).tolist()
@@ -170,8 +169,9 @@ class ShardEpochs(IterableDataset):
         for w_begin in range(begin, run.length, window):
             size = min(window, run.length - w_begin)
             buffered = [next(raw) for _ in range(size)]
+            order = window_order(w_begin, size, window, self.seed, (epoch, self.rank, worker), self.shuffle)
             for i in range(max(w_begin, skip_batches * local), w_begin + size):  # i: place in the run's order
-                offset = order[i]
+                offset = order[i - w_begin]
                 position, sample = run.start + offset, buffered[offset - w_begin]
                 self._decode_into(sample, position, epoch, items, skipped)
                 if len(items) + len(skipped) == local:
