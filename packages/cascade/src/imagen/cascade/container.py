@@ -219,7 +219,8 @@ def replace_folder(staging: Path, folder: Path) -> None:
 def remove_stale_partials(folder, fs=None) -> list:
     """Deletes the partial files (and folders) that interrupted writes left in ``folder`` (on the
     fsspec filesystem ``fs``, local by default): those of :func:`partial_name`'s pattern whose
-    process is gone (on another filesystem: whose process is not this one). Returns their paths."""
+    process is gone (on another filesystem: whose process is not this one). Returns their paths;
+    one that cannot be removed (a read-only folder) is left in place."""
     removed = []
     if fs is None:
         folder = Path(folder)
@@ -228,10 +229,13 @@ def remove_stale_partials(folder, fs=None) -> list:
         for child in folder.iterdir():
             pid = _partial_pid(child.name)
             if pid is not None and not _process_alive(pid):
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
+                try:
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink(missing_ok=True)
+                except OSError:  # a read-only folder: leave it, nothing is lost
+                    continue
                 removed.append(child)
         return removed
     folder = str(folder).rstrip("/")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import os
 import pickletools
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -88,7 +89,22 @@ def _unsafe_globals(data: bytes) -> list[str]:
         return []
 
 
+def _check_archive(data: bytes, name: str) -> None:
+    """Refuses a ``torch.save`` zip archive whose records fail their CRC-32 (torch.load does not
+    check them, so a flipped byte in a tensor would load silently)."""
+    if not data.startswith(b"PK"):
+        return
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
+        raise ReferenceCheckpointError(f"{name} is not a readable torch.save archive ({error})") from None
+    if bad is not None:
+        raise ReferenceCheckpointError(f"{name} is corrupt: the record {bad} fails its CRC-32 check")
+
+
 def _torch_load(data: bytes, name: str) -> Any:
+    _check_archive(data, name)
     unsafe = _unsafe_globals(data)
     if unsafe:
         raise ReferenceCheckpointError(
@@ -122,6 +138,14 @@ def _plain(value: Any, where: str) -> Any:
     raise ReferenceCheckpointError(f"imagen_params{where} holds a {type(value).__name__}, not a plain value")
 
 
+def _state_dict(value: Any, key: str, name: str) -> dict[str, torch.Tensor]:
+    """``value`` as a state dict (string keys, tensor values), or a refusal naming the file."""
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in value.items()):
+        raise ReferenceCheckpointError(f"{name}: its {key!r} entry is not a state dict (names to tensors)")
+    return dict(value)
+
+
 class ReferenceCheckpoint:
     """The contents of an imagen-pytorch trainer checkpoint, in plain form.
 
@@ -142,10 +166,15 @@ class ReferenceCheckpoint:
         self.version = contents.get("version")
         self.imagen_type = contents.get("imagen_type")
         params = contents.get("imagen_params")
-        self.imagen_params = _plain(params, "") if params is not None else None
-        self.model: dict[str, torch.Tensor] = dict(contents["model"])
+        try:
+            self.imagen_params = _plain(params, "") if params is not None else None
+        except RecursionError:
+            raise ReferenceCheckpointError(f"{name} holds imagen_params nested too deeply to be a config") from None
+        except ReferenceCheckpointError as error:
+            raise ReferenceCheckpointError(f"{name}: {error}") from None
+        self.model: dict[str, torch.Tensor] = _state_dict(contents["model"], "model", name)
         ema = contents.get("ema")
-        self.ema: dict[str, torch.Tensor] | None = dict(ema) if ema is not None else None
+        self.ema: dict[str, torch.Tensor] | None = _state_dict(ema, "ema", name) if ema is not None else None
         steps = contents.get("steps")
         self.steps = [int(s) for s in steps.tolist()] if isinstance(steps, torch.Tensor) else None
 

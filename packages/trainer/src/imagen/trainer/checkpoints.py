@@ -75,6 +75,10 @@ class Checkpoint:
         self.tensors = tensors
         self.metadata = metadata
         self.imagen_config: str | None = metadata.get("imagen_config")
+        if self.imagen_config is not None:
+            config = parse_checkpoint_json(self.imagen_config, f"{source} (metadata 'imagen_config')")
+            if not isinstance(config, dict):
+                raise CheckpointError(f"{source} has imagen_config metadata that is not a JSON object")
         state = parse_checkpoint_json(metadata.get("trainer_state", "{}"), f"{source} (metadata 'trainer_state')")
         if not isinstance(state, dict):
             raise CheckpointError(f"{source} has trainer_state metadata that is not a JSON object")
