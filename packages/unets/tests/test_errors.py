@@ -141,3 +141,18 @@ def test_the_parameter_estimate_is_a_lower_bound(h):
     for changes in ({}, three, {"num_resnet_blocks": (1, 3)}, {"attend_at_middle": False}):
         keywords = h.tiny(**changes)
         assert 0 < estimated_parameters(keywords) <= sum(p.numel() for p in Unet(**keywords).parameters())
+
+
+@pytest.mark.parametrize("cls", ["Unet", "Unet3D"])
+@pytest.mark.parametrize(("changes", "match"), [
+    ({"lowres_cond": -1}, r"^lowres_cond must be True or False, got -1"),  # built a conv with 0 input channels
+    ({"self_cond": 2}, r"^self_cond must be True or False, got 2"),
+    ({"layer_attns": (1, True)}, r"^layer_attns must be a bool or a tuple of bools"),
+    ({"dropout": "0.1"}, r"^dropout must be a number, got '0.1'"),
+    ({"ff_mult": True}, r"^ff_mult must be a number, got True"),
+])
+def test_flags_must_be_bools_and_floats_numbers(h, cls, changes, match):
+    import imagen.unets as unets
+
+    with pytest.raises(TypeError, match=match):
+        getattr(unets, cls)(**h.tiny(**changes))

@@ -80,6 +80,23 @@ def _ints(value: Any) -> tuple:
     return tuple(v for v in items if isinstance(v, int) and not isinstance(v, bool))
 
 
+def check_kinds(keywords: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Keywords whose default is a bool must be bools (or, per stage, tuples of bools): ``lowres_cond=-1``
+    built a convolution with 0 input channels. Keywords whose default is a float must be numbers."""
+    for name, value in keywords.items():
+        default = defaults.get(name)
+        if isinstance(default, bool):
+            items = value if name in _PER_STAGE_FLAGS and isinstance(value, (tuple, list)) else (value,)
+            if not all(isinstance(v, bool) for v in items):
+                accepted = "a bool or a tuple of bools (one per stage)" if name in _PER_STAGE_FLAGS else "True or False"
+                raise TypeError(f"{name} must be {accepted}, got {value!r}")
+        elif isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+
+
+_PER_STAGE_FLAGS = ("layer_attns", "layer_cross_attns", "use_linear_attn", "use_linear_cross_attn")
+
+
 def check_bounds(kind: str, keywords: dict[str, Any]) -> None:
     """Refuse keywords above the upper bounds, and configs whose estimated parameter count exceeds
     ``MAX_PARAMETERS``. Values of the wrong type are left to the constructor's own checks."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 from torch import nn
 
-from ._checks import check_bounds
+from ._checks import check_bounds, check_kinds
 
 __all__ = ["ConfigurableMixin", "register_unet", "unet_from_config"]
 
@@ -25,6 +27,15 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     return value
+
+
+@functools.cache
+def _defaults(cls: type) -> dict[str, Any]:
+    """The constructor's keyword defaults (what ``check_kinds`` reads the expected kinds from)."""
+    return {
+        name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def unet_from_config(config: dict) -> nn.Module:
@@ -47,7 +58,9 @@ class ConfigurableMixin:
     _config: dict[str, Any]
 
     def _record_config(self, keywords: dict[str, Any]) -> None:
-        check_bounds(type(self).__name__, keywords)  # before anything is allocated
+        if not getattr(self, "is_null", False):  # a NullUnet accepts anything and allocates nothing
+            check_kinds(keywords, _defaults(type(self)))
+            check_bounds(type(self).__name__, keywords)  # before anything is allocated
         self._config = {k: _jsonable(v) for k, v in keywords.items()}
 
     @property
