@@ -124,6 +124,13 @@ def test_check_pixels_names_empty_and_non_tensor_values():
         (dict(init_images=(None, _poisoned(math.nan))), r"^init_images\[1\] holds NaN"),
         (dict(start_image_or_video=_images() - 1), r"^start_image_or_video holds values in"),
         (dict(inpaint_images=_images().double()), r"^inpaint_images must be float32"),
+        (dict(steps=10**9), r"^steps must be an integer in \[1, 100000\], got 1000000000"),
+        (dict(steps=(2, 0)), r"^steps\[1\] must be an integer in \[1, 100000\]"),
+        (dict(batch_size=10**9), r"^batch_size=1000000000 of 3 x 16 x 16 samples would need .* GiB"),
+        (dict(batch_size=0), r"^batch_size must be an integer in \[1, "),
+        (dict(generator=2**70), r"^generator as an int seed must lie in"),
+        (dict(start_at_unet_number=0), r"^start_at_unet_number must be an integer in \[1, 2\], got 0"),
+        (dict(stop_at_unet_number=3), r"^stop_at_unet_number must be an integer in \[1, 2\], got 3"),
     ],
 )
 def test_sample_keywords_are_checked_once_up_front(imagen, keywords, message):

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from .config import MAX_STEPS
+
 __all__ = ["RANGE_SLACK", "check_inputs", "check_keywords", "check_number", "check_pixels", "pixel_range"]
 
 RANGE_SLACK = 1e-3
@@ -122,6 +124,8 @@ def check_number(name: str, value: Any, *, low: float = -math.inf, high: float =
 
 
 _NOT_PIXELS = ("text_embeds",)  # floating tensors checked finite only
+MAX_SAMPLE_ELEMENTS = 2**33
+"""The most values one sampled tensor may hold (32 GiB in float32): bounds ``batch_size``."""
 
 
 def check_keywords(cascade, **keywords: Any) -> dict[str, Any]:
@@ -130,8 +134,12 @@ def check_keywords(cascade, **keywords: Any) -> dict[str, Any]:
     Pixel keywords (``images``, ``cond_images``, ``inpaint_images``, ``inpaint_videos``,
     ``start_image_or_video``, ``init_images`` and the video conditioning frames; ``init_images`` may
     be one per unet) come back converted as ``check_pixels`` does, with one host sync for all;
-    ``text_embeds`` must be finite; ``cond_scale`` (one per unet allowed) must be finite and >= 0
-    and ``lowres_sample_noise_level`` finite in [0, 1]. Keywords left at None come back as they are.
+    ``text_embeds`` must be finite; ``cond_scale`` (one per unet allowed) must be finite and >= 0,
+    ``lowres_sample_noise_level`` finite in [0, 1], ``steps`` (one per unet allowed) and
+    ``video_frames`` integers in [1, MAX_STEPS], ``batch_size`` an integer whose samples fit
+    ``MAX_SAMPLE_ELEMENTS``, an int ``generator`` a seed torch takes, ``start_at_unet_number`` /
+    ``stop_at_unet_number`` a unet of the cascade (named in the error). Keywords left at None come
+    back as they are.
     """
     value_range = pixel_range(cascade._config.auto_normalize_img)
     checked = dict(keywords)
@@ -144,6 +152,18 @@ def check_keywords(cascade, **keywords: Any) -> dict[str, Any]:
                 check_number(_entry_name(name, value, i), scale, low=0.0)
         elif name == "lowres_sample_noise_level":
             checked[name] = check_number(name, value, low=0.0, high=1.0)
+        elif name == "steps":
+            for i, count in enumerate(_entries(value)):
+                if count is not None:
+                    _check_count(_entry_name(name, value, i), count, MAX_STEPS)
+        elif name == "batch_size":
+            _check_batch_size(cascade, value, keywords.get("video_frames"))
+        elif name == "video_frames":
+            _check_count(name, value, MAX_STEPS)
+        elif name == "generator":
+            _check_seed(value)
+        elif name in ("start_at_unet_number", "stop_at_unet_number"):
+            cascade._index(value, name)
         elif name == "init_images" and isinstance(value, list | tuple):
             tensors.update({f"init_images[{i}]": (item, value_range) for i, item in enumerate(value)})
         else:
@@ -156,6 +176,29 @@ def check_keywords(cascade, **keywords: Any) -> dict[str, Any]:
         elif name in converted:
             checked[name] = converted[name]
     return checked
+
+
+def _check_count(name: str, value: Any, limit: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise ValueError(f"{name} must be an integer in [1, {limit}], got {value!r}")
+
+
+def _check_batch_size(cascade, batch_size: Any, frames: Any) -> None:
+    _check_count("batch_size", batch_size, MAX_SAMPLE_ELEMENTS)
+    side = max(cascade.image_sizes)
+    per_sample = cascade.channels * side * side * (frames if isinstance(frames, int) and frames > 0 else 1)
+    if batch_size * per_sample > MAX_SAMPLE_ELEMENTS:
+        raise ValueError(
+            f"batch_size={batch_size} of {cascade.channels} x {side} x {side} samples would need "
+            f"{batch_size * per_sample * 4 / 2**30:,.0f} GiB per tensor; at most {MAX_SAMPLE_ELEMENTS // per_sample} "
+            "fit the limit (sample in chunks)"
+        )
+
+
+def _check_seed(generator: Any) -> None:
+    """An int seed must fit a torch seed (the generators take seed, seed + 1, ...)."""
+    if isinstance(generator, int) and not isinstance(generator, bool) and not -(2**63) <= generator < 2**63 - 2**32:
+        raise ValueError(f"generator as an int seed must lie in [-2**63, 2**63 - 2**32), got {generator!r}")
 
 
 def _entries(value: Any) -> tuple:
