@@ -126,8 +126,9 @@ def test_unknown_captions_and_existing_caches(tmp_path):
         build_small(tmp_path)
     replaced = TextEmbeddingCache.build(tmp_path, ["x y"], HashTextEncoder(dim=8), overwrite=True)
     assert replaced.captions == ["x y"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json", "shard-00000.safetensors"]
-    assert json.loads((tmp_path / "index.json").read_text())["captions"] == {"x y": [0, 0, 2]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["captions.safetensors", "index.json",
+                                                          "shard-00000.safetensors"]
+    assert json.loads((tmp_path / "index.json").read_text())["table"]["captions"] == 1 and "x y" in replaced
 
 
 def test_encoder_that_breaks_the_contract_is_refused(tmp_path):

@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--output", default=None, help="cache folder (default: dataset.text_embedding_cache)")
     encode.add_argument("--batch-size", type=_int_at_least(1), default=64, help="captions per encoder call")
     encode.add_argument("--overwrite", action="store_true", help="replace an existing cache")
+    encode.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                        help="the encoder's dtype (default: bfloat16 on a GPU, float32 on the CPU)")
+    encode.add_argument("--store-dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                        help="the stored embeddings' dtype (default: the encoder's)")
 
     convert = commands.add_parser(
         "convert",
@@ -480,10 +484,28 @@ def cmd_encode_text(args) -> int:
     dataset = _dataset(config, image_size=1, with_cache=False)
     if not dataset.has_captions:
         raise CliError(f"{folder!r} has no captions (<image>.txt files or metadata.jsonl)")
-    encoder = T5Encoder(config.imagen.text_encoder_name, batch_size=args.batch_size)
-    cache = TextEmbeddingCache.build(output, dataset.captions, encoder, batch_size=args.batch_size,
-                                     progress=not args.quiet, overwrite=args.overwrite)
-    print(f"cached {len(cache)} captions in {output}")
+    import torch
+    from accelerate import PartialState
+
+    # one process, or each of `accelerate launch -m imagen.cli encode-text` (gloo on a machine without GPUs)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if (Path(output) / "index.json").exists() and not args.overwrite:
+        raise CliError(f"{output} already holds a text embedding cache; pass --overwrite to replace it")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if state.device.type == "cuda" else "float32"))
+    encoder = T5Encoder(config.imagen.text_encoder_name, batch_size=args.batch_size, device=state.device, dtype=dtype)
+    options = dict(batch_size=args.batch_size, progress=not args.quiet and state.is_main_process,
+                   store_dtype=getattr(torch, args.store_dtype) if args.store_dtype else None)
+    if state.num_processes == 1:
+        cache = TextEmbeddingCache.build(output, dataset.captions, encoder, overwrite=args.overwrite, **options)
+    else:  # each process encodes its share into a part; the main process merges them
+        TextEmbeddingCache.build(output, dataset.captions, encoder, overwrite=True,
+                                 part=(state.process_index, state.num_processes), **options)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            cache = TextEmbeddingCache.merge(output, overwrite=args.overwrite, remove_sources=True)
+        state.wait_for_everyone()
+    if state.is_main_process:
+        print(f"cached {len(cache)} captions in {output}")
     return 0
 
 

@@ -1,23 +1,33 @@
-"""A precomputed caption -> (embeds, mask) store: safetensors shards plus a JSON index.
+"""A precomputed caption -> (embeds, mask) store: safetensors shards, a caption table and a JSON index.
 
-Each caption's embedding is stored trimmed to its own real length: a shard holds ``embeds``, all of
-its captions' real tokens one after the other (T, D), and ``lengths`` (N,). The index maps every
-caption to (shard, offset, length) and records each shard's size and SHA-256, so a truncated or
-altered shard is refused with a clear error instead of being read. Lookups only read tensors: the
-encoder runs once, at build time, never inside a data loader.
+Each caption's embedding is stored trimmed to its own real length: a shard holds ``embeds``, its
+captions' real tokens one after the other (T, D), in the stored dtype (the encoder's, or bfloat16 /
+float16 to halve the size). ``captions.safetensors`` is the table: every caption's 64-bit key
+(BLAKE2b of its UTF-8 bytes), sorted, with its (shard, offset, length) and its text; a lookup is a
+binary search plus a read of just its rows from the shard (memory-mapped). No per-caption Python
+dict, so a cache of millions of captions costs each process and data-loader worker a few arrays.
+``index.json`` records each file's size and SHA-256, so a truncated or altered file is refused
+with a clear error instead of being read. Lookups never run the encoder.
+
+Large caption sets are encoded in parts (one per process, e.g. under ``accelerate launch``:
+``build(..., part=(rank, world))``) and then joined with :meth:`TextEmbeddingCache.merge`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
+import shutil
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -27,8 +37,10 @@ from .masks import check_texts, lengths_to_mask
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
+TABLE_NAME = "captions.safetensors"
 FORMAT = "imagen-text-embedding-cache"
-VERSION = 1
+VERSION = 2
+STORE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class CorruptCacheError(ValueError):
@@ -49,20 +61,37 @@ def unique(captions: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(check_texts(list(captions))))
 
 
+def caption_key(text: str) -> int:
+    """The caption's 64-bit key: its UTF-8 bytes' BLAKE2b digest as a signed int64."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
+
+
 def write_atomic(path: Path, write) -> None:
-    """Calls ``write(tmp_path)`` then renames the temporary file onto ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    """Calls ``write(tmp_path)`` on a hidden temporary name beside ``path``, fsyncs it and renames it
+    onto ``path``: a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def part_folder(folder: str | os.PathLike, index: int, count: int) -> Path:
+    """Where part ``index`` of ``count`` of the cache in ``folder`` is built."""
+    return Path(folder) / f"part-{index:05d}-of-{count:05d}"
 
 
 class TextEmbeddingCache:
-    """Opens a cache folder written by :meth:`build`; :meth:`lookup` returns (embeds, mask) by caption.
+    """Opens a cache folder written by :meth:`build` (or :meth:`merge`); :meth:`lookup` returns
+    (embeds, mask) by caption.
 
     Args:
-        folder: the folder holding ``index.json`` and the shards.
-        verify: check each shard's SHA-256 before its first use (sizes are always checked on opening).
-        max_shards_in_memory: loaded shards kept in memory (least recently used ones are dropped).
+        folder: the folder holding ``index.json``, the caption table and the shards.
+        verify: check each file's SHA-256 before its first use (sizes are always checked on opening).
+        max_shards_in_memory: open shard files kept (least recently used ones are closed).
     """
 
     def __init__(self, folder: str | os.PathLike, *, verify: bool = True, max_shards_in_memory: int = 4):
@@ -75,26 +104,27 @@ class TextEmbeddingCache:
                                     "(build one with TextEmbeddingCache.build)")
         try:
             index = json.loads(index_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
             raise CorruptCacheError(f"{index_path} is not valid JSON ({error}); rebuild the cache") from error
-        if index.get("format") != FORMAT or index.get("version") != VERSION:
-            raise CorruptCacheError(f"{index_path} is not a version-{VERSION} {FORMAT} index")
+        if not isinstance(index, dict) or index.get("format") != FORMAT or index.get("version") != VERSION:
+            raise CorruptCacheError(f"{index_path} is not a version-{VERSION} {FORMAT} index; rebuild the cache")
         self.index = index
         self.dim: int = index["dim"]
         """Embedding width D."""
         self.dtype: torch.dtype = getattr(torch, index["dtype"])
+        """The stored dtype of the embeddings."""
         self.encoder_name: str | None = index.get("encoder")
-        self._entries: dict[str, list[int]] = index["captions"]
-        self._shards: OrderedDict[int, tuple[torch.Tensor, list[int]]] = OrderedDict()
+        self._shards: OrderedDict[int, object] = OrderedDict()
         self._checked: set[int] = set()
-        for number, shard in enumerate(index["shards"]):
-            self._check_size(number, shard)
+        for shard in index["shards"]:
+            self._check_size(shard)
+        self._keys, self._entries, self._text_bytes, self._text_offsets = self._read_table(index["table"])
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return int(self._keys.numel())
 
     def __contains__(self, caption: object) -> bool:
-        return caption in self._entries
+        return isinstance(caption, str) and self._row(caption) is not None
 
     def __repr__(self) -> str:
         return f"TextEmbeddingCache({str(self.folder)!r}, captions={len(self)}, dim={self.dim}, dtype={self.dtype})"
@@ -102,58 +132,125 @@ class TextEmbeddingCache:
     @property
     def captions(self) -> list[str]:
         """Every cached caption, in build order."""
-        return list(self._entries)
+        data, offsets = self._text_bytes.numpy().tobytes(), self._text_offsets.tolist()
+        return [data[a:b].decode() for a, b in itertools.pairwise(offsets)]
+
+    # ------------------------------------------------------------------------------ building
 
     @classmethod
     def build(cls, folder: str | os.PathLike, captions: Iterable[str], encoder: TextEncoder, *,
-              shard_size: int = 4096, batch_size: int = 64, progress: bool = False,
-              overwrite: bool = False) -> TextEmbeddingCache:
+              shard_size: int = 4096, batch_size: int = 64, progress: bool = False, overwrite: bool = False,
+              store_dtype: torch.dtype | None = None, part: tuple[int, int] | None = None) -> TextEmbeddingCache:
         """Encodes each distinct caption once with ``encoder`` and writes the cache into ``folder``.
 
         Args:
-            folder: where ``index.json`` and the ``shard-NNNNN.safetensors`` files go.
+            folder: where ``index.json``, the caption table and the ``shard-NNNNN.safetensors`` files go.
             captions: the captions (any iterable, e.g. a dataset's captions; duplicates are stored once).
             encoder: any :class:`TextEncoder` (e.g. a :class:`~imagen.text.T5Encoder`).
             shard_size: captions per shard file.
             batch_size: captions per ``encoder.encode`` call.
             progress: show a tqdm bar over captions.
             overwrite: replace a cache already in ``folder`` (otherwise that is an error).
+            store_dtype: the embeddings' stored dtype (None: the encoder's; float32, bfloat16, float16).
+            part: ``(index, count)``: encode only every ``count``-th distinct caption from ``index`` into
+                ``part_folder(folder, index, count)`` (one part per process; :meth:`merge` joins them).
         """
         for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} is not accepted; it must be an int >= 1")
+        if store_dtype is not None and store_dtype not in STORE_DTYPES:
+            raise ValueError(f"store_dtype={store_dtype!r} is not accepted; use one of {list(STORE_DTYPES)} or None")
+        texts = unique(captions)
+        if part is not None:
+            index, count = _checked_part(part)
+            folder, texts = part_folder(folder, index, count), texts[index::count]
+        folder = cls._fresh_folder(Path(folder), overwrite)
+        locations: list[tuple[int, int, int]] = []
+        shards, dtype = [], store_dtype
+        bar = tqdm(total=len(texts), desc="caching text embeddings", unit="caption", disable=not progress)
+        for number, start in enumerate(range(0, len(texts), shard_size)):
+            chunk = texts[start:start + shard_size]
+            pieces, offset = [], 0
+            for at in range(0, len(chunk), batch_size):
+                batch = chunk[at:at + batch_size]
+                embeds, mask = encoder.encode(batch)
+                lengths = cls._check_encoded(embeds, mask, len(batch), encoder.dim)
+                dtype = dtype or embeds.dtype
+                for b, n in enumerate(lengths):
+                    pieces.append(embeds[b, :n].detach().to("cpu", dtype))
+                    locations.append((number, offset, n))
+                    offset += n
+                bar.update(len(batch))
+            shards.append(cls._write_shard(folder / f"shard-{number:05d}.safetensors", torch.cat(pieces)))
+        bar.close()
+        dtype = dtype or torch.float32
+        return cls._finish(folder, texts, locations, shards, dim=encoder.dim, dtype=dtype,
+                           encoder=getattr(encoder, "name_or_path", None))
+
+    @classmethod
+    def merge(cls, folder: str | os.PathLike, sources: Sequence[str | os.PathLike] | None = None, *,
+              overwrite: bool = False, remove_sources: bool = False) -> TextEmbeddingCache:
+        """Joins caches (built in parts, or separately) into one in ``folder``; a caption in several
+        keeps its first source's embedding. ``sources`` defaults to the ``part-*`` folders inside
+        ``folder`` (all parts of one count must be there). Shards are hard-linked where the file
+        system allows (copied otherwise) and checked as they are read; ``remove_sources`` deletes the
+        sources afterwards. The sources must agree on dim, dtype and encoder."""
         folder = Path(folder)
+        if sources is None:
+            sources = _complete_parts(folder)
+        opened = [cls(source) for source in sources]
+        if not opened:
+            raise ValueError(f"sources: nothing to merge into {folder}")
+        for other in opened[1:]:
+            for field in ("dim", "dtype", "encoder_name"):
+                if getattr(other, field) != getattr(opened[0], field):
+                    raise ValueError(f"cannot merge {other.folder} into {folder}: its {field} is "
+                                     f"{getattr(other, field)}, {opened[0].folder}'s is {getattr(opened[0], field)}")
+        folder = cls._fresh_folder(folder, overwrite)
+        texts, locations, shards, seen = [], [], [], set()
+        for source in opened:
+            source.verify()
+            first = len(shards)
+            for number, shard in enumerate(source.index["shards"]):
+                target = folder / f"shard-{first + number:05d}.safetensors"
+                _link_or_copy(source.folder / shard["file"], target)
+                shards.append(dict(shard, file=target.name))
+            by_position = source._entries[torch.argsort(source._entries[:, 3])].tolist()
+            for text, (number, offset, length, _) in zip(source.captions, by_position):
+                if text not in seen:
+                    seen.add(text)
+                    texts.append(text)
+                    locations.append((first + number, offset, length))
+        merged = cls._finish(folder, texts, locations, shards, dim=opened[0].dim, dtype=opened[0].dtype,
+                             encoder=opened[0].encoder_name)
+        if remove_sources:
+            for source in opened:
+                shutil.rmtree(source.folder)
+        return merged
+
+    @classmethod
+    def _fresh_folder(cls, folder: Path, overwrite: bool) -> Path:
         if (folder / INDEX_NAME).exists():
             if not overwrite:
                 raise ValueError(f"folder={str(folder)!r} already holds a text embedding cache; "
                                  "pass overwrite=True to replace it")
             cls._remove(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        texts = unique(captions)
-        entries: dict[str, list[int]] = {}
-        shards, dtype = [], None
-        bar = tqdm(total=len(texts), desc="caching text embeddings", unit="caption", disable=not progress)
-        for number, start in enumerate(range(0, len(texts), shard_size)):
-            chunk = texts[start:start + shard_size]
-            pieces, lengths = [], []
-            for at in range(0, len(chunk), batch_size):
-                batch = chunk[at:at + batch_size]
-                embeds, mask = encoder.encode(batch)
-                lengths_b = cls._check_encoded(embeds, mask, len(batch), encoder.dim)
-                dtype = embeds.dtype
-                pieces.extend(embeds[b, :n].detach().cpu() for b, n in enumerate(lengths_b))
-                lengths.extend(lengths_b)
-                bar.update(len(batch))
-            offsets = torch.tensor([0, *lengths]).cumsum(0).tolist()
-            for text, offset, length in zip(chunk, offsets, lengths):
-                entries[text] = [number, offset, length]
-            shards.append(cls._write_shard(folder, number, torch.cat(pieces), torch.tensor(lengths)))
-        bar.close()
-        index = {"format": FORMAT, "version": VERSION, "encoder": getattr(encoder, "name_or_path", None),
-                 "dim": encoder.dim, "dtype": str(dtype).removeprefix("torch."), "shards": shards,
-                 "captions": entries}
-        write_atomic(folder / INDEX_NAME, lambda path: path.write_text(json.dumps(index)))
-        logger.info("cached %d captions in %d shards in %s", len(entries), len(shards), folder)
+        return folder
+
+    @classmethod
+    def _finish(cls, folder: Path, texts: list[str], locations: list[tuple[int, int, int]], shards: list[dict], *,
+                dim: int, dtype: torch.dtype, encoder: str | None) -> TextEmbeddingCache:
+        """Writes the caption table and then the index (last: a cache without it does not exist)."""
+        table = _caption_table(texts, locations)
+        path = folder / TABLE_NAME
+        write_atomic(path, lambda tmp: save_file(table, str(tmp), metadata={"format": FORMAT}))
+        index = {"format": FORMAT, "version": VERSION, "encoder": encoder, "dim": dim,
+                 "dtype": str(dtype).removeprefix("torch."), "shards": shards,
+                 "table": {"file": TABLE_NAME, "bytes": path.stat().st_size, "sha256": sha256_of(path),
+                           "captions": len(texts)}}
+        write_atomic(folder / INDEX_NAME, lambda tmp: tmp.write_text(json.dumps(index)))
+        logger.info("cached %d captions in %d shards in %s", len(texts), len(shards), folder)
         return cls(folder)
 
     @staticmethod
@@ -168,81 +265,152 @@ class TextEmbeddingCache:
         return lengths.tolist()
 
     @staticmethod
-    def _write_shard(folder: Path, number: int, embeds: torch.Tensor, lengths: torch.Tensor) -> dict:
-        """Writes one shard: embeds (T, D) and lengths (N,); returns its index entry."""
-        path = folder / f"shard-{number:05d}.safetensors"
-        tensors = {"embeds": embeds.contiguous(), "lengths": lengths.to(torch.int64)}
+    def _write_shard(path: Path, embeds: torch.Tensor) -> dict:
+        """Writes one shard of embeds (T, D); returns its index entry."""
+        tensors = {"embeds": embeds.contiguous()}
         write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
         return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_of(path),
-                "tokens": int(embeds.shape[0]), "captions": int(lengths.numel())}
+                "tokens": int(embeds.shape[0])}
 
     @staticmethod
     def _remove(folder: Path) -> None:
-        """Deletes the index and shards of the cache in ``folder`` (nothing else)."""
-        for path in folder.glob("shard-*.safetensors"):
-            path.unlink()
+        """Deletes the index, table and shards of the cache in ``folder`` (nothing else)."""
         (folder / INDEX_NAME).unlink()
+        for path in [folder / TABLE_NAME, *folder.glob("shard-*.safetensors")]:
+            path.unlink(missing_ok=True)
 
-    def _check_size(self, number: int, shard: dict) -> Path:
-        path = self.folder / shard["file"]
+    # ------------------------------------------------------------------------------- reading
+
+    def _check_size(self, entry: dict) -> Path:
+        path = self.folder / entry["file"]
         if not path.is_file():
-            raise CorruptCacheError(f"cache shard {path} is missing; rebuild the cache in {self.folder}")
+            raise CorruptCacheError(f"cache file {path} is missing; rebuild the cache in {self.folder}")
         size = path.stat().st_size
-        if size != shard["bytes"]:
-            raise CorruptCacheError(f"cache shard {path} has {size} bytes, the index says {shard['bytes']}: it is "
+        if size != entry["bytes"]:
+            raise CorruptCacheError(f"cache file {path} has {size} bytes, the index says {entry['bytes']}: it is "
                                     f"truncated or altered; rebuild the cache in {self.folder}")
         return path
 
-    def _shard(self, number: int) -> tuple[torch.Tensor, list[int]]:
-        """Loads (and checks, once) shard ``number``: embeds (T, D) and its lengths."""
+    def _check_hash(self, entry: dict) -> Path:
+        path = self._check_size(entry)
+        if sha256_of(path) != entry["sha256"]:
+            raise CorruptCacheError(f"cache file {path} does not match its SHA-256 in the index: it is "
+                                    f"corrupted; rebuild the cache in {self.folder}")
+        return path
+
+    def _read_table(self, entry: dict):
+        path = self._check_hash(entry) if self.verify_hashes else self._check_size(entry)
+        try:
+            table = load_file(str(path))
+            keys, entries = table["keys"], table["entries"]
+            text_bytes, text_offsets = table["text_bytes"], table["text_offsets"]
+        except Exception as error:  # safetensors raises its own error types for damaged files
+            raise CorruptCacheError(f"cache file {path} cannot be read ({error}); rebuild the cache") from error
+        count = entry["captions"]
+        if keys.shape != (count,) or entries.shape != (count, 4) or text_offsets.shape != (count + 1,):
+            raise CorruptCacheError(f"cache file {path} does not hold the {count} captions of the index; rebuild it")
+        return keys, entries, text_bytes, text_offsets
+
+    def _row(self, caption: str) -> int | None:
+        """The table row of ``caption``, or None: a binary search on its key, then its text compared."""
+        key = caption_key(caption)
+        row = int(torch.searchsorted(self._keys, torch.tensor(key)))
+        if row >= len(self) or int(self._keys[row]) != key:
+            return None
+        position = int(self._entries[row, 3])
+        start, stop = self._text_offsets[position : position + 2].tolist()
+        return row if self._text_bytes[start:stop].numpy().tobytes() == caption.encode() else None
+
+    def _shard(self, number: int):
+        """The open (and checked, once) shard ``number``: a memory-mapped safetensors handle."""
         if number in self._shards:
             self._shards.move_to_end(number)
             return self._shards[number]
         shard = self.index["shards"][number]
-        path = self._check_size(number, shard)
         if self.verify_hashes and number not in self._checked:
-            if sha256_of(path) != shard["sha256"]:
-                raise CorruptCacheError(f"cache shard {path} does not match its SHA-256 in the index: it is "
-                                        f"corrupted; rebuild the cache in {self.folder}")
+            path = self._check_hash(shard)
             self._checked.add(number)
+        else:
+            path = self._check_size(shard)
         try:
-            tensors = load_file(str(path))
-            embeds, lengths = tensors["embeds"], tensors["lengths"]
+            handle = safe_open(str(path), framework="pt")
+            shape = tuple(handle.get_slice("embeds").get_shape())
         except Exception as error:  # safetensors raises its own error types for damaged files
             raise CorruptCacheError(f"cache shard {path} cannot be read ({error}); rebuild the cache") from error
-        if embeds.shape != (shard["tokens"], self.dim) or lengths.shape != (shard["captions"],):
-            raise CorruptCacheError(f"cache shard {path} holds embeds {tuple(embeds.shape)} and lengths "
-                                    f"{tuple(lengths.shape)}, which do not match the index; rebuild the cache")
-        self._shards[number] = (embeds, lengths.tolist())
+        if shape != (shard["tokens"], self.dim):
+            raise CorruptCacheError(f"cache shard {path} holds embeds {shape}, the index says "
+                                    f"({shard['tokens']}, {self.dim}); rebuild the cache")
+        self._shards[number] = handle
         while len(self._shards) > self.max_shards_in_memory:
             self._shards.popitem(last=False)
-        return self._shards[number]
+        return handle
 
     def verify(self) -> None:
-        """Checks every shard's size and SHA-256 now; raises :class:`CorruptCacheError` on the first bad one."""
+        """Checks every file's size and SHA-256 now; raises :class:`CorruptCacheError` on the first bad one."""
+        self._check_hash(self.index["table"])
         for number, shard in enumerate(self.index["shards"]):
-            path = self._check_size(number, shard)
-            if sha256_of(path) != shard["sha256"]:
-                raise CorruptCacheError(f"cache shard {path} does not match its SHA-256 in the index: it is "
-                                        f"corrupted; rebuild the cache in {self.folder}")
+            self._check_hash(shard)
             self._checked.add(number)
 
     def lookup(self, captions: Sequence[str], *, device: str | torch.device | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeds (B, L, D), zero on padding, and mask (B, L) for ``captions``, L their longest real length.
 
-        Raises ``KeyError`` naming the captions that are not cached. Never runs an encoder.
+        Reads only those captions' rows from their shards. Raises ``KeyError`` naming the captions
+        that are not cached. Never runs an encoder.
         """
         captions = check_texts(captions)
-        missing = [text for text in captions if text not in self._entries]
+        rows = [self._row(text) for text in captions]
+        missing = [text for text, row in zip(captions, rows) if row is None]
         if missing:
             raise KeyError(f"{len(missing)} of {len(captions)} captions are not in the cache {self.folder}, "
                            f"e.g. {missing[0][:80]!r}; rebuild it with these captions included")
-        entries = [self._entries[text] for text in captions]
+        entries = self._entries[rows, :3].tolist()
         lengths = torch.tensor([length for _, _, length in entries])
         embeds = torch.zeros(len(captions), int(lengths.max()), self.dim, dtype=self.dtype)
         for b, (number, offset, length) in enumerate(entries):
-            shard_embeds, _ = self._shard(number)
-            embeds[b, :length] = shard_embeds[offset:offset + length]
-        mask = lengths_to_mask(lengths)
-        return embeds.to(device), mask.to(device)
+            embeds[b, :length] = self._shard(number).get_slice("embeds")[offset : offset + length]
+        return embeds.to(device), lengths_to_mask(lengths).to(device)
+
+
+def _caption_table(texts: list[str], locations: list[tuple[int, int, int]]) -> dict[str, torch.Tensor]:
+    """keys (N,) sorted; entries (N, 4) = shard, offset, length, build position; the texts' UTF-8
+    bytes in build order with their offsets (N + 1,)."""
+    keys = torch.tensor([caption_key(text) for text in texts], dtype=torch.int64)
+    order = torch.argsort(keys)
+    keys = keys[order]
+    if keys.numel() > 1 and bool((keys[1:] == keys[:-1]).any()):
+        raise ValueError("two captions share a 64-bit key (a BLAKE2b collision); rename one of them")
+    located = torch.tensor(locations, dtype=torch.int64).view(-1, 3)
+    entries = torch.cat([located[order], order[:, None]], dim=1)
+    encoded = [text.encode() for text in texts]
+    offsets = torch.tensor([0, *map(len, encoded)], dtype=torch.int64).cumsum(0)
+    text_bytes = torch.frombuffer(bytearray(b"".join(encoded)) or bytearray(1), dtype=torch.uint8)
+    return {"keys": keys, "entries": entries.contiguous(), "text_bytes": text_bytes.clone(), "text_offsets": offsets}
+
+
+def _checked_part(part) -> tuple[int, int]:
+    if (not isinstance(part, tuple | list) or len(part) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in part) or not 0 <= part[0] < part[1]):
+        raise ValueError(f"part={part!r} is not accepted; it must be (index, count) with 0 <= index < count")
+    return int(part[0]), int(part[1])
+
+
+def _complete_parts(folder: Path) -> list[Path]:
+    """The part folders in ``folder``, checked complete (every index of one count)."""
+    parts = sorted(folder.glob("part-*-of-*"))
+    if not parts:
+        raise ValueError(f"no part-*-of-* folders in {folder} to merge (build with part=(index, count))")
+    counts = {p.name.rsplit("-", 1)[1] for p in parts}
+    expected = [part_folder(folder, i, int(next(iter(counts)))) for i in range(int(next(iter(counts))))]
+    if len(counts) != 1 or parts != expected:
+        raise ValueError(f"the parts in {folder} are incomplete or of different counts: {[p.name for p in parts]}")
+    return parts
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
