@@ -290,3 +290,28 @@ def test_a_user_loader_can_skip_accelerate_prepare(toy_cascade):
         trainer = ImagenTrainer(toy_cascade(num_unets=1), verbose=False)
     trainer.add_train_dataloader(loader, prepare=False)
     assert trainer.train_step() > 0
+
+
+# ------------------------------------------------------------------------------------- the plan
+
+
+@pytest.mark.parametrize(("total", "global_batch", "world", "workers"), [(300, 12, 2, 2), (101, 8, 4, 3), (5, 6, 3, 4)])
+def test_the_plan_partitions_every_epoch_among_processes_and_workers(total, global_batch, world, workers):
+    from imagen.trainer.shard_order import window_order, worker_run
+
+    batches = -(-total // global_batch)
+    for epoch in range(3):
+        covered = []
+        for rank in range(world):
+            made = []
+            for worker in range(workers):
+                run = worker_run(total, global_batch, world=world, rank=rank, num_workers=workers, worker=worker,
+                                 epoch=epoch)
+                assert run.length == len(run.batches) * (global_batch // world)
+                assert all((epoch * batches + k) % workers == worker for k in run.batches)
+                covered.extend(range(run.start, run.start + run.length))
+                made.extend(run.batches)
+            assert sorted(made) == list(range(batches))  # each batch of the process made by one worker
+        assert sorted(covered) == list(range(batches * global_batch))  # positions >= total wrap around
+    order = window_order(14, 7, 7, 3, (0, 1, 2), True)
+    assert sorted(order) == list(range(14, 21)) and order == window_order(14, 7, 7, 3, (0, 1, 2), True)
