@@ -153,3 +153,15 @@ def test_a_time_budget_is_the_bars_total_in_seconds(monkeypatch, toy_cascade):
     clock.now = 0.0
     losses = trainer.fit(seconds=3.5, step_fn=step_and_tick)
     assert len(losses) == math.ceil(3.5) and trainer.steps.tolist() == [4]
+
+
+def test_a_video_sample_grid_shows_each_videos_frames_side_by_side(toy_cascade, monkeypatch):
+    trainer = ImagenTrainer(toy_cascade(num_unets=1), verbose=False)
+    videos = torch.rand(2, 3, 4, 5, 6, generator=torch.Generator().manual_seed(0))  # (B, C, F, H, W)
+    monkeypatch.setattr(trainer, "sample", lambda **kwargs: videos)
+    picture = np.asarray(trainer.sample_grid(columns=2))
+    assert picture.shape == (5, 2 * 4 * 6, 3)
+    for b in range(2):
+        for f in range(4):
+            frame = picture[:, (b * 4 + f) * 6 : (b * 4 + f + 1) * 6]
+            assert np.array_equal(frame, videos[b, :, f].mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy())

@@ -593,16 +593,18 @@ class ImagenTrainer(nn.Module):
 
     def sample_grid(self, *, prompts=None, columns: int | None = None, **sample_kwargs):
         """Samples (through the EMA weights) and returns the images as one PIL grid, each ``prompts``
-        text written under its image (:func:`~imagen.trainer.sampling.grid_picture`). ``prompts`` are
-        the texts to sample; without them give ``batch_size`` (or embeddings) in ``sample_kwargs``."""
+        text written under its image (:func:`~imagen.trainer.sampling.grid_picture`); a video's cell
+        holds its frames side by side. ``prompts`` are the texts to sample; without them give
+        ``batch_size`` (or embeddings) in ``sample_kwargs``."""
         if prompts is not None:
             prompts = [prompts] if isinstance(prompts, str) else list(prompts)
             if not prompts or not all(isinstance(p, str) for p in prompts):
                 raise ValueError(f"sample prompts must be a non-empty list of strings, got {prompts!r}")
             sample_kwargs = {"texts": prompts, **sample_kwargs}
         images = self.sample(**sample_kwargs)
-        if images.ndim != 4:
-            raise ValueError("sample grids are for image cascades (this one samples videos)")
+        if images.ndim == 5:  # videos (B, C, F, H, W): each cell shows the frames side by side
+            b, c, f, h, w = images.shape
+            images = images.permute(0, 1, 3, 2, 4).reshape(b, c, h, f * w)
         return grid_picture(images, columns=columns, captions=prompts)
 
     def save_sample_grid(self, path, *, prompts=None, columns: int | None = None, **sample_kwargs) -> Path | None:
