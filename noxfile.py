@@ -89,3 +89,13 @@ def faults(session: nox.Session) -> None:
     install_pinned(session, *[f"./packages/{name}[test]" for name in PACKAGES])
     session.env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
     session.run("pytest", "faults", "-s", *session.posargs)
+
+
+@nox.session
+def mutation(session: nox.Session) -> None:
+    """Mutation testing (not a default session) of the checkpoint container code with mutmut:
+    prints the kill rate per file and the surviving mutants (faults/mutation.py)."""
+    install_pinned(session, "torch==2.13.0")
+    install_pinned(session, *[f"./packages/{name}[test]" for name in PACKAGES], "mutmut")
+    session.env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
+    session.run("python", "faults/mutation.py", *session.posargs)
