@@ -1,4 +1,4 @@
-"""``cascade-cli`` (alias ``imagen``): config, train, sample, encode-text and demo.
+"""``cascade-cli`` (alias ``imagen``): config, train, sample, encode-text, convert, merge and demo.
 
 Every user mistake (missing file, bad config key or value, unet number out of range, a file that is
 not a checkpoint or a checkpoint of another cascade) ends the command with one line on stderr,
@@ -201,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--config", default=None, help="a cascade config JSON (an `imagen config` file, its "
                          "imagen section, or a save_pretrained config.json) when REF.pt holds no imagen_params")
     convert.add_argument("--force", action="store_true", help="replace an existing OUT")
+
+    merge = commands.add_parser(
+        "merge",
+        help="one cascade checkpoint from stages trained in separate runs",
+        description="Stage i of OUT comes from the run (checkpoint file or folder) that trained it: weights, EMA, "
+        "step counts and optimizer state. The runs must be of one cascade (equal configs but for sampling "
+        "settings). Where several runs trained a stage, choose with --stage N=PATH.",
+    )
+    merge.add_argument("output", metavar="OUT", help="the checkpoint to write (one safetensors file)")
+    merge.add_argument("sources", metavar="RUN", nargs="+", help="checkpoint files or folders (newest file used)")
+    merge.add_argument("--stage", action="append", default=[], metavar="N=PATH",
+                       help="take unet N from PATH (one of the RUNs); repeatable")
+    merge.add_argument("--force", action="store_true", help="replace an existing OUT")
 
     demo = commands.add_parser(
         "demo",
@@ -561,6 +574,27 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from imagen.trainer import merge_stage_checkpoints
+
+    output = Path(args.output)
+    if output.exists() and not args.force:
+        raise CliError(f"{args.output} already exists; pass --force to replace it")
+    stages = {}
+    for choice in args.stage:
+        number, sep, path = choice.partition("=")
+        if not sep or not number.strip().isdigit() or not path:
+            raise CliError(f"--stage {choice!r}: expected N=PATH, e.g. --stage 2=runs/sr")
+        stages[int(number)] = path
+    if output.parent != Path() and not output.parent.is_dir():
+        output.parent.mkdir(parents=True, exist_ok=True)
+    chosen = merge_stage_checkpoints(output, args.sources, stages=stages)
+    for number, source in chosen.items():
+        print(f"unet {number} <- {source}")
+    print(f"merged -> {output}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import DemoSettings, run_demo
 
@@ -587,7 +621,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"config": cmd_config, "train": cmd_train, "sample": cmd_sample, "encode-text": cmd_encode_text,
-            "convert": cmd_convert, "demo": cmd_demo}
+            "convert": cmd_convert, "merge": cmd_merge, "demo": cmd_demo}
 
 
 def _one_line(error: BaseException) -> str:

@@ -9,6 +9,7 @@ from imagen.trainer.checkpoints import (
     save_checkpoint,
 )
 from imagen.trainer.data import Dataset, EpochSampler, collate, pad_text_embeds
+from imagen.trainer.merge import merge_stage_checkpoints
 from imagen.trainer.optim import LR_SCHEDULERS, WarmupCosine
 from imagen.trainer.reference_import import checkpoint_from_reference
 from imagen.trainer.sampling import grid_picture, image_grid, save_image_grid
@@ -34,6 +35,7 @@ __all__ = [
     "index_shards",
     "latest_checkpoint",
     "load_checkpoint",
+    "merge_stage_checkpoints",
     "pad_text_embeds",
     "prune_checkpoints",
     "save_checkpoint",
