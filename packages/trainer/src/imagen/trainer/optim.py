@@ -110,6 +110,10 @@ def make_optimizer(
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(module).__name__} has no trainable parameters")
+    for name, value in (("lr", lr), ("eps", eps), ("beta1", betas[0]), ("beta2", betas[1]),
+                        ("weight_decay", weight_decay)):  # torch takes True and inf (issue 13 fuzzing)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
     try:
         return torch.optim.Adam(params, lr=lr, eps=eps, betas=betas, weight_decay=weight_decay, **adam_kwargs)
     except TypeError as error:
