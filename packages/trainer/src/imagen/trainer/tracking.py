@@ -251,6 +251,7 @@ class Progress:
             self.bar.update(1)
         else:
             self.bar.update(min(self.elapsed, self.seconds) - self.bar.n)
+            postfix = {"steps": self.count, **postfix}  # the bar counts seconds: show the steps beside it
         if postfix:
             self.bar.set_postfix(postfix, refresh=False)
 
