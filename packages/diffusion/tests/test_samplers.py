@@ -20,7 +20,7 @@ from imagen.diffusion import (
     sample_heun,
     sample_unipc,
 )
-from imagen.diffusion.testing import CountingDenoiser
+from imagen.diffusion.testing import CountingDenoiser, GaussianMixture
 
 DETERMINISTIC = {
     "euler": sample_euler,
@@ -128,13 +128,17 @@ def test_ddpm_ddim_eta_one_and_euler_ancestral_are_the_same_chain(mixture):
 
 
 @pytest.mark.parametrize("name", ["ddpm", "euler_ancestral", "dpmpp_2m_sde"])
-def test_per_sample_generators_give_the_same_sample_whatever_the_batch(name, mixture):
-    sigmas = karras_sigmas(6, 0.01, 10.0)
+def test_per_sample_generators_give_the_same_sample_whatever_the_batch(name, mixture, device):
+    """On the test device, with generators there (a CUDA generator draws on CUDA only)."""
+    sigmas = karras_sigmas(6, 0.01, 10.0, device=device)
     seeds = [11, 12, 13]
-    x = torch.stack([randn_like(torch.zeros(2), torch.Generator().manual_seed(s)) for s in seeds]) * 10
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
-    batch = get_sampler(name)(mixture.denoiser, x, sigmas, generator=gens)
-    alone = get_sampler(name)(mixture.denoiser, x[1:2], sigmas, generator=[torch.Generator().manual_seed(12)])
+    zeros = torch.zeros(2, device=device)
+    x = torch.stack([randn_like(zeros, torch.Generator(device).manual_seed(s)) for s in seeds]) * 10
+    gens = [torch.Generator(device).manual_seed(s) for s in seeds]
+    denoiser = GaussianMixture(mixture.means.to(device), mixture.stds.to(device), mixture.weights.to(device)).denoiser
+    batch = get_sampler(name)(denoiser, x, sigmas, generator=gens)
+    alone = get_sampler(name)(denoiser, x[1:2], sigmas, generator=[torch.Generator(device).manual_seed(12)])
+    assert batch.device.type == device.type
     torch.testing.assert_close(batch[1:2], alone)
 
 
