@@ -248,6 +248,8 @@ class CliConfig:
             raise ValueError(f"config file {str(path)!r} is not valid JSON: {error}") from None
         except UnicodeDecodeError:
             raise ValueError(f"config file {str(path)!r} is not a text file") from None
+        except RecursionError:
+            raise ValueError(f"config file {str(path)!r} is nested too deeply to be a config") from None
         return cls.from_dict(data)
 
     def to_dict(self) -> dict:
