@@ -118,7 +118,7 @@ def _reencoded(data: bytes, **metadata_changes) -> bytes:
     header, _ = _split(data)
     metadata = dict(header["__metadata__"])
     kind, version = metadata.pop("format"), int(metadata.pop("format_version"))
-    metadata.pop("tensors_sha256"), metadata.pop("metadata_sha256", None)
+    metadata.pop("tensors_sha256", None), metadata.pop("metadata_sha256", None)
     metadata.update(metadata_changes)
     return encode_container(load(data), format=kind, version=version, metadata=metadata)
 
@@ -157,8 +157,8 @@ def safetensors_mutations(data: bytes, rng: random.Random, *, flips: int = 8, ma
         "dtype unknown": lambda h: h[big].__setitem__("dtype", "Q128"),
         "two tensors swap offsets": lambda h: _swap_offsets(h, names),
         "a tensor dropped": lambda h: h.pop(names[0]),
-        "digest removed": lambda h: h["__metadata__"].pop("tensors_sha256"),
-        "metadata digest removed": lambda h: h["__metadata__"].pop("metadata_sha256"),
+        "digest removed": lambda h: h["__metadata__"].pop("tensors_sha256", None),
+        "metadata digest removed": lambda h: h["__metadata__"].pop("metadata_sha256", None),
         "format changed": lambda h: h["__metadata__"].__setitem__("format", "something-else"),
         "future version": lambda h: h["__metadata__"].__setitem__("format_version", "99"),
         "metadata not strings": lambda h: h.__setitem__("__metadata__", {"format": 1}),

@@ -80,7 +80,7 @@ def test_remote_write_is_write_then_move(monkeypatch, toy_cascade):
     with pytest.raises(OSError):
         trainer.save(f"{folder}/c.safetensors")
     assert fs.cat_file(f"{folder}/c.safetensors") == before
-    assert moves and "/.c.safetensors.tmp-" in moves[0][0]
+    assert moves and "/.c.safetensors.partial-" in moves[0][0]
     assert sorted(fs.ls(folder, detail=False)) == [f"{folder}/c.safetensors"]  # the temporary is removed
 
 
