@@ -120,7 +120,9 @@ def test_embeddings_come_back_trimmed_padded_and_masked(shard_index):
         assert not batch["text_embeds"][i, length:].any()
 
 
-def test_the_dataset_pickles_and_trains_through_spawned_workers(shard_index):
+def test_the_dataset_pickles_and_trains_through_spawned_workers(shard_index, tmp_path, image_folder):
+    folder = Dataset(image_folder(tmp_path / "images", 3), 16)  # the folder Dataset pickles too
+    assert torch.equal(pickle.loads(pickle.dumps(folder))[(1, 7)], folder[(1, 7)])
     dataset = captions(shard_index, shuffle_window=5)
     again = pickle.loads(pickle.dumps(dataset))
     assert (again.urls, again.counts, again.image_size) == (dataset.urls, dataset.counts, dataset.image_size)
