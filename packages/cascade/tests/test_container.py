@@ -2,6 +2,7 @@
 clear refusals naming the file, partial files under one pruned pattern, save_pretrained as a folder."""
 
 import json
+import os
 import struct
 
 import pytest
@@ -178,3 +179,110 @@ def test_reference_errors_are_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="CRC-32") as caught:
         load_imagen_from_checkpoint(path)
     assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("head, expected", [
+    (b"PK\x03\x04", True),  # a torch.save zip archive
+    (b"PK\x03\x04\x00\x00\x00\x00{", False),  # a safetensors header length that starts like one
+    (b"\x80\x02}q\x00", True),  # protocol 2 pickle
+    (b"\x80\x05\x95", True),  # protocol 5 pickle, FRAME
+    (b"\x80\x01}", False),  # no protocol 1 pickle starts with PROTO
+    (b"\x80\x06}", False),
+    (b"\x80\x02\x1f", False),  # a control byte is no opcode
+    (b"\x80\x02\x20", True),
+    (b"\x80\x02", False),  # too short to tell: not a pickle
+    (b"\x80\x02\x00\x00\x00\x00\x00\x00{", False),  # safetensors, header length 640
+    (b"{}", False),
+])
+def test_looks_like_torch_save(head, expected):
+    assert looks_like_torch_save(head) is expected
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x80\x04\x95" + b"\x00" * 20, "is a Python pickle"),
+    (b"PK\x03\x04" + b"\x00" * 20, "is a zip archive"),
+    (b"\x80\x04", "is a Python pickle"),  # shorter than a header length
+    (b"abc", "is truncated: 3 bytes"),
+    (struct.pack("<Q", 4) + b"xyz ", "does not start with '{'"),
+    (struct.pack("<Q", 4) + b"{\xff} ", "unreadable safetensors header"),
+    (struct.pack("<Q", 2**40) + b"{}", "header length 1099511627776 does not fit in the file's 10 bytes"),
+])
+def test_refusals_of_what_is_not_a_container(tmp_path, content, message):
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message) as caught:
+        read_container(path, formats=FORMATS)
+    assert str(path) in str(caught.value)
+
+
+def test_a_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_container(tmp_path / "nothing.safetensors", formats=FORMATS)
+
+
+def test_version_bounds_and_metadata_types(tmp_path):
+    path = write_container(tmp_path / "x.safetensors", _tensors(), format="test-format", version=3)
+    assert read_container(path, formats=FORMATS).version == 3
+    with pytest.raises(CheckpointError, match="format_version=3; this version of imagen reads versions 1 to 2"):
+        read_container(path, formats={"test-format": 2})
+    zero = write_container(tmp_path / "z.safetensors", _tensors(), format="test-format", version=0)
+    with pytest.raises(CheckpointError, match="format_version=0"):
+        read_container(zero, formats=FORMATS)
+    with pytest.raises(TypeError, match="strings to strings"):
+        write_container(tmp_path / "y.safetensors", _tensors(), format="test-format", version=1, metadata={"a": 1})
+    with pytest.raises(TypeError, match=r"must be a torch\.Tensor"):
+        write_container(tmp_path / "y.safetensors", {"a": [1]}, format="test-format", version=1)
+    assert not (tmp_path / "y.safetensors").exists()
+
+
+def test_shared_and_sliced_tensors_are_written_whole(tmp_path):
+    base = torch.arange(10.0)
+    tensors = {"all": base, "view": base[2:5], "same": base, "t": base.reshape(2, 5).t()}
+    path = write_container(tmp_path / "x.safetensors", tensors, format="test-format", version=1)
+    loaded = read_container(path, formats=FORMATS).tensors
+    for key, value in tensors.items():
+        assert torch.equal(loaded[key], value), key
+
+
+def test_json_depth_counts_brackets_outside_strings_only():
+    from imagen.cascade import parse_checkpoint_json
+
+    deep_string = json.dumps({"s": "[" * 1000 + '\\"{' * 100})
+    assert parse_checkpoint_json(deep_string, "x")["s"].startswith("[[[")
+    assert parse_checkpoint_json("[" * 64 + "]" * 64, "x") is not None
+    with pytest.raises(CheckpointError, match="nested deeper than 64"):
+        parse_checkpoint_json("[" * 65 + "]" * 65, "the file")
+    with pytest.raises(CheckpointError, match=r"the file is not valid JSON .*duplicate names \['a'\]"):
+        parse_checkpoint_json('{"a": 1, "a": 2}', "the file")
+
+
+def test_process_liveness_and_partial_pids():
+    from imagen.cascade.container import _partial_pid, _process_alive
+
+    assert _process_alive(os.getpid()) and not _process_alive(DEAD_PID) and not _process_alive(2**70)
+    assert _partial_pid(f".a.b.partial-{DEAD_PID}-0123abcd") == DEAD_PID
+    assert _partial_pid(".a.tmp-12-0123abcd") == 12 and _partial_pid(".a.34.tmp") == 34
+    assert _partial_pid("a.partial-1-0123abcd") is None and _partial_pid(".a.partial-1-0123abcz") is None
+
+
+def test_replace_folder_without_an_atomic_exchange(tmp_path, monkeypatch):
+    from imagen.cascade import container
+
+    monkeypatch.setattr(container, "_rename_exchange", lambda a, b: False)
+    folder = tmp_path / "model"
+    _cascade(1).save_pretrained(folder)
+    second = _cascade(2)
+    second.save_pretrained(folder)
+    loaded = load_imagen_from_checkpoint(folder)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), second.state_dict().values()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_named_os_errors_keep_their_type_and_errno(tmp_path):
+    from imagen.cascade.container import _named
+
+    error = _named(PermissionError(13, "Permission denied"), tmp_path / "x")
+    assert isinstance(error, PermissionError) and error.errno == 13
+    assert str(error).endswith(f"could not write {tmp_path / 'x'}: Permission denied; nothing was replaced")
+    plain = OSError("no errno")
+    assert _named(plain, tmp_path) is plain

@@ -155,3 +155,48 @@ def test_sigkill_while_saving_leaves_previous_checkpoint(tmp_path):
         proc.wait()
     ckpt = load_checkpoint(path)  # old or (if the rename had happened) new: never torn
     assert ckpt.trainer_state["version"] in {"old", "new"}
+
+
+def test_remote_filesystem_round_trip_and_partial_cleanup():
+    """On an fsspec filesystem: the same container, written whole under a partial name then moved;
+    partial files of other processes are removed by pruning, this process's are kept."""
+    import uuid
+
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    fs = MemoryFileSystem()
+    folder = f"/faults-{uuid.uuid4().hex}"
+    path = save_checkpoint(f"{folder}/{folder_checkpoint_name(3)}", _tensors(), trainer_state={"s": 3}, fs=fs)
+    assert path == f"{folder}/checkpoint.3.safetensors"
+    ckpt = load_checkpoint(path, fs=fs)
+    assert ckpt.trainer_state == {"s": 3} and torch.equal(ckpt.tensors["imagen.w"], _tensors()["imagen.w"])
+    fs.pipe(f"{folder}/.checkpoint.4.safetensors.partial-{os.getpid() + 1}-0123abcd", b"killed")
+    fs.pipe(f"{folder}/.checkpoint.5.safetensors.partial-{os.getpid()}-0123abcd", b"mine, in flight")
+    removed = prune_checkpoints(folder, keep=2, fs=fs)
+    assert [p.rsplit("/", 1)[1] for p in removed] == [f".checkpoint.4.safetensors.partial-{os.getpid() + 1}-0123abcd"]
+    assert latest_checkpoint(folder, fs) == path
+    fs.pipe(f"{folder}/bad.safetensors", fs.cat_file(path)[:-1])
+    with pytest.raises(CheckpointError, match="torn or truncated"):
+        load_checkpoint(f"{folder}/bad.safetensors", fs=fs)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(f"{folder}/missing.safetensors", fs=fs)
+
+
+def test_remote_write_failure_leaves_no_partial(monkeypatch):
+    import uuid
+
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    fs = MemoryFileSystem()
+    folder = f"/faults-{uuid.uuid4().hex}"
+    save_checkpoint(f"{folder}/c.safetensors", {"w": torch.zeros(2)}, fs=fs)
+
+    def broken_mv(source, target, **kwargs):
+        raise OSError("the store went away")
+
+    monkeypatch.setattr(fs, "mv", broken_mv)
+    with pytest.raises(OSError, match="went away"):
+        save_checkpoint(f"{folder}/c.safetensors", {"w": torch.ones(2)}, fs=fs)
+    monkeypatch.undo()
+    assert fs.ls(folder, detail=False) == [f"{folder}/c.safetensors"]
+    assert torch.equal(load_checkpoint(f"{folder}/c.safetensors", fs=fs).tensors["w"], torch.zeros(2))
