@@ -160,6 +160,7 @@ def bad_shards(folder):
         {"__key__": "nopicture", "txt": b"a caption without an image", "safetensors": _embed(EMBED_DIM)},
         {"__key__": "latin1", "png": _png(9), "txt": "caf\xe9".encode("latin-1"), "safetensors": _embed(EMBED_DIM)},
         {"__key__": "wide", "png": _png(10), "txt": b"too wide", "safetensors": _embed(EMBED_DIM + 3)},
+        {"__key__": "noembed", "png": _png(11), "txt": b"embedding cut short", "safetensors": _embed(EMBED_DIM)[:20]},
         {"__key__": "corrupt", "png": b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "txt": b"broken", "safetensors":
          _embed(EMBED_DIM)},
     ]
@@ -178,25 +179,27 @@ def bad_shards(folder):
 
 def test_bad_samples_are_skipped_counted_and_named(tmp_path):
     index = bad_shards(tmp_path / "bad")
-    assert [s["samples"] for s in json.loads(index.read_text())["shards"]] == [8, 6]
-    for embeds, bad_keys in ((False, {"nopicture", "latin1", "corrupt"}), (True, {"nopicture", "wide", "corrupt"})):
+    assert [s["samples"] for s in json.loads(index.read_text())["shards"]] == [9, 6]
+    for embeds, bad_keys in ((False, {"nopicture", "latin1", "corrupt"}),
+                             (True, {"nopicture", "wide", "noembed", "corrupt"})):
         dataset = ShardDataset(index, 16, text_embeds=embeds)
         stream = ShardStream(dataset, 2, world=1, rank=0, seed=0)
         with pytest.warns(UserWarning, match=r"bad sample\(s\) skipped so far"):
-            batches = take(stream, 6)  # an epoch: 7 batches of 2 positions, some passed over
+            batches = take(stream, 5)  # an epoch: 8 batches of 2 positions, some passed over
             while stream.epoch == 0:
                 batches.append(next(stream))
         skipped = {key: (url, reason) for url, key, reason in stream.skipped}
         named = {key for key in skipped if not key.startswith("#")}
         assert named == bad_keys
-        assert skipped["nopicture"][0].endswith("a.tar") and "no image member" in skipped["nopicture"][1]
-        assert "not UTF-8" in skipped.get("latin1", ("", "not UTF-8"))[1]
-        assert "width 11, expected 8" in skipped.get("wide", ("", "width 11, expected 8"))[1]
+        assert all(skipped[key][0].endswith("a.tar") for key in named)
+        reasons = {"nopicture": "no image member", "latin1": "not UTF-8", "wide": "width 11, expected 8",
+                   "noembed": ".safetensors member is unreadable", "corrupt": "unreadable image"}
+        assert all(reasons[key] in skipped[key][1] for key in named), skipped
         truncated = [(url, reason) for url, key, reason in stream.skipped if key.startswith("#")]
         assert len(truncated) >= 1 and all(url.endswith("b.tar") for url, _ in truncated)
         got = [int(e[0, 0]) if embeds else t for b in batches for e, t in
                zip(b.get("text_embeds", b["images"]), b.get("texts", b["images"]))]
-        assert len(got) + len(stream.skipped) == 14  # every position once: good or counted
+        assert len(got) + len(stream.skipped) == 16  # every position once (15, and 1 repeat): good or counted
 
 
 def test_unusable_shard_lists_are_refused_before_training(tmp_path, shard_index):

@@ -93,7 +93,10 @@ def _caption(sample: dict) -> str | None:
 def _embedding(sample: dict) -> torch.Tensor | None:
     """The sample's text embedding ``(L, D)`` as float32, or None when it has none."""
     if "safetensors" in sample:
-        tensors = load_safetensors(sample["safetensors"])
+        try:
+            tensors = load_safetensors(sample["safetensors"])
+        except Exception as error:  # safetensors' own error type is a bare Exception
+            raise ValueError(f"the .safetensors member is unreadable ({type(error).__name__}: {error})") from None
         if "text_embeds" not in tensors:
             raise ValueError(f"the .safetensors member holds {sorted(tensors)}, not 'text_embeds'")
         embeds = tensors["text_embeds"]
@@ -186,8 +189,10 @@ class ShardEpochs(IterableDataset):
         flip = self.dataset.augment_horizontal_flip and bool(_mix_seed(self.seed, epoch, position) & 1)
         try:
             items.append(self.dataset.decode(sample, flip))
-        except (ValueError, TypeError, RuntimeError, OSError) as error:
+        except ValueError as error:  # what decode names as wrong with the sample
             skipped.append((url, key, str(error)))
+        except Exception as error:  # anything else an image plugin or decoder raises on bad bytes
+            skipped.append((url, key, f"cannot be decoded ({type(error).__name__}: {error})"))
 
     @staticmethod
     def _where(sample) -> tuple[str, str]:
