@@ -12,7 +12,6 @@ import bisect
 import io
 import json
 import math
-import tarfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -124,7 +123,7 @@ def _shard_samples(url: str, expected: int, skip: int = 0) -> Iterator[dict | _B
                 if position >= skip:
                     yield sample
                 position += 1
-    except (OSError, tarfile.TarError, EOFError, ValueError) as error:
+    except Exception as error:  # a missing, truncated or corrupt shard (tarfile, gzip, fsspec, webdataset errors)
         reason = f"shard unreadable after {position} samples ({type(error).__name__}: {error})"
         for lost in range(max(position, skip), expected):
             yield _Bad(f"#{lost}", reason)
