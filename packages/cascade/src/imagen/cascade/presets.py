@@ -69,12 +69,12 @@ class Recipe:
 
 def _base_unet(size: int) -> dict:
     """The base U-Net of ``small_fast`` at ``size`` px: halves down to 8 px (one level per halving),
-    cross-attends to the text at the two lowest levels, no self-attention, a small ``cond_dim``,
-    and the text padding hidden from attention (the captions are short)."""
+    cross-attends to the text at the levels after the first at 16 px or below, no self-attention,
+    a small ``cond_dim``, and the text padding hidden from attention (the captions are short)."""
     levels = int(math.log2(size // LOWEST_RESOLUTION)) + 1
     return dict(
         dim=32, dim_mults=(1, 2, 4, 4, 8)[:levels], num_resnet_blocks=1, layer_attns=False,
-        layer_cross_attns=tuple(i >= levels - 2 for i in range(levels)), attend_at_middle=False,
+        layer_cross_attns=tuple(i >= 1 and size >> i <= 16 for i in range(levels)), attend_at_middle=False,
         attn_heads=4, attn_dim_head=16, cond_dim=64, init_cross_embed=False, init_conv_kernel_size=3,
         use_global_context_attn=False, attn_pool_text=False, mask_text_padding=True,
     )

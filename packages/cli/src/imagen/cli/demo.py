@@ -18,7 +18,7 @@ import attrs
 import torch
 from tqdm.auto import tqdm
 
-from imagen.cascade import CascadeConfig, atomic_write, to_pil_images
+from imagen.cascade import CascadeConfig, Recipe, atomic_write, small_fast, to_pil_images
 from imagen.text import T5Encoder, TextEmbeddingCache
 from imagen.text.testing import build_tiny_t5
 from imagen.trainer import Dataset, ImagenTrainer
@@ -32,37 +32,25 @@ BASE_SIZE, SR_SIZE = 16, 32
 TEXT_DIM = 32
 
 
-def demo_cascade_config(text_encoder_name: str, *, text_embed_dim: int = TEXT_DIM) -> dict:
-    """The demo's cascade config as a dict (``CascadeConfig.from_dict`` builds it): an EDM base
-    U-Net at 16 px with cross-attention to the text at its lowest resolution (8 px) and no
-    self-attention, and a small super-resolution U-Net 16 -> 32 px without attention.
+def demo_recipe(text_encoder_name: str, *, text_embed_dim: int | None = TEXT_DIM) -> Recipe:
+    """The demo's recipe: ``small_fast`` with a 16 px base stage and a 16 -> 32 px super-resolution
+    stage (the one fast path: the demo trains and samples with the recipe's settings)."""
+    return small_fast((BASE_SIZE, SR_SIZE), text_embed_dim=text_embed_dim, text_encoder_name=text_encoder_name)
+
+
+def demo_cascade_config(text_encoder_name: str, *, text_embed_dim: int | None = TEXT_DIM) -> dict:
+    """The demo's cascade config as a dict (``CascadeConfig.from_dict`` builds it): the
+    ``small_fast`` recipe's cascade (:func:`demo_recipe`), an EDM base U-Net at 16 px with
+    cross-attention to the text at 8 px and no self-attention, and a small super-resolution U-Net
+    16 -> 32 px without attention.
 
     Both U-Nets hide the text padding (``mask_text_padding=True``, not the reference's default):
     the captions have at most 8 tokens, so with the reference's behaviour the 248 null-embedding
     positions of the 256 would dominate the mean-pooled text and the cross-attention."""
-    base = dict(
-        dim=32, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=False, layer_cross_attns=(False, True),
-        attend_at_middle=False, attn_heads=4, attn_dim_head=16, cond_dim=64, init_cross_embed=False,
-        init_conv_kernel_size=3, use_global_context_attn=False, attn_pool_text=False, mask_text_padding=True,
-    )
-    sr = dict(
-        dim=16, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=False, layer_cross_attns=False,
-        attend_at_middle=False, attn_heads=2, attn_dim_head=16, cond_dim=32, init_cross_embed=False,
-        init_conv_kernel_size=3, use_global_context_attn=False, attn_pool_text=False, mask_text_padding=True,
-    )
-    return dict(
-        kind="ElucidatedImagen",
-        unets=[base, sr],
-        image_sizes=[BASE_SIZE, SR_SIZE],
-        text_encoder_name=text_encoder_name,
-        text_embed_dim=text_embed_dim,
-        cond_drop_prob=0.1,
-        num_sample_steps=16,
-        sampler="dpmpp_2m",
-        lowres_sample_noise_level=0.2,
-        resize_mode="bilinear",
-        random_crop_sizes=[None, BASE_SIZE],  # the SR U-Net is convolutional: train it on 16 px crops
-    )
+    return demo_recipe(text_encoder_name, text_embed_dim=text_embed_dim).config.to_dict()
+
+
+_RECIPE = small_fast((BASE_SIZE, SR_SIZE))  # the defaults of DemoSettings come from it
 
 
 @attrs.frozen(kw_only=True)
@@ -76,15 +64,15 @@ class DemoSettings:
     steps: int | None = None
     seed: int = 0
     dataset_size: int = 3000
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup_steps: int = 50
+    batch_size: int = _RECIPE.batch_size
+    lr: float = _RECIPE.trainer_options["lr"]
+    warmup_steps: int = _RECIPE.trainer_options["warmup_steps"]
     base_share: float = 0.75
     sr_steps_ratio: float = 0.5
     samples_per_prompt: int = 4
     prompts: int | None = None
     sample_steps: tuple[int, int] = (16, 8)
-    cond_scale: float = 4.0
+    cond_scale: float = _RECIPE.sample_options["cond_scale"]
     sr_cond_scale: float = 1.0
     sr_skip_steps: int = 4
     sr_noise_level: float = 0.1
@@ -212,10 +200,8 @@ def run_demo(settings: DemoSettings) -> dict:
 
     config = CascadeConfig.from_dict(demo_cascade_config(str(t5_folder.resolve())))
     imagen = config.create(seed=settings.seed)
-    trainer = ImagenTrainer(
-        imagen, lr=settings.lr, warmup_steps=settings.warmup_steps, max_grad_norm=1.0, seed=settings.seed,
-        ema_beta=0.99, ema_update_after_step=10, ema_update_every=1, verbose=settings.progress,
-    )
+    options = {**_RECIPE.trainer_options, "lr": settings.lr, "warmup_steps": settings.warmup_steps}
+    trainer = ImagenTrainer(imagen, **options, seed=settings.seed, verbose=settings.progress)
     trainer.add_train_dataset(dataset, batch_size=settings.batch_size)
     prep_seconds = time.monotonic() - started
 
