@@ -23,6 +23,7 @@ from imagen.diffusion import (
     static_clipping,
 )
 
+from .checks import check_keywords
 from .conditioning import batch_size_of, make_generators
 from .config import per_unet
 from .images import resize, to_pil_images
@@ -236,8 +237,8 @@ class CascadeSampling:
         return step
 
     def _checked_cond_scale(self, scale) -> float:
-        if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale >= 0:
-            raise ValueError(f"cond_scale must be a number >= 0 (or one per unet), got {scale!r}")
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 <= scale < float("inf"):
+            raise ValueError(f"cond_scale must be a finite number >= 0 (or one per unet), got {scale!r}")
         if scale != 1 and not self.cond_drop_prob > 0:
             raise ValueError(
                 f"cond_scale={scale} needs a cascade trained with cond_drop_prob > 0 (classifier-free "
@@ -305,6 +306,20 @@ class CascadeSampling:
         ``generator`` an int seed gives the same sample i whatever the batch size.
         """
         autocast_dtype = check_sampling_dtype(dtype)
+        checked = check_keywords(  # once per call, before any stage runs (checks.py)
+            self, cond_scale=cond_scale, lowres_sample_noise_level=lowres_sample_noise_level, steps=steps,
+            batch_size=batch_size, video_frames=video_frames, generator=generator, text_embeds=text_embeds,
+            start_at_unet_number=start_at_unet_number, stop_at_unet_number=stop_at_unet_number,
+            cond_images=cond_images, cond_video_frames=cond_video_frames, post_cond_video_frames=post_cond_video_frames,
+            inpaint_images=inpaint_images, inpaint_videos=inpaint_videos, init_images=init_images,
+            start_image_or_video=start_image_or_video,
+        )
+        cond_images, cond_video_frames, post_cond_video_frames = (
+            checked["cond_images"], checked["cond_video_frames"], checked["post_cond_video_frames"])
+        inpaint_images, inpaint_videos, init_images = (
+            checked["inpaint_images"], checked["inpaint_videos"], checked["init_images"])
+        start_image_or_video = checked["start_image_or_video"]
+        lowres_sample_noise_level = checked["lowres_sample_noise_level"]
         if device is not None:
             self.to(device)
         device = self.device
