@@ -62,6 +62,24 @@ def test_a_gaussian_stage_starts_at_q_sample_of_the_upsampled_image_at_step_k():
     torch.testing.assert_close(seen[0], expected, atol=1e-6, rtol=0)
 
 
+def test_the_first_stage_refines_its_init_images_img2img():
+    """With ``init_images`` on unet 1, ``refine_from_step`` starts it from q(z_t | init) at step k."""
+    imagen = two_stage(Imagen)
+    skip, seed = 3, 2
+    image = torch.rand(1, 3, 8, 8)
+    seen = []
+    hook = imagen.unets[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    try:
+        imagen.sample(text_embeds=torch.randn(1, 5, 16), init_images=image, refine_from_step=skip,
+                      stop_at_unet_number=1, generator=[torch.Generator().manual_seed(seed)], use_tqdm=False)
+    finally:
+        hook.remove()
+    eps = randn((1, 3, 8, 8), [torch.Generator().manual_seed(seed)])
+    t = torch.linspace(1, 0, 7)[skip]
+    expected = q_sample(image * 2 - 1, imagen.stages[0].schedule.log_snr(t.expand(1)), eps)
+    torch.testing.assert_close(seen[0], expected, atol=1e-6, rtol=0)
+
+
 def test_refining_differs_from_redrawing_and_keeps_the_base_picture_closer():
     imagen = two_stage(ElucidatedImagen)
     embeds = torch.randn(3, 5, 16)
@@ -73,10 +91,10 @@ def test_refining_differs_from_redrawing_and_keeps_the_base_picture_closer():
 
 
 @pytest.mark.parametrize(("settings", "match"), [
-    (dict(refine_from_step=2), "no previous stage output"),
+    (dict(refine_from_step=2), "no image to refine"),
     (dict(refine_from_step=(None, 6)), r"refine_from_step for unet 2 must be None or an int in \[0, 6\)"),
     (dict(refine_from_step=(None, True)), "refine_from_step for unet 2"),
-    (dict(refine_from_step=(None, 2), skip_steps=(0, 1)), "replaces init_images / skip_steps"),
+    (dict(refine_from_step=(None, 2), skip_steps=(0, 1)), "replaces skip_steps"),
     (dict(refine_from_step=(None, 2, 1)), "refine_from_step"),
 ])
 def test_bad_refine_from_step_names_the_keyword(settings, match):

@@ -155,8 +155,8 @@ class CascadeSampling:
         (see ``resolve_schedule``). ``refine_from_step`` (beyond the reference; None or one per unet):
         step k makes a stage start from the previous stage's output (upsampled; for the first stage
         sampled, ``start_image_or_video``) noised to the level of its step k and run the remaining
-        steps (SDEdit), instead of drawing from noise; it excludes ``init_images``/``skip_steps`` on
-        that stage. A step count below the sampler's ``imagen.diffusion.MIN_STEPS``
+        steps (SDEdit), instead of drawing from noise; with that stage's ``init_images`` it refines them
+        instead (img2img); it excludes ``skip_steps`` on that stage. A step count below the sampler's ``imagen.diffusion.MIN_STEPS``
         (heun, dpmpp_3m) is a ValueError when ``steps`` asks for it or the sampler is not the stage's
         default (the configured default, e.g. ElucidatedImagen's Heun at num_sample_steps, runs as the
         reference does). ``sample``'s other keywords are
@@ -197,7 +197,7 @@ class CascadeSampling:
             refine = refines[index] is not None
             if refine:
                 skip = self._refine_start(refines[index], index, count, first, start_image_or_video,
-                                          inits[index] is not None or skip != 0)
+                                          has_init=inits[index] is not None, skip=skip)
             if stepss[index] is not None or name != stage.default_sampler:  # not the reference's own path
                 check_sampler_steps(name, count)
             spacing, floor = resolve_schedule(stage, name, count, schedules[index])
@@ -224,16 +224,17 @@ class CascadeSampling:
             ))
         return plans
 
-    def _refine_start(self, step, index: int, count: int, first: int, start_image, reference_start: bool) -> int:
+    def _refine_start(self, step, index: int, count: int, first: int, start_image, *, has_init: bool,
+                      skip: int) -> int:
         """The checked ``refine_from_step`` of unet ``index + 1``: the step it starts at."""
         name = f"refine_from_step for unet {index + 1}"
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < count:
             raise ValueError(f"{name} must be None or an int in [0, {count}) (its steps), got {step!r}")
-        if index == first and (index == 0 or start_image is None):
-            raise ValueError(f"{name}: there is no previous stage output to refine (unet {index + 1} is the first "
-                             "stage sampled; give start_image_or_video with start_at_unet_number > 1)")
-        if reference_start:
-            raise ValueError(f"{name} replaces init_images / skip_steps on that unet: give one or the other")
+        if not has_init and index == first and (index == 0 or start_image is None):
+            raise ValueError(f"{name}: there is no image to refine (unet {index + 1} is the first stage sampled; "
+                             "give its init_images, or start_image_or_video with start_at_unet_number > 1)")
+        if skip:
+            raise ValueError(f"{name} replaces skip_steps on that unet: give one or the other")
         return step
 
     def _checked_cond_scale(self, scale) -> float:

@@ -155,7 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "reference, or 1.0 for a cascade without guidance)")
     sample.add_argument("--skip-steps", type=_skip_list, default=None,
                         help="per stage, e.g. 0,4: a later stage with N > 0 starts from the upsampled output of "
-                        "the stage before and skips its first N steps (refines instead of redrawing)")
+                        "the stage before and skips its first N steps (refines instead of redrawing); with "
+                        "--init-image the first stage refines that image the same way (e.g. 10,4)")
+    sample.add_argument("--init-image", default=None, metavar="PATH",
+                        help="an image for the first stage to refine (img2img; needs --skip-steps N,...: the "
+                        "more steps skipped, the more of the image is kept)")
+    sample.add_argument("--inpaint-image", default=None, metavar="PATH", help="an image to inpaint (needs "
+                        "--inpaint-mask)")
+    sample.add_argument("--inpaint-mask", default=None, metavar="PATH",
+                        help="a mask of the --inpaint-image's size: white pixels are redrawn, black ones kept")
     sample.add_argument("--steps", type=_steps_list, help="sampling steps, one or one per stage (e.g. 16,8)")
     sample.add_argument("--sampler", type=_sampler_list,
                         help="sampler, one or one per stage (ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, ...)")
@@ -432,9 +440,14 @@ def cmd_sample(args) -> int:
     scales = scales if isinstance(scales, tuple) else (scales,) * cascade.num_unets
     skips = _per_stage(args.skip_steps or [0], cascade.num_unets, "--skip-steps")
     skips = skips if isinstance(skips, tuple) else (skips,) * cascade.num_unets
-    if skips[0] != 0:
+    init = _image_file("--init-image", args.init_image) if args.init_image is not None else None
+    if skips[0] != 0 and init is None:
         raise CliError(f"--skip-steps {args.skip_steps}: the first stage has no image to start from; "
-                       "its value must be 0")
+                       "its value must be 0 (or give --init-image)")
+    if init is not None and skips[0] == 0:
+        raise CliError("--init-image needs --skip-steps N,... with N > 0: the first stage refines the image from "
+                       "its step N (the more steps skipped, the more of the image is kept)")
+    inpaint = _inpainting(args)
     plans = cascade.sampling_plan(steps=steps, sampler=sampler,
                                   video_frames=args.video_frames if cascade.is_video else None)
     for plan, skip in zip(plans, skips):
@@ -468,6 +481,11 @@ def cmd_sample(args) -> int:
             options["texts"] = prompts[start:stop]
         if cascade.is_video:
             options["video_frames"] = args.video_frames
+        if init is not None:
+            options["init_images"] = (init.expand(stop - start, -1, -1, -1),) + (None,) * (cascade.num_unets - 1)
+        if inpaint is not None:
+            options["inpaint_images"] = inpaint[0].expand(stop - start, -1, -1, -1)
+            options["inpaint_masks"] = inpaint[1].expand(stop - start, -1, -1)
         outputs = cascade.sample(cond_scale=scales, generator=generators, refine_from_step=refine,
                                  **options).float().cpu()
         write = _write_videos if cascade.is_video else _write_images
@@ -475,6 +493,37 @@ def cmd_sample(args) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def _image_file(option: str, path: str, mode: str = "RGB"):
+    """The image at ``path`` as a float tensor in [0, 1]: (1, C, H, W), or (1, H, W) for mode "L"."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert(mode), dtype=np.float32) / 255
+    except FileNotFoundError:
+        raise CliError(f"{option} {path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise CliError(f"{option} {path}: not an image PIL can read ({error})") from None
+    tensor = torch.from_numpy(array)
+    return tensor[None] if mode == "L" else tensor.permute(2, 0, 1)[None]
+
+
+def _inpainting(args):
+    """(image (1, 3, H, W), keep mask (1, H, W)) from --inpaint-image/--inpaint-mask, or None."""
+    if (args.inpaint_image is None) != (args.inpaint_mask is None):
+        raise CliError("--inpaint-image and --inpaint-mask go together: give both, or neither")
+    if args.inpaint_image is None:
+        return None
+    image = _image_file("--inpaint-image", args.inpaint_image)
+    mask = _image_file("--inpaint-mask", args.inpaint_mask, mode="L")
+    if mask.shape[-2:] != image.shape[-2:]:
+        raise CliError(f"--inpaint-mask {args.inpaint_mask} is {mask.shape[-1]}x{mask.shape[-2]} pixels, the "
+                       f"--inpaint-image {image.shape[-1]}x{image.shape[-2]}: they must be of one size")
+    return image, mask < 0.5  # black (kept) -> True: the cascade keeps where the mask is True
 
 
 def cmd_encode_text(args) -> int:
