@@ -30,7 +30,7 @@ def embeds(batch=2):
         (lambda m: m(torch.rand(2, 3, 16, 16), texts=["a cat", ""], unet_number=1), "texts\\[1\\]"),
         (lambda m: m(torch.rand(2, 3, 16, 16), text_embeds=torch.randn(2, 5, 7), unet_number=1), "width 7"),
         (lambda m: m(torch.rand(2, 3, 16, 16), unet_number=1), "conditions on text"),
-        (lambda m: m.sample(text_embeds=embeds(), cond_scale=-1.0), "cond_scale must be a number >= 0"),
+        (lambda m: m.sample(text_embeds=embeds(), cond_scale=-1.0), "cond_scale must be a finite number >= 0"),
         (lambda m: m.sample(text_embeds=embeds(), inpaint_images=torch.rand(2, 3, 16, 16),
                             inpaint_masks=torch.ones(2, 8, 8).bool()), "inpaint_masks must have shape"),
         (lambda m: m.sample(text_embeds=embeds(), start_at_unet_number=2), "start_image_or_video"),

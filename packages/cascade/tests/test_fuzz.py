@@ -135,7 +135,7 @@ _nan_pixels = _pixels().clone()
 _nan_pixels[0, 0, 0, 0] = math.nan
 SAMPLE_KEYWORDS = {
     "cond_scale": [1.0, 3.0, (1.0, 2.0), math.inf, math.nan, -1.0, "3", (1.0,)],
-    "steps": [None, 2, (2, 3), 0, -1, 1.5, "2"],
+    "steps": [None, 2, (2, 3), 0, -1, 1.5, "2", 10**9],
     "sampler": [None, "ddim", "euler", "dpmpp_2m", "unipc", "nonsense", 3],
     "skip_steps": [None, 0, 1, (0, 1), -1, 9, "1"],
     "lowres_sample_noise_level": [None, 0.1, math.nan, math.inf, -0.5, 2.0],

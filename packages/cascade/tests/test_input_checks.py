@@ -202,3 +202,29 @@ def test_errors_name_the_unet_keyword_actually_passed(imagen):
     assert imagen._index(2, "stop_at_unet_number") == 1
     with pytest.raises(ValueError, match=r"^start_at_unet_number must be"):
         imagen._index(0, "start_at_unet_number")
+
+
+@pytest.mark.parametrize(
+    ("keywords", "message"),
+    [
+        (dict(cond_scale=math.inf), r"^cond_scale must be a finite number >= 0, got inf"),
+        (dict(cond_scale=(1.0, math.nan)), r"^cond_scale\[1\] must be a finite number >= 0, got nan"),
+        (dict(lowres_sample_noise_level=math.nan), r"^lowres_sample_noise_level must be a finite number in \[0, 1\]"),
+        (dict(steps=10**9), r"^steps must be an integer in \[1, 100000\]"),
+        (dict(start_at_unet_number=3), r"^start_at_unet_number must be an integer in \[1, 2\], got 3"),
+        (dict(init_images=_poisoned(math.inf)), r"^init_images holds NaN or infinite values"),
+        (dict(cond_images=_images() + 1), r"^cond_images holds values in"),
+    ],
+)
+def test_sample_refuses_bad_keywords_before_any_stage_runs(imagen, monkeypatch, keywords, message):
+    def never(*args, **kwargs):
+        raise AssertionError("a stage ran before the keywords were checked")
+
+    monkeypatch.setattr(type(imagen), "_sample_stage", never)
+    with pytest.raises(ValueError, match=message):
+        imagen.sample(text_embeds=_embeds(), use_tqdm=False, **keywords)
+
+
+def test_sampling_plan_refuses_an_infinite_cond_scale(imagen):
+    with pytest.raises(ValueError, match=r"^cond_scale must be a finite number >= 0"):
+        imagen.sampling_plan(cond_scale=math.inf)
