@@ -15,6 +15,17 @@ def two_stage(cls, **settings):
     return randomize_cascade_(cls(unets=(tiny_unet(), tiny_unet()), **settings), seed=1).eval()
 
 
+def first_network_input(imagen, index: int, **sample_kwargs) -> torch.Tensor:
+    """The x that unet ``index`` sees first while ``imagen.sample(**sample_kwargs)`` runs."""
+    seen = []
+    hook = imagen.unets[index].register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    try:
+        imagen.sample(text_embeds=torch.randn(1, 5, 16), use_tqdm=False, **sample_kwargs)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
 def generators(count: int, seed: int = 5) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(seed + i) for i in range(count)]
 
@@ -46,20 +57,15 @@ def test_a_gaussian_stage_starts_at_q_sample_of_the_upsampled_image_at_step_k():
     imagen = two_stage(Imagen)
     skip, seed = 2, 11
     image = torch.rand(1, 3, 8, 8)
-    seen = []
-    hook = imagen.unets[1].register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
-    try:
-        imagen.sample(text_embeds=torch.randn(1, 5, 16), start_at_unet_number=2, start_image_or_video=image,
-                      refine_from_step=skip, generator=[torch.Generator().manual_seed(seed)], use_tqdm=False)
-    finally:
-        hook.remove()
+    first = first_network_input(imagen, 1, start_at_unet_number=2, start_image_or_video=image,
+                                refine_from_step=skip, generator=[torch.Generator().manual_seed(seed)])
     stream = torch.Generator().manual_seed(seed)
     randn((1, 3, 16, 16), [stream])  # the low-res augmentation's draw comes first
     eps = randn((1, 3, 16, 16), [stream])
     upsampled = imagen._to_model_range(imagen._resize(image, 1, None))
     t = torch.linspace(1, 0, 7)[skip]
     expected = q_sample(upsampled, imagen.stages[1].schedule.log_snr(t.expand(1)), eps)
-    torch.testing.assert_close(seen[0], expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(first, expected, atol=1e-6, rtol=0)
 
 
 def test_the_first_stage_refines_its_init_images_img2img():
@@ -67,17 +73,12 @@ def test_the_first_stage_refines_its_init_images_img2img():
     imagen = two_stage(Imagen)
     skip, seed = 3, 2
     image = torch.rand(1, 3, 8, 8)
-    seen = []
-    hook = imagen.unets[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
-    try:
-        imagen.sample(text_embeds=torch.randn(1, 5, 16), init_images=image, refine_from_step=skip,
-                      stop_at_unet_number=1, generator=[torch.Generator().manual_seed(seed)], use_tqdm=False)
-    finally:
-        hook.remove()
+    first = first_network_input(imagen, 0, init_images=image, refine_from_step=skip, stop_at_unet_number=1,
+                                generator=[torch.Generator().manual_seed(seed)])
     eps = randn((1, 3, 8, 8), [torch.Generator().manual_seed(seed)])
     t = torch.linspace(1, 0, 7)[skip]
     expected = q_sample(image * 2 - 1, imagen.stages[0].schedule.log_snr(t.expand(1)), eps)
-    torch.testing.assert_close(seen[0], expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(first, expected, atol=1e-6, rtol=0)
 
 
 def test_refining_differs_from_redrawing_and_keeps_the_base_picture_closer():
