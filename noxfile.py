@@ -24,8 +24,9 @@ nox.options.sessions = ["layout", "lint", "tests", "reference"]
 nox.options.default_venv_backend = "venv"
 
 CONSTRAINTS = "constraints.txt"
-# One pytest worker per core (pytest-xdist), a test file's tests on one worker (module fixtures).
-PARALLEL = ("-n", "auto", "--dist", "loadfile")
+# One pytest worker per core (pytest-xdist), a test file's tests on one worker (module fixtures); the
+# slowest tests are listed (CI time).
+PARALLEL = ("-n", "auto", "--dist", "loadfile", "--durations", "10")
 
 
 def install_pinned(session: nox.Session, *args: str) -> None:
