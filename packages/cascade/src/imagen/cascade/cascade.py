@@ -176,10 +176,13 @@ class Cascade(CascadeSampling, nn.Module):
 
     @property
     def text_encoder(self):
-        """The text encoder for ``texts`` (a lazily loaded ``T5Encoder`` of ``text_encoder_name``)."""
+        """The text encoder for ``texts``: a lazily loaded ``T5Encoder`` of ``text_encoder_name`` on the
+        cascade's device, in bf16 on a GPU (T5 keeps its range there; float32 on the CPU). Assign one
+        to choose otherwise, e.g. ``imagen.text_encoder = T5Encoder(name, device="cuda")`` for fp32."""
         device = str(self.device)
         if device not in self._text_encoders:
-            self._text_encoders[device] = T5Encoder(self._config.text_encoder_name, device=self.device)
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+            self._text_encoders[device] = T5Encoder(self._config.text_encoder_name, device=self.device, dtype=dtype)
         return self._text_encoders[device]
 
     @text_encoder.setter
