@@ -1,6 +1,7 @@
 """Loader benchmark: ``python bench/loader.py [--output bench/loader.md] [--images 256] [--rounds 3]``.
 
-1. Start-up: time from nothing (a fresh process) to the first batch, and that process's peak RSS,
+1. Start-up: time from nothing (a fresh process) to the first batch, that process's peak RSS and
+   the peak RSS of a loader worker (two workers to their first batch, read after they exit),
    for a shard index of 10k, 1M and 10M entries (samples) - the index lists shards of 1,000
    samples each, all links to one real shard, so only the list grows - next to the folder
    ``Dataset`` with 1k and 10k real files (it lists and verifies every one).
@@ -35,15 +36,22 @@ from torch.utils.data import DataLoader
 imported = time.perf_counter()
 if kind == "shards":
     from imagen.trainer.shards import ShardDataset, ShardStream
-    stream = ShardStream(ShardDataset(source, 64), 16, world=1, rank=0, seed=0)
-    batch = next(stream)
+    dataset = ShardDataset(source, 64)
+    batch = next(ShardStream(dataset, 16, world=1, rank=0, seed=0))
 else:
     from imagen.trainer import Dataset
     from imagen.trainer.data import collate
     batch = next(iter(DataLoader(Dataset(source, 64), batch_size=16, collate_fn=collate)))
 end = time.perf_counter()
-print(json.dumps({"seconds": end - start, "after_imports": end - imported,
-                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+figures = {"seconds": end - start, "after_imports": end - imported,
+           "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "worker_rss_mib": float("nan")}
+if kind == "shards":  # two loader workers to their first batch, then shut down: their peak RSS
+    stream = ShardStream(dataset, 16, world=1, rank=0, seed=0, num_workers=2)
+    next(stream)
+    del stream
+    import gc; gc.collect()
+    figures["worker_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(json.dumps(figures))
 """
 
 def picture(rng, width=512, height=384) -> Image.Image:
@@ -96,7 +104,7 @@ def run_startup(kind: str, source: Path, rounds: int) -> dict:
         out = subprocess.run([sys.executable, "-c", STARTUP, kind, str(source)], capture_output=True, text=True,
                              env=env, check=True)
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}  # nan (folder rows) stays nan
 
 
 def decode_rates(shard_index: Path, folder: Path, count: int, size: int, rounds: int) -> dict:
@@ -136,17 +144,18 @@ def main() -> None:
         small = make_folder(root / "small", 1000, size=64, fmt="PNG")
         small_index = write_shards(small, root / "small-shards", samples_per_shard=1000)
         lines += ["## Start-up to the first batch (a fresh process: imports, index, first batch of 16 at 64 px)", "",
-                  "| source | entries | shards listed | s to first batch | s after imports | peak RSS (MiB) |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+                  "| source | entries | shards | s to first batch | s after imports | peak RSS (MiB) | worker (MiB) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for entries in (10_000, 1_000_000, 10_000_000):
             figures = run_startup("shards", synthetic_index(root, small_index, entries), args.rounds)
             lines.append(f"| shard index | {entries:,} | {entries // 1000:,} | {figures['seconds']:.2f} | "
-                         f"{figures['after_imports']:.2f} | {figures['rss_mib']:.0f} |")
+                         f"{figures['after_imports']:.2f} | {figures['rss_mib']:.0f} | "
+                         f"{figures['worker_rss_mib']:.0f} |")
         big = make_folder(root / "big", 10_000, size=64, fmt="PNG")
         for folder, entries in ((small, 1000), (big, 10_000)):
             figures = run_startup("folder", folder, args.rounds)
             lines.append(f"| folder Dataset | {entries:,} | - | {figures['seconds']:.2f} | "
-                         f"{figures['after_imports']:.2f} | {figures['rss_mib']:.0f} |")
+                         f"{figures['after_imports']:.2f} | {figures['rss_mib']:.0f} | - |")
         jpegs = make_folder(root / "jpegs", args.images)
         jpeg_index = write_shards(jpegs, root / "jpeg-shards", samples_per_shard=64)
         lines += ["", f"## Decoding: images/s of one process ({args.images} JPEGs of 512 x 384)", "",

@@ -78,7 +78,8 @@ def read_index(path: Path) -> tuple[list[str], list[int], int | None]:
         index = json.loads(path.read_text(encoding="utf-8"))
         if index.get("format") != INDEX_FORMAT:
             raise ValueError(f"format is {index.get('format')!r}, not {INDEX_FORMAT!r}")
-        urls = [e["url"] if "://" in e["url"] else str(path.parent / e["url"]) for e in index["shards"]]
+        folder = str(path.parent)
+        urls = [e["url"] if "://" in e["url"] else os.path.join(folder, e["url"]) for e in index["shards"]]
         counts = [int(e["samples"]) for e in index["shards"]]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:  # JSON and UTF-8 errors included
         raise ValueError(f"{path} is not a readable shard index ({type(error).__name__}: {error})") from None

@@ -111,7 +111,7 @@ class ShardDataset:
             urls, counts, dim = expand_shards(source), None, None
         if not urls:
             raise ValueError(f"no shard matches {source!r}")
-        missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
+        missing = [u for u in urls if "://" not in u and not os.path.isfile(u)]
         if missing:
             raise ValueError(f"{len(missing)} of {len(urls)} shards do not exist, e.g. {missing[:3]}")
         if counts is None:
