@@ -49,3 +49,19 @@ def test_stage_x0_model_compiles_as_one_graph(cls, sampler, index):
         assert explanation.graph_count == 1
         compiled = torch.compile(x0_model, fullgraph=True, backend="eager")
         torch.testing.assert_close(compiled(*args, **cond), x0_model(*args, **cond))
+
+
+@pytest.mark.slow
+def test_sample_with_compiled_unets_equals_eager_and_keeps_them():
+    """``sample(compile=...)`` (aot_eager here: the tracing path without inductor's build time)."""
+    cascade = _cascade(Imagen)
+    embeds = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
+    options = dict(text_embeds=embeds, cond_scale=3.0, generator=1, use_tqdm=False, stop_at_unet_number=1)
+    eager = cascade.sample(**options)
+    compiled = cascade.sample(compile={"backend": "aot_eager"}, **options)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
+    cascade.sample(compile={"backend": "aot_eager"}, **options)
+    assert len(cascade._compiled_unets) == 1  # made once, reused by the second call
+    assert not any("_orig_mod" in key for key in cascade.state_dict())
+    with pytest.raises(TypeError, match="compile must be"):
+        cascade.sample(compile="yes", **options)

@@ -156,10 +156,10 @@ class CascadeSampling:
         step k makes a stage start from the previous stage's output (upsampled; for the first stage
         sampled, ``start_image_or_video``) noised to the level of its step k and run the remaining
         steps (SDEdit), instead of drawing from noise; with that stage's ``init_images`` it refines them
-        instead (img2img); it excludes ``skip_steps`` on that stage. A step count below the sampler's ``imagen.diffusion.MIN_STEPS``
-        (heun, dpmpp_3m) is a ValueError when ``steps`` asks for it or the sampler is not the stage's
-        default (the configured default, e.g. ElucidatedImagen's Heun at num_sample_steps, runs as the
-        reference does). ``sample``'s other keywords are
+        instead (img2img); it excludes ``skip_steps`` on that stage. A step count below the sampler's
+        ``imagen.diffusion.MIN_STEPS`` (heun, dpmpp_3m) is a ValueError when ``steps`` asks for it or
+        the sampler is not the stage's default (the configured default, e.g. ElucidatedImagen's Heun
+        at num_sample_steps, runs as the reference does). ``sample``'s other keywords are
         accepted and ignored, so ``sampling_plan(**sample_kwargs)`` works; anything else is a TypeError.
         """
         unknown = sorted(set(sample_only) - _SAMPLE_ONLY_KEYWORDS)
@@ -289,6 +289,7 @@ class CascadeSampling:
         steps=None,
         schedule=None,
         dtype=None,
+        compile: bool | dict = False,
         generator=None,
         callback: Callable | None = None,
     ):
@@ -304,9 +305,11 @@ class CascadeSampling:
         ``schedule`` (the spacing of the levels) and ``refine_from_step`` (a later stage refines the
         upsampled output of the one before from step k, see ``sampling_plan``); ``dtype=torch.bfloat16`` (or
         float16) runs the U-Nets under autocast, the sampler state, guidance and thresholding in fp32;
-        ``generator`` an int seed gives the same sample i whatever the batch size.
+        ``compile=True`` (or a dict of ``torch.compile`` keywords) runs each U-Net compiled, kept for
+        later calls; ``generator`` an int seed gives the same sample i whatever the batch size.
         """
         autocast_dtype = check_sampling_dtype(dtype)
+        compile_options = _compile_options(compile)
         checked = check_keywords(  # once per call, before any stage runs (checks.py)
             self, cond_scale=cond_scale, lowres_sample_noise_level=lowres_sample_noise_level, steps=steps,
             batch_size=batch_size, video_frames=video_frames, generator=generator, text_embeds=text_embeds,
@@ -361,7 +364,8 @@ class CascadeSampling:
         cond_images = None if cond_images is None else _as_float_images(cond_images)
         generators = make_generators(generator, batch, device)
         guidance = dict(remove_parallel_component=cfg_remove_parallel_component,
-                        keep_parallel_frac=cfg_keep_parallel_frac, autocast_dtype=autocast_dtype)
+                        keep_parallel_frac=cfg_keep_parallel_frac, autocast_dtype=autocast_dtype,
+                        compile_options=compile_options)
         outputs = []
         for plan in plans:
             index = plan.unet_number - 1
@@ -396,6 +400,15 @@ class CascadeSampling:
             for unet, home in zip(self.unets, homes):
                 unet.to(home)
 
+    def _compiled_unet(self, index: int, options: dict) -> Callable:
+        """``torch.compile(unet, **options)`` of stage ``index``, made once and kept (not a submodule,
+        so state dicts are unchanged)."""
+        key = (index, repr(sorted(options.items())))
+        compiled = self.__dict__.setdefault("_compiled_unets", {})
+        if key not in compiled:
+            compiled[key] = torch.compile(self.unets[index], **options)
+        return compiled[key]
+
     def _stage_cond(self, index, batch, text_embeds, text_masks, **pixels) -> dict:
         cond = {}
         if self.condition_on_text:
@@ -414,7 +427,9 @@ class CascadeSampling:
         unet, stage = self.unets[index], self.stages[index]
         guidance = dict(guidance)
         autocast_dtype = guidance.pop("autocast_dtype", None)
-        net = unet if autocast_dtype is None else Autocast(unet, autocast_dtype, self.device.type)
+        compile_options = guidance.pop("compile_options", None)
+        net = unet if compile_options is None else self._compiled_unet(index, compile_options)
+        net = net if autocast_dtype is None else Autocast(net, autocast_dtype, self.device.type)
         if plan.cond_scale != 1:
             null = {"cond_drop_mask": torch.ones(batch, dtype=torch.bool, device=self.device)}
             net = classifier_free_guidance(net, plan.cond_scale, null, **guidance)
@@ -468,7 +483,7 @@ _SAMPLE_ONLY_KEYWORDS = {
     "texts", "text_masks", "text_embeds", "cond_images", "cond_video_frames", "post_cond_video_frames",
     "inpaint_videos", "inpaint_images", "inpaint_masks", "inpaint_resample_times", "batch_size",
     "cfg_remove_parallel_component", "cfg_keep_parallel_frac", "return_all_unet_outputs",
-    "return_pil_images", "use_tqdm", "use_one_unet_in_gpu", "generator", "callback", "dtype",
+    "return_pil_images", "use_tqdm", "use_one_unet_in_gpu", "generator", "callback", "dtype", "compile",
 }
 _WARNED: set[str] = set()
 
@@ -477,6 +492,17 @@ def _warn_once(message: str) -> None:
     if message not in _WARNED:
         _WARNED.add(message)
         warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def _compile_options(compile) -> dict | None:
+    """None (no compile), or the ``torch.compile`` keywords of ``sample(compile=)``."""
+    if compile is False or compile is None:
+        return None
+    if compile is True:
+        return {}
+    if isinstance(compile, dict) and all(isinstance(key, str) for key in compile):
+        return dict(compile)
+    raise TypeError(f"compile must be a bool or a dict of torch.compile keywords, got {compile!r}")
 
 
 def _as_float_images(images: torch.Tensor) -> torch.Tensor:
