@@ -142,7 +142,7 @@ def test_sample_reference_spellings_and_defaults(config_file, tmp_path, monkeypa
     assert run_cli("sample", "--model", model, "a red circle", "--output-dir", out) == 0
     assert seen["scales"] == (5.0, 5.0) and seen["load"]["load_ema_if_available"] is True  # the reference CLI's
     assert run_cli("sample", "--model", model, "a red circle", "--cond_scale", "2", "--load_ema", "false",
-                   "--output-dir", out) == 0
+                   "--output-dir", out, "--overwrite") == 0  # the reference overwrote silently; we refuse without it
     assert seen["scales"] == (2.0, 2.0) and seen["load"]["load_ema_if_available"] is False
     assert run_cli("sample", "--model", model, "a red circle", "--load_ema", "maybe", "--output-dir", out) == 2
 

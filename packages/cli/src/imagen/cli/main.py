@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images for an unconditional cascade (which takes no prompts)")
     sample.add_argument("--video-frames", type=_int_at_least(1), default=8, help="frames of a video (default: 8)")
     sample.add_argument("--output-dir", default=".", help="folder for the outputs (default: the current folder)")
+    sample.add_argument("--overwrite", action="store_true",
+                        help="replace outputs of an earlier run with the same names (refused without it)")
     sample.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
     ema = sample.add_mutually_exclusive_group()
     ema.add_argument("--no-ema", action="store_true", help="use the online weights instead of the EMA weights")
@@ -271,6 +273,27 @@ def seeded_train_step(trainer, unet_number: int, seed: int, **kwargs) -> float:
         return trainer.train_step(unet_number, **kwargs)
 
 
+def _make_folder(folder: Path, option: str) -> None:
+    """Creates ``folder`` (and its parents) for an output, with a CliError naming ``option`` when it,
+    or a folder above it, is a file."""
+    for place in (folder, *folder.parents):
+        if place.exists():
+            if not place.is_dir():
+                where = "is a file" if place == folder else f"is under {place}, which is a file"
+                raise CliError(f"{option} {folder} {where}, not a folder")
+            break
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def _refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
+    """A CliError naming the first output that already exists, unless ``overwrite``."""
+    existing = [path for path in paths if path.exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise CliError(f"{existing[0]} already exists{more}, from an earlier run; pass --overwrite to replace it "
+                       "or choose another --output-dir")
+
+
 def _check_unet(number: int, num_unets: int) -> None:
     if not 1 <= number <= num_unets:
         raise CliError(f"--unet {number} is out of range: this cascade has {num_unets} unets (1 to {num_unets})")
@@ -310,10 +333,11 @@ def cmd_config(args) -> int:
     from .config import default_config
 
     path = Path(args.path)
+    if path.is_dir():
+        raise CliError(f"--path {path} is a folder; give a file name such as {path / 'imagen_config.json'}")
     if path.exists() and not args.force:
         raise CliError(f"{path} already exists; pass --force to replace it")
-    if path.parent != Path() and not path.parent.is_dir():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(path.parent, "--path")
     default_config().write(path)
     print(f"wrote {path}")
     return 0
@@ -471,7 +495,10 @@ def cmd_sample(args) -> int:
     names = prompts or [f"sample_{i}" for i in range(count)]
     stems = [prompt_filename(p, taken) for p in names]
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    _make_folder(output_dir, "--output-dir")
+    targets = [output_dir / f"{stem}.gif" for stem in stems] + [output_dir / stem for stem in stems] \
+        if cascade.is_video else [output_dir / f"{stem}.png" for stem in stems]
+    _refuse_overwrite(targets, args.overwrite)
     written = []
     for start in range(0, count, args.batch_size):
         stop = min(count, start + args.batch_size)
@@ -585,6 +612,8 @@ def _cascade_config_file(path: str):
         document = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CliError(f"--config {path} is not a JSON file ({error})") from None
+    except RecursionError:
+        raise CliError(f"--config {path} is nested too deeply to be a config") from None
     if isinstance(document, dict) and isinstance(document.get("imagen"), dict):
         document = document["imagen"]
     elif isinstance(document, dict) and isinstance(document.get("config"), dict):
