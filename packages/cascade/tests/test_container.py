@@ -286,3 +286,38 @@ def test_named_os_errors_keep_their_type_and_errno(tmp_path):
     assert str(error).endswith(f"could not write {tmp_path / 'x'}: Permission denied; nothing was replaced")
     plain = OSError("no errno")
     assert _named(plain, tmp_path) is plain
+
+
+def test_rename_exchange_swaps_two_folders(tmp_path):
+    from imagen.cascade.container import _rename_exchange
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "from_a").write_text("a")
+    (b / "from_b").write_text("b")
+    if not _rename_exchange(a, b):
+        pytest.skip("no renameat2(RENAME_EXCHANGE) on this platform or filesystem")
+    assert [p.name for p in a.iterdir()] == ["from_b"] and [p.name for p in b.iterdir()] == ["from_a"]
+    with pytest.raises(OSError):
+        _rename_exchange(tmp_path / "missing", a)
+
+
+def test_atomic_write_with_a_writer_function_and_nested_folders(tmp_path, monkeypatch):
+    from imagen.cascade import container
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(container.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    seen = []
+
+    def writer(temporary):
+        seen.append(temporary)
+        temporary.write_text("new")
+
+    assert atomic_write(tmp_path / "f.txt", writer) == tmp_path / "f.txt"
+    assert (tmp_path / "f.txt").read_text() == "new" and len(synced) == 2  # the file, then the folder
+    assert seen[0].parent == tmp_path and is_partial_name(seen[0].name) and seen[0].name.startswith(".f.txt.")
+    path = write_container(tmp_path / "a" / "b" / "x.safetensors", _tensors(), format="test-format", version=1)
+    assert read_container(path, formats=FORMATS).version == 1
+    assert sorted(p.name for p in (tmp_path / "a" / "b").iterdir()) == ["x.safetensors"]

@@ -172,8 +172,12 @@ def test_remote_filesystem_round_trip_and_partial_cleanup():
     assert ckpt.trainer_state == {"s": 3} and torch.equal(ckpt.tensors["imagen.w"], _tensors()["imagen.w"])
     fs.pipe(f"{folder}/.checkpoint.4.safetensors.partial-{os.getpid() + 1}-0123abcd", b"killed")
     fs.pipe(f"{folder}/.checkpoint.5.safetensors.partial-{os.getpid()}-0123abcd", b"mine, in flight")
+    fs.pipe(f"{folder}/.model.partial-{os.getpid() + 1}-0123abcd/config.json", b"{}")  # a partial folder
     removed = prune_checkpoints(folder, keep=2, fs=fs)
-    assert [p.rsplit("/", 1)[1] for p in removed] == [f".checkpoint.4.safetensors.partial-{os.getpid() + 1}-0123abcd"]
+    assert sorted(p.rsplit("/", 1)[1] for p in removed) == [
+        f".checkpoint.4.safetensors.partial-{os.getpid() + 1}-0123abcd", f".model.partial-{os.getpid() + 1}-0123abcd"]
+    assert sorted(p.rsplit("/", 1)[1] for p in fs.ls(folder, detail=False)) == [
+        f".checkpoint.5.safetensors.partial-{os.getpid()}-0123abcd", "checkpoint.3.safetensors"]
     assert latest_checkpoint(folder, fs) == path
     fs.pipe(f"{folder}/bad.safetensors", fs.cat_file(path)[:-1])
     with pytest.raises(CheckpointError, match="torn or truncated"):
@@ -191,12 +195,18 @@ def test_remote_write_failure_leaves_no_partial(monkeypatch):
     folder = f"/faults-{uuid.uuid4().hex}"
     save_checkpoint(f"{folder}/c.safetensors", {"w": torch.zeros(2)}, fs=fs)
 
+    moves = []
+
     def broken_mv(source, target, **kwargs):
+        moves.append((source, target))
         raise OSError("the store went away")
 
     monkeypatch.setattr(fs, "mv", broken_mv)
     with pytest.raises(OSError, match="went away"):
         save_checkpoint(f"{folder}/c.safetensors", {"w": torch.ones(2)}, fs=fs)
     monkeypatch.undo()
+    (source, target), = moves
+    assert target == f"{folder}/c.safetensors"
+    assert source.startswith(f"{folder}/.c.safetensors.partial-{os.getpid()}-")
     assert fs.ls(folder, detail=False) == [f"{folder}/c.safetensors"]
     assert torch.equal(load_checkpoint(f"{folder}/c.safetensors", fs=fs).tensors["w"], torch.zeros(2))

@@ -312,8 +312,7 @@ def write_container(path, tensors: Mapping[str, torch.Tensor], *, format: str, v
     data = encode_container(tensors, format=format, version=version, metadata=metadata)
     if fs is None:
         path = Path(path)
-        if str(path.parent):
-            path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         return atomic_write(path, data)
     path = str(path)
     folder, name = path.rsplit("/", 1) if "/" in path else ("", path)
