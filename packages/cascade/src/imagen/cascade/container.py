@@ -340,13 +340,6 @@ class Container:
         self.format = metadata["format"]
         self.version = int(metadata["format_version"])
 
-    def json_entry(self, key: str, default=None):
-        """The metadata entry ``key`` parsed as JSON (``default`` when absent); a
-        :class:`CheckpointError` naming the file when it is not sane JSON."""
-        if key not in self.metadata:
-            return default
-        return parse_checkpoint_json(self.metadata[key], f"{self.path} (metadata {key!r})")
-
 
 def _json_depth_exceeds(text: str, limit: int) -> bool:
     """Whether brackets outside strings nest deeper than ``limit`` in the JSON ``text``."""
