@@ -368,9 +368,7 @@ def _dataset(config, *, image_size: int, with_cache: bool = True):
 
 
 def cmd_train(args) -> int:
-    from tqdm.auto import tqdm
-
-    from imagen.trainer import ImagenTrainer, latest_checkpoint
+    from imagen.trainer import Dataset, ImagenTrainer, latest_checkpoint
 
     from .config import CliConfig
 
@@ -391,10 +389,19 @@ def cmd_train(args) -> int:
     if config.imagen.condition_on_text and not dataset.has_captions:
         raise CliError(f"the cascade conditions on text but {config.dataset.folder!r} has no captions "
                        "(<image>.txt files or metadata.jsonl)")
+    valid = None
+    data = config.dataset
+    if data.valid_folder is not None:  # held-out images, read like the training folder (without a text cache)
+        if not Path(data.valid_folder).is_dir():
+            raise CliError(f"validation folder {data.valid_folder!r} not found (dataset.valid_folder)")
+        valid = Dataset(data.valid_folder, image_size=image_size, exts=data.exts, augment_horizontal_flip=False,
+                        convert_image_to=data.convert_image_to, captions=data.captions)
+        if len(valid) == 0 or (config.imagen.condition_on_text and not valid.has_captions):
+            raise CliError(f"validation folder {data.valid_folder!r} holds no readable captioned images")
 
     imagen = config.imagen.create(seed=config.trainer.seed)
     kwargs = config.trainer.trainer_kwargs()
-    kwargs.update(verbose=not args.quiet)
+    kwargs.update(verbose=not args.quiet, run_config=config.to_dict())
     trainer = ImagenTrainer(imagen, **kwargs)  # resumes from the newest checkpoint in checkpoint_path
     if resume_from is not None:
         trainer.load(resume_from)
@@ -403,15 +410,22 @@ def cmd_train(args) -> int:
     if trainer.num_steps_taken() > 0:
         logger.info("continuing from step %s", list(trainer.steps.tolist()))
     trainer.add_train_dataset(dataset, batch_size=config.dataset.batch_size)
+    if valid is not None:
+        trainer.add_valid_dataset(valid, batch_size=min(config.dataset.batch_size, len(valid)))
     steps_per_epoch = math.ceil(len(dataset) / config.dataset.batch_size)
     steps = args.steps if args.steps is not None else (args.epochs or DEFAULT_EPOCHS) * steps_per_epoch
-    bar = tqdm(range(steps), desc=f"train unet {args.unet}", unit="step", disable=args.quiet)
-    for _ in bar:
-        loss = seeded_train_step(trainer, args.unet, config.trainer.seed, max_batch_size=config.trainer.max_batch_size)
-        bar.set_postfix(loss=f"{loss:.4f}")
+    settings = config.trainer
+    trainer.fit(
+        steps, args.unet, max_batch_size=settings.max_batch_size, validate_every=settings.validate_every,
+        valid_batches=settings.valid_batches, sample_every=settings.sample_every,
+        sample_prompts=list(settings.sample_prompts) or None, sample_folder=settings.sample_folder,
+        sample_kwargs={"steps": settings.sample_steps} if settings.sample_steps else None,
+        step_fn=lambda trainer, unet, **kw: seeded_train_step(trainer, unet, settings.seed, **kw),
+    )
     written = trainer.save_to_checkpoint_folder()
-    print(f"trained unet {args.unet} for {steps} steps ({trainer.num_steps_taken(args.unet)} in all); "
-          f"checkpoint {written}")
+    if trainer.is_main:  # one report under accelerate launch
+        print(f"trained unet {args.unet} for {steps} steps ({trainer.num_steps_taken(args.unet)} in all); "
+              f"checkpoint {written}")
     return 0
 
 
