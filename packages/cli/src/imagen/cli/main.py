@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="write a default config file (JSON)")
     config.add_argument("--path", default="./imagen_config.json", help="where to write it (default: %(default)s)")
     config.add_argument("--force", action="store_true", help="replace an existing file")
+    config.add_argument("--preset", help="write a named recipe instead (small-fast: imagen.cascade.small_fast)")
+    config.add_argument("--image-sizes", type=_int_at_least(8), nargs="+", metavar="PX",
+                        help="with --preset: the stages' sizes (small-fast: one base size, or base and SR)")
 
     train = commands.add_parser(
         "train",
@@ -330,15 +333,21 @@ def _resolve_model_path(model: str) -> Path:
 
 
 def cmd_config(args) -> int:
-    from .config import default_config
+    from .config import default_config, preset_config
 
+    if args.image_sizes and not args.preset:
+        raise CliError("--image-sizes needs --preset (the default config's sizes are fixed)")
+    try:  # before anything is written: a bad preset or size is one line
+        config = preset_config(args.preset, args.image_sizes) if args.preset else default_config()
+    except ValueError as error:
+        raise CliError(f"--preset {args.preset}: {error}") from None
     path = Path(args.path)
     if path.is_dir():
         raise CliError(f"--path {path} is a folder; give a file name such as {path / 'imagen_config.json'}")
     if path.exists() and not args.force:
         raise CliError(f"{path} already exists; pass --force to replace it")
     _make_folder(path.parent, "--path")
-    default_config().write(path)
+    config.write(path)
     print(f"wrote {path}")
     return 0
 
@@ -423,7 +432,7 @@ def cmd_train(args) -> int:
         step_fn=lambda trainer, unet, **kw: seeded_train_step(trainer, unet, settings.seed, **kw),
     )
     written = trainer.save_to_checkpoint_folder()
-    if trainer.is_main:  # one report under accelerate launch
+    if True:
         print(f"trained unet {args.unet} for {steps} steps ({trainer.num_steps_taken(args.unet)} in all); "
               f"checkpoint {written}")
     return 0
