@@ -278,3 +278,16 @@ def default_config() -> CliConfig:
 
     cascade = demo_cascade_config(DEFAULT_T5_NAME, text_embed_dim=None)
     return CliConfig(imagen=CascadeConfig.from_dict(cascade))
+
+
+def preset_config(name: str, image_sizes: tuple[int, ...] | None = None) -> CliConfig:
+    """The config ``imagen config --preset NAME`` writes: the named recipe of ``imagen.cascade.PRESETS``
+    (``small-fast``: one 32 px EDM stage unless ``image_sizes`` says otherwise) with the default T5
+    encoder, the recipe's learning rate, warm-up, clipping and EMA in ``trainer`` and its batch size in
+    ``dataset``. The recipe's guidance is the one to sample with (``imagen sample --cond-scale``)."""
+    from imagen.cascade import preset
+    from imagen.text import DEFAULT_T5_NAME
+
+    recipe = preset(name, *([tuple(image_sizes)] if image_sizes else []), text_encoder_name=DEFAULT_T5_NAME)
+    return CliConfig(imagen=recipe.config, trainer=TrainerConfig(**recipe.trainer_options),
+                     dataset=DatasetConfig(batch_size=recipe.batch_size))
