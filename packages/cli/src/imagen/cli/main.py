@@ -432,7 +432,7 @@ def cmd_train(args) -> int:
         step_fn=lambda trainer, unet, **kw: seeded_train_step(trainer, unet, settings.seed, **kw),
     )
     written = trainer.save_to_checkpoint_folder()
-    if True:
+    if trainer.is_main:  # one report under accelerate launch
         print(f"trained unet {args.unet} for {steps} steps ({trainer.num_steps_taken(args.unet)} in all); "
               f"checkpoint {written}")
     return 0
