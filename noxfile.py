@@ -100,3 +100,14 @@ def mutation(session: nox.Session) -> None:
     install_pinned(session, *[f"./packages/{name}[test]" for name in PACKAGES], "mutmut")
     session.env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
     session.run("python", "faults/mutation.py", *session.posargs)
+
+
+@nox.session
+def learning(session: nox.Session) -> None:
+    """The reduced learning benchmark as a test (not a default session: several CPU-minutes): the
+    small-fast recipe trained a fixed number of steps must follow held-out prompts (issue 14)."""
+    install_pinned(session, "torch==2.13.0")
+    install_pinned(session, *[f"./packages/{name}[test]" for name in PACKAGES])
+    session.env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
+    session.env["IMAGEN_LEARNING"] = "1"
+    session.run("pytest", "packages/cli/tests/test_learning.py", "-m", "slow", *session.posargs)
