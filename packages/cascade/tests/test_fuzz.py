@@ -4,6 +4,7 @@ The counts are printed at the end (run with ``-s``)."""
 
 import json
 import math
+import os
 from collections import Counter
 
 import pytest
@@ -17,6 +18,12 @@ from imagen.unets import NullUnet
 
 BAD = [-1, 0, 10**9, 2**70, 1.5, math.nan, math.inf, -math.inf, "x", None, (), (1, 2, 3), True, {"a": 1}]
 OUTCOMES: Counter = Counter()
+
+
+def _examples(count: int) -> int:
+    """``count`` hypothesis examples, times ``IMAGEN_FUZZ_SCALE`` (the faults session runs more)."""
+    return max(1, round(count * float(os.environ.get("IMAGEN_FUZZ_SCALE", "1"))))
+
 
 SETTINGS = {
     "image_sizes": [(8, 16)],
@@ -68,7 +75,7 @@ def _refused(error: Exception) -> None:
 
 
 @pytest.mark.parametrize("cls", [Imagen, ElucidatedImagen])
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=_examples(6), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_fuzz_cascade_constructors_and_a_training_step(cls, data):
     table = {**SETTINGS, **(ELUCIDATED if cls is ElucidatedImagen else {})}
@@ -102,7 +109,7 @@ JSON_VALUES = st.recursive(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=_examples(30), deadline=None)
 @given(
     kind=st.sampled_from(["Imagen", "ElucidatedImagen", "Other"]),
     fields=st.dictionaries(
@@ -152,7 +159,7 @@ SAMPLE_KEYWORDS = {
 SAMPLE_KEYWORDS.pop("dynamic_threshold")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=_examples(15), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     keywords=st.lists(st.sampled_from(sorted(SAMPLE_KEYWORDS)), max_size=4, unique=True).flatmap(
         lambda names: st.fixed_dictionaries({name: st.sampled_from(SAMPLE_KEYWORDS[name]) for name in names})

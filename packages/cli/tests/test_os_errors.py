@@ -135,3 +135,22 @@ def test_a_full_disk_while_writing_samples(trained, tmp_path, capsys):
         )
         assert "no space left" in _error_line(capsys).lower()
         assert _leftovers(folder) == []
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [
+        ("nonsense", "--device 'nonsense' is not a torch device"),  # was an internal error (exit 1); found by fuzzing
+        ("cuda:7", "--device cuda:7: "),
+    ],
+)
+def test_a_device_that_is_not_here(trained, tmp_path, capsys, device, expected):
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.device_count() > 7:
+            pytest.skip("this machine has 8 CUDA devices")
+    argv = ["sample", "--model", str(trained), "--steps", "1", "--output-dir", str(tmp_path), "--device", device, "a"]
+    assert run_cli(*argv) == 2
+    assert expected in _error_line(capsys)
+    assert list(tmp_path.iterdir()) == []

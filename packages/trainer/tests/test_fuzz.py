@@ -3,6 +3,7 @@ and drawn training inputs either work (a finite loss, an update) or raise our Va
 with a message. The counts are printed at the end (run with ``-s``)."""
 
 import math
+import os
 from collections import Counter
 
 import numpy as np
@@ -15,6 +16,13 @@ from imagen.cascade import Imagen
 from imagen.trainer import ImagenTrainer
 
 OUTCOMES: Counter = Counter()
+
+
+def _examples(count: int) -> int:
+    """``count`` hypothesis examples, times ``IMAGEN_FUZZ_SCALE`` (the faults session runs more)."""
+    return max(1, round(count * float(os.environ.get("IMAGEN_FUZZ_SCALE", "1"))))
+
+
 BAD = [-1, 0, 10**9, 1.5, math.nan, math.inf, "x", None, (), True, [1, 2]]
 TRAINER_KEYWORDS = {
     "lr": [1e-4, 1e-3],
@@ -69,7 +77,7 @@ def _batch(seed=0):
     return torch.rand(2, 3, 16, 16, generator=g), torch.randn(2, 4, 16, generator=g)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=_examples(4), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     keywords=st.lists(st.sampled_from(sorted(TRAINER_KEYWORDS)), max_size=4, unique=True).flatmap(
         lambda names: st.fixed_dictionaries({name: _valid_or_bad(TRAINER_KEYWORDS[name]) for name in names})
@@ -145,7 +153,7 @@ def _embeds(kind):
     }[kind]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=_examples(10), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     images=_input("images"),
     unet_number=_input("unet_number"),

@@ -3,6 +3,7 @@ a U-Net that runs a forward pass, or raises our ValueError/TypeError with a mess
 are printed at the end (run with ``-s`` to see them)."""
 
 import math
+import os
 from collections import Counter
 
 import pytest
@@ -61,6 +62,11 @@ VIDEO_ONLY = {"temporal_strides": [1, 2], "time_rel_pos_bias_depth": [2]}
 OUTCOMES: Counter = Counter()
 
 
+def _examples(count: int) -> int:
+    """``count`` hypothesis examples, times ``IMAGEN_FUZZ_SCALE`` (the faults session runs more)."""
+    return max(1, round(count * float(os.environ.get("IMAGEN_FUZZ_SCALE", "1"))))
+
+
 def keywords(video: bool):
     table = {**VALID, **(VIDEO_ONLY if video else {})}
     names = st.lists(st.sampled_from(sorted(table)), max_size=6, unique=True)
@@ -117,14 +123,14 @@ def _check_outcome(cls, chosen, video):
 
 
 @pytest.mark.parametrize("cls", [Unet, Unet3D])
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=_examples(12), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_fuzz_unet_constructors(cls, data):
     video = cls is Unet3D
     _check_outcome(cls, data.draw(keywords(video)), video)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=_examples(10), deadline=None)
 @given(kwargs=st.dictionaries(st.sampled_from(sorted(VALID)), st.sampled_from([*BAD, 3, False]), max_size=5))
 def test_fuzz_null_unet_accepts_anything(kwargs):
     unet = NullUnet(**kwargs)

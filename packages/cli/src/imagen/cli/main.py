@@ -131,7 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         "newest checkpoint in trainer.checkpoint_path when there is one (all unets share one checkpoint); "
         "a checkpoint is written at the end and every trainer.checkpoint_every steps.",
     )
-    train.add_argument("--config", default="./imagen_config.json", help="config file (default: %(default)s)")
+    train.add_argument("--config", default="./imagen_config.json",
+                       help="config file, JSON or YAML (default: %(default)s); any field can be overridden with "
+                       "--<section>.<field> VALUE, e.g. --trainer.lr 1e-4 --imagen.timesteps 250 (see --help-config)")
+    train.add_argument("--print-config", action="store_true", help="print the config (file + overrides) and exit")
+    train.add_argument("--help-config", action="store_true", help="list every config field flag and exit")
     train.add_argument("--unet", type=_int_at_least(1), default=1, help="unet number to train, from 1 (default: 1)")
     length = train.add_mutually_exclusive_group()
     length.add_argument("--epochs", "--epoches", type=_int_at_least(1), dest="epochs",
@@ -297,6 +301,25 @@ def _refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
                        "or choose another --output-dir")
 
 
+def _checked_device(text: str | None):
+    """``--device`` as a torch device that exists here (None: the default, the CPU)."""
+    if text is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise CliError(f"--device {text!r} is not a torch device (for example cpu, cuda, cuda:1, mps)") from None
+    backend = {"cuda": torch.cuda, "mps": getattr(torch.backends, "mps", None)}.get(device.type)
+    if backend is not None and not backend.is_available():
+        raise CliError(f"--device {text}: this machine has no {device.type} device that torch can use")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CliError(f"--device {text}: there are {torch.cuda.device_count()} CUDA devices (0 to "
+                       f"{torch.cuda.device_count() - 1})")
+    return device
+
+
 def _check_unet(number: int, num_unets: int) -> None:
     if not 1 <= number <= num_unets:
         raise CliError(f"--unet {number} is out of range: this cascade has {num_unets} unets (1 to {num_unets})")
@@ -376,12 +399,38 @@ def _dataset(config, *, image_size: int, with_cache: bool = True):
     return dataset
 
 
+CONFIG_COMMANDS = ("train", "encode-text")
+"""The commands that read a config file, and so take ``--<section>.<field>`` flags."""
+CONFIG_FLAG_PREFIXES = ("--imagen.", "--trainer.", "--dataset.")
+
+
+def read_config(args):
+    """The command's config: its ``--config`` file (JSON or YAML) with the dotted flags applied."""
+    from .config import CliConfig
+    from .typed_config import apply_overrides, read_document
+
+    return CliConfig.from_dict(apply_overrides(read_document(args.config), args.config_flags))
+
+
+def _print_config_fields(path: str) -> int:
+    """Prints every ``--<section>.<field>`` flag (for the cascade kind of the file at ``path``, if any)."""
+    from .typed_config import fields_help, read_document
+
+    kind = (read_document(path).get("imagen") or {}).get("kind", "Imagen") if Path(path).is_file() else "Imagen"
+    print(fields_help(kind))
+    return 0
+
+
 def cmd_train(args) -> int:
     from imagen.trainer import Dataset, ImagenTrainer, latest_checkpoint
 
-    from .config import CliConfig
 
-    config = CliConfig.read(args.config)
+    if args.help_config:
+        return _print_config_fields(args.config)
+    config = read_config(args)
+    if args.print_config:
+        print(config.to_json())
+        return 0
     num_unets = len(config.imagen.unets)
     _check_unet(args.unet, num_unets)
     remote = "://" in config.trainer.checkpoint_path  # an fsspec URL: the trainer reads it
@@ -474,7 +523,7 @@ def cmd_sample(args) -> int:
 
     path = _resolve_model_path(args.model)
     use_ema = not args.no_ema and args.load_ema is not False
-    cascade = load_imagen_from_checkpoint(path, load_ema_if_available=use_ema, device=args.device)
+    cascade = load_imagen_from_checkpoint(path, load_ema_if_available=use_ema, device=_checked_device(args.device))
     cascade.eval()
     steps = _per_stage(args.steps, cascade.num_unets, "--steps")
     sampler = _per_stage(args.sampler, cascade.num_unets, "--sampler")
@@ -579,9 +628,7 @@ def _inpainting(args):
 def cmd_encode_text(args) -> int:
     from imagen.text import T5Encoder, TextEmbeddingCache
 
-    from .config import CliConfig
-
-    config = CliConfig.read(args.config)
+    config = read_config(args)
     if not config.imagen.condition_on_text:
         raise CliError("the config's cascade does not condition on text: there is nothing to encode")
     output = args.output or config.dataset.text_embedding_cache
@@ -737,7 +784,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     a user error, reported as one line on stderr)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and (args.command not in CONFIG_COMMANDS or not extra[0].startswith(CONFIG_FLAG_PREFIXES)):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.config_flags = extra
     except SystemExit as exit_:
         return int(exit_.code or 0)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
