@@ -142,6 +142,7 @@ def test_a_full_disk_while_writing_samples(trained, tmp_path, capsys):
     [
         ("nonsense", "--device 'nonsense' is not a torch device"),  # was an internal error (exit 1); found by fuzzing
         ("cuda:7", "--device cuda:7: "),
+    ("meta", "--device meta: sampling runs on cpu, cuda, mps, xpu devices, not meta"),
     ],
 )
 def test_a_device_that_is_not_here(trained, tmp_path, capsys, device, expected):

@@ -311,7 +311,11 @@ def _checked_device(text: str | None):
         device = torch.device(text)
     except (RuntimeError, ValueError):
         raise CliError(f"--device {text!r} is not a torch device (for example cpu, cuda, cuda:1, mps)") from None
-    backend = {"cuda": torch.cuda, "mps": getattr(torch.backends, "mps", None)}.get(device.type)
+    backends = {"cpu": None, "cuda": torch.cuda, "mps": getattr(torch.backends, "mps", None),
+                "xpu": getattr(torch, "xpu", None)}
+    if device.type not in backends:
+        raise CliError(f"--device {text}: sampling runs on {', '.join(backends)} devices, not {device.type}")
+    backend = backends[device.type]
     if backend is not None and not backend.is_available():
         raise CliError(f"--device {text}: this machine has no {device.type} device that torch can use")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
