@@ -2,6 +2,7 @@
 (issue 13): every drawn input either works or raises our ValueError/TypeError with a message.
 The counts are printed at the end (run with ``-s``)."""
 
+import functools
 import json
 import math
 import os
@@ -23,6 +24,20 @@ OUTCOMES: Counter = Counter()
 def _examples(count: int) -> int:
     """``count`` hypothesis examples, times ``IMAGEN_FUZZ_SCALE`` (the faults session runs more)."""
     return max(1, round(count * float(os.environ.get("IMAGEN_FUZZ_SCALE", "1"))))
+
+
+def _counting(test):
+    """Counts the drawn inputs that fail the test (then re-raises), for the printed counts."""
+
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        try:
+            return test(*args, **kwargs)
+        except Exception:
+            OUTCOMES["failing inputs"] += 1
+            raise
+
+    return run
 
 
 SETTINGS = {
@@ -77,6 +92,7 @@ def _refused(error: Exception) -> None:
 @pytest.mark.parametrize("cls", [Imagen, ElucidatedImagen])
 @settings(max_examples=_examples(6), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
+@_counting
 def test_fuzz_cascade_constructors_and_a_training_step(cls, data):
     table = {**SETTINGS, **(ELUCIDATED if cls is ElucidatedImagen else {})}
     table.pop("timesteps" if cls is ElucidatedImagen else "num_sample_steps", None)
@@ -116,6 +132,7 @@ JSON_VALUES = st.recursive(
         st.sampled_from(sorted({**SETTINGS, **ELUCIDATED, "unets": 0, "video": 0})), JSON_VALUES, max_size=4
     ),
 )
+@_counting
 def test_fuzz_config_json(kind, fields):
     data = {"kind": kind, "unets": [{"dim": 8, "dim_mults": [1, 2]}], "image_sizes": [8], **fields}
     try:
@@ -165,6 +182,7 @@ SAMPLE_KEYWORDS.pop("dynamic_threshold")
         lambda names: st.fixed_dictionaries({name: st.sampled_from(SAMPLE_KEYWORDS[name]) for name in names})
     )
 )
+@_counting
 def test_fuzz_sample_keywords(cascade, keywords):
     embeds = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(2))
     try:
@@ -181,4 +199,4 @@ def test_fuzz_sample_keywords(cascade, keywords):
 
 def test_fuzz_counts():
     """Prints this module's fuzzing counts (runs last in file order)."""
-    print(f"\ncascade fuzz: {sum(OUTCOMES.values())} inputs, {dict(OUTCOMES)}, 0 failures")
+    print(f"\ncascade fuzz: {sum(OUTCOMES.values())} inputs, {dict(OUTCOMES)}, {OUTCOMES['failing inputs']} failing")

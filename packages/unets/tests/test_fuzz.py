@@ -2,6 +2,7 @@
 a U-Net that runs a forward pass, or raises our ValueError/TypeError with a message. The counts
 are printed at the end (run with ``-s`` to see them)."""
 
+import functools
 import math
 import os
 from collections import Counter
@@ -67,6 +68,20 @@ def _examples(count: int) -> int:
     return max(1, round(count * float(os.environ.get("IMAGEN_FUZZ_SCALE", "1"))))
 
 
+def _counting(test):
+    """Counts the drawn inputs that fail the test (then re-raises), for the printed counts."""
+
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        try:
+            return test(*args, **kwargs)
+        except Exception:
+            OUTCOMES["failing inputs"] += 1
+            raise
+
+    return run
+
+
 def keywords(video: bool):
     table = {**VALID, **(VIDEO_ONLY if video else {})}
     names = st.lists(st.sampled_from(sorted(table)), max_size=6, unique=True)
@@ -125,6 +140,7 @@ def _check_outcome(cls, chosen, video):
 @pytest.mark.parametrize("cls", [Unet, Unet3D])
 @settings(max_examples=_examples(12), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
+@_counting
 def test_fuzz_unet_constructors(cls, data):
     video = cls is Unet3D
     _check_outcome(cls, data.draw(keywords(video)), video)
@@ -132,6 +148,7 @@ def test_fuzz_unet_constructors(cls, data):
 
 @settings(max_examples=_examples(10), deadline=None)
 @given(kwargs=st.dictionaries(st.sampled_from(sorted(VALID)), st.sampled_from([*BAD, 3, False]), max_size=5))
+@_counting
 def test_fuzz_null_unet_accepts_anything(kwargs):
     unet = NullUnet(**kwargs)
     x = torch.randn(1, 3, 4, 4)
@@ -141,4 +158,4 @@ def test_fuzz_null_unet_accepts_anything(kwargs):
 
 def test_fuzz_counts():
     """Prints the fuzzing counts of this module (runs last in file order)."""
-    print(f"\nunets fuzz: {sum(OUTCOMES.values())} inputs, {dict(OUTCOMES)}, 0 failures")
+    print(f"\nunets fuzz: {sum(OUTCOMES.values())} inputs, {dict(OUTCOMES)}, {OUTCOMES['failing inputs']} failing")
