@@ -178,7 +178,13 @@ class DatasetConfig:
     ``metadata.jsonl``) read by ``imagen.trainer.Dataset``; ``image_size`` None means the cascade's
     largest size; ``text_embedding_cache`` is a folder written by ``encode-text`` (or None to encode
     captions on the fly with the cascade's text encoder); ``valid_folder`` is a held-out image folder
-    of the same kind, for ``trainer.validate_every``."""
+    of the same kind, for ``trainer.validate_every``.
+
+    ``shards`` (instead of ``folder``, for data at scale): webdataset tar shards read by
+    ``imagen.trainer.ShardDataset``: a ``shards.json`` index, the folder holding it, or a shard
+    pattern (``data/shard-{000000..000099}.tar``, globs, fsspec URLs). Images are decoded at the
+    trained stage's size (or ``image_size``). ``num_workers``, ``pin_memory``,
+    ``persistent_workers`` and ``prefetch_factor`` are the training data loader's settings."""
 
     folder: str = "./images"
     image_size: int | None = attrs.field(default=None, validator=_int_at_least(1, "dataset"))
@@ -189,6 +195,16 @@ class DatasetConfig:
     captions: bool | str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", True, False)))
     text_embedding_cache: str | None = None
     valid_folder: str | None = attrs.field(default=None, validator=_optional_str("dataset"))
+    shards: str | None = attrs.field(default=None, validator=_optional_str("dataset"))
+    num_workers: int = attrs.field(default=0, validator=_int_at_least(0, "dataset"))
+    pin_memory: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    persistent_workers: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    prefetch_factor: int | None = attrs.field(default=None, validator=_int_at_least(1, "dataset"))
+
+    def loader_kwargs(self) -> dict:
+        """The data loader keywords of ``ImagenTrainer.add_train_dataset``."""
+        return dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
+                    persistent_workers=self.persistent_workers, prefetch_factor=self.prefetch_factor)
 
 
 @attrs.frozen(kw_only=True)

@@ -383,6 +383,11 @@ def _dataset(config, *, image_size: int, with_cache: bool = True):
     from imagen.trainer import Dataset
 
     data = config.dataset
+    if data.shards is not None and with_cache:
+        from imagen.trainer import ShardDataset
+
+        return ShardDataset(data.shards, image_size=image_size, augment_horizontal_flip=data.augment_horizontal_flip,
+                            convert_image_to=data.convert_image_to, captions=data.captions is not False)
     if not Path(data.folder).is_dir():
         raise CliError(f"dataset folder {data.folder!r} not found (set dataset.folder in the config)")
     cache = None
@@ -446,7 +451,8 @@ def cmd_train(args) -> int:
             raise CliError(f"--resume {args.resume}: no such checkpoint file")
     elif args.resume is True and not remote and latest_checkpoint(folder, include_reference=True) is None:
         raise CliError(f"--resume: no checkpoint in {folder} to continue from")
-    image_size = config.dataset.image_size or max(config.imagen.image_sizes)
+    # decoded at the trained stage's size: the cascade makes the low-res condition from it
+    image_size = config.dataset.image_size or config.imagen.image_sizes[args.unet - 1]
     dataset = _dataset(config, image_size=image_size)
     if config.imagen.condition_on_text and not dataset.has_captions:
         raise CliError(f"the cascade conditions on text but {config.dataset.folder!r} has no captions "
@@ -471,10 +477,10 @@ def cmd_train(args) -> int:
         raise CliError(f"--resume: no checkpoint in {config.trainer.checkpoint_path} to continue from")
     if trainer.num_steps_taken() > 0:
         logger.info("continuing from step %s", list(trainer.steps.tolist()))
-    trainer.add_train_dataset(dataset, batch_size=config.dataset.batch_size)
+    trainer.add_train_dataset(dataset, batch_size=config.dataset.batch_size, **config.dataset.loader_kwargs())
     if valid is not None:
         trainer.add_valid_dataset(valid, batch_size=min(config.dataset.batch_size, len(valid)))
-    steps_per_epoch = math.ceil(len(dataset) / config.dataset.batch_size)
+    steps_per_epoch = math.ceil(len(dataset) / config.dataset.batch_size)  # a ShardDataset counts its samples
     steps = args.steps if args.steps is not None else (args.epochs or DEFAULT_EPOCHS) * steps_per_epoch
     settings = config.trainer
     trainer.fit(

@@ -135,6 +135,11 @@ class ShardDataset:
             return None if embeds is None else int(embeds.shape[-1])
         return None
 
+    @property
+    def has_captions(self) -> bool:
+        """Whether items carry text (captions, or their embeddings), as ``Dataset.has_captions``."""
+        return bool(self.captions or self.text_embeds)
+
     def __len__(self) -> int:
         return self.total
 
