@@ -4,6 +4,7 @@ clear refusals naming the file, partial files under one pruned pattern, save_pre
 import json
 import os
 import struct
+import sys
 
 import pytest
 import torch
@@ -59,6 +60,14 @@ def test_round_trip_and_no_partial_left(tmp_path):
     (lambda h: h["__metadata__"].__setitem__("format_version", "x"), "no valid format_version"),
     (lambda h: h["a"].__setitem__("dtype", "I32"), "do not match the digest"),
     (lambda h: h["a"]["data_offsets"].__setitem__(1, h["a"]["data_offsets"][1] + 4), "does not fill"),
+    (lambda h: h["a"].__setitem__("extra", 1), "malformed header entry for tensor 'a'"),
+    (lambda h: h.__setitem__("d", [1]), "malformed header entry for tensor 'd'"),
+    (lambda h: h["a"].__setitem__("shape", [3, "2"]), "malformed shape"),
+    (lambda h: h["a"].__setitem__("data_offsets", [0]), "malformed data_offsets"),
+    (lambda h: h["a"].__setitem__("dtype", "F128"), "unknown dtype 'F128'"),
+    (lambda h: h.__setitem__("__metadata__", {"format": 1}), "malformed metadata"),
+    (lambda h: h["a"].__setitem__("data_offsets", [h["b"]["data_offsets"][0], h["b"]["data_offsets"][0] + 24]),
+     "overlapping or gapped"),
 ])
 def test_every_check_refuses_naming_the_file(tmp_path, change, message):
     path = write_container(tmp_path / "x.safetensors", _tensors(), format="test-format", version=2,
@@ -206,6 +215,9 @@ def test_looks_like_torch_save(head, expected):
     (struct.pack("<Q", 4) + b"xyz ", "does not start with '{'"),
     (struct.pack("<Q", 4) + b"{\xff} ", "unreadable safetensors header"),
     (struct.pack("<Q", 2**40) + b"{}", "header length 1099511627776 does not fit in the file's 10 bytes"),
+    (struct.pack("<Q", 2**63) + b"{}", "header length 9223372036854775808 does not fit"),
+    (struct.pack("<Q", 100) + b"{}", "header length 100 does not fit in the file's 10 bytes"),
+    (struct.pack("<Q", 3) + b"{}", "header length 3 does not fit in the file's 10 bytes"),
 ])
 def test_refusals_of_what_is_not_a_container(tmp_path, content, message):
     path = tmp_path / "x.safetensors"
@@ -252,6 +264,15 @@ def test_json_depth_counts_brackets_outside_strings_only():
     assert parse_checkpoint_json("[" * 64 + "]" * 64, "x") is not None
     with pytest.raises(CheckpointError, match="nested deeper than 64"):
         parse_checkpoint_json("[" * 65 + "]" * 65, "the file")
+    escaped_quote = json.dumps({"s": '"' + "[" * 100})  # brackets after an escaped quote, still in the string
+    assert parse_checkpoint_json(escaped_quote, "x") == {"s": '"' + "[" * 100}
+    with pytest.raises(CheckpointError, match="nested deeper"):  # 30 - 1 + 40 = 69 levels at the deepest
+        parse_checkpoint_json("[" * 30 + "]" + "[" * 40 + "]" * 69, "x")
+    with pytest.raises(CheckpointError, match="nested deeper"):  # siblings do not reduce the depth
+        parse_checkpoint_json("[" + "[], " * 10 + "[" * 64 + "1" + "]" * 65, "x")
+    nested_values = json.dumps([*json.loads("[" * 60 + "1" + "]" * 60), [[[[{"k": "v"}]]]]])
+    with pytest.raises(CheckpointError, match="nested deeper"):
+        parse_checkpoint_json("[" * 10 + nested_values + "]" * 10, "x")
     with pytest.raises(CheckpointError, match=r"the file is not valid JSON .*duplicate names \['a'\]"):
         parse_checkpoint_json('{"a": 1, "a": 2}', "the file")
 
@@ -296,8 +317,9 @@ def test_rename_exchange_swaps_two_folders(tmp_path):
     b.mkdir()
     (a / "from_a").write_text("a")
     (b / "from_b").write_text("b")
-    if not _rename_exchange(a, b):
-        pytest.skip("no renameat2(RENAME_EXCHANGE) on this platform or filesystem")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("renameat2(RENAME_EXCHANGE) is Linux's")
+    assert _rename_exchange(a, b) is True
     assert [p.name for p in a.iterdir()] == ["from_b"] and [p.name for p in b.iterdir()] == ["from_a"]
     with pytest.raises(OSError):
         _rename_exchange(tmp_path / "missing", a)
