@@ -181,7 +181,8 @@ def run(args) -> dict:
         elif args.system == "reference":
             system = reference_system(args.size, folder, args.seed, args.batch_size or 32)
         else:
-            system = recipe_system(args.size, folder, args.seed, args.batch_size, args.ablate, args.steps)
+            system = recipe_system(args.size, folder, args.seed, args.batch_size, args.ablate,
+                                   args.steps if args.cosine_decay else None)
         if args.steps is not None:
             marks = sorted(int(s) for s in args.eval_at.split(",")) if args.eval_at else [args.steps]
         else:
@@ -290,6 +291,8 @@ def main(argv=None) -> int:
     r.add_argument("--samples-per-prompt", type=int, default=2)
     r.add_argument("--prompts", type=int, help="score the first N held-out combinations (and N seen); default all 15")
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--cosine-decay", action="store_true",
+                   help="recipe with --steps: decay the learning rate over the steps (small_fast(total_steps=))")
     r.add_argument("--json", type=Path, help="also write the summary here")
     r.add_argument("--markdown", type=Path, default=HERE / "learning.md", help="append a row here ('-': don't)")
     p = sub.add_parser("plot", help="draw held-out accuracy curves of run summaries (JSON files) as a PNG")
