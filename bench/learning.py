@@ -233,6 +233,7 @@ MARKDOWN_HEADER = (
 
 
 # ----------------------------------------------------------------------------------------- plot
+CHANCE = {"colour": 1 / 6, "shape": 1 / 3, "position": 1 / 5, "all": 1 / 90}
 PALETTE = [(200, 40, 40), (40, 90, 220), (30, 150, 60), (200, 140, 20), (140, 50, 170), (20, 150, 160)]
 
 
@@ -253,6 +254,9 @@ def plot(results: list[dict], path: Path, x_key: str) -> None:
             y = top + ph * (1 - level)
             pen.line((left, y, left + pw, y), fill=(220, 220, 220))
             pen.text((left - 28, y - 6), f"{level:.2f}", fill="black")
+        chance = top + ph * (1 - CHANCE[panel])
+        pen.line((left, chance, left + pw, chance), fill=(160, 160, 160), width=1)
+        pen.text((left + pw - 40, chance - 12), "chance", fill=(120, 120, 120))
         pen.text((left, top + ph + 4), "0", fill="black")
         pen.text((left + pw - 40, top + ph + 4), f"{x_max:.0f} {'min' if x_key == 'minutes' else 'steps'}",
                  fill="black")
