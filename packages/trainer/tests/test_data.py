@@ -208,6 +208,8 @@ def test_bad_metadata_lines_are_skipped_counted_and_named(tmp_path):
     assert "not UTF-8" in reasons[f"{tmp_path / 'metadata.jsonl'}:9"]
     skipped_images = {p for p, _ in ds.skipped if p.endswith(".png")}
     assert skipped_images == {str(tmp_path / f"{n}.png") for n in "bcdeg"}
+    images_only = Dataset(tmp_path, 8, captions=False)  # the metadata is not read: nothing to skip
+    assert len(images_only) == 7 and images_only.skipped == []
 
 
 def test_nothing_usable_names_the_folder_and_the_reasons(tmp_path):

@@ -115,7 +115,7 @@ class Dataset(torch.utils.data.Dataset):
 
         wanted = {e.lower().lstrip(".") for e in exts}
         paths = sorted(p for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in wanted)
-        table = self._read_metadata_jsonl()
+        table = self._read_metadata_jsonl() if captions is not False else None  # False: never read
         use_captions = captions is True
         if captions == "auto":
             with_sidecar = sum(p.with_suffix(".txt").is_file() for p in paths)
