@@ -18,10 +18,10 @@ import attrs
 import torch
 from tqdm.auto import tqdm
 
-from imagen.cascade import CascadeConfig, Recipe, atomic_write, small_fast, to_pil_images
+from imagen.cascade import CascadeConfig, Recipe, small_fast
 from imagen.text import T5Encoder, TextEmbeddingCache
 from imagen.text.testing import build_tiny_t5
-from imagen.trainer import Dataset, ImagenTrainer
+from imagen.trainer import Dataset, ImagenTrainer, save_image_grid
 
 from . import shapes
 from .main import seeded_train_step
@@ -146,18 +146,6 @@ def held_out_prompts(limit: int | None = None) -> list[tuple[str, str, str]]:
     return prompts if limit is None else prompts[:limit]
 
 
-def save_grid(images: torch.Tensor, columns: int, path: Path) -> None:
-    """Writes images (B, C, H, W) in [0, 1] as one PNG grid of ``columns`` columns, atomically."""
-    b, c, h, w = images.shape
-    rows = math.ceil(b / columns)
-    grid = torch.zeros(c, rows * (h + 2), columns * (w + 2))
-    for i in range(b):
-        r, q = divmod(i, columns)
-        grid[:, r * (h + 2) + 1 : r * (h + 2) + 1 + h, q * (w + 2) + 1 : q * (w + 2) + 1 + w] = images[i]
-    picture = to_pil_images(grid[None])[0]
-    atomic_write(path, lambda p: picture.save(p, format="PNG"))
-
-
 def sample_two_stages(sampler, embeds: torch.Tensor, masks: torch.Tensor, settings: DemoSettings):
     """Samples both stages in one call: the base stage with guidance ``cond_scale``, then the
     super-resolution stage refining the upsampled base image from step ``sr_skip_steps`` of its
@@ -231,7 +219,7 @@ def run_demo(settings: DemoSettings) -> dict:
     embeds, masks = encoder.encode(prompts)
     base_images, sr_images = sample_two_stages(trainer, embeds, masks, settings)
     sample_seconds = time.monotonic() - sample_start
-    save_grid(sr_images, k, out / "samples.png")
+    save_image_grid(sr_images, out / "samples.png", columns=k, padding=1)  # the one grid writer
     scores = {"base": shapes.score(base_images, expanded), "sr": shapes.score(sr_images, expanded)}
     return dict(
         scores=scores, steps=steps_done, losses=losses, prep_seconds=prep_seconds, train_seconds=train_seconds,
