@@ -7,7 +7,8 @@ from imagen.cli.config import CliConfig
 
 
 def config(trainer=None, dataset=None, condition_on_text=True):
-    imagen = {"kind": "Imagen", "unets": [{"dim": 8, "dim_mults": [1, 2]}], "image_sizes": [8], "condition_on_text": condition_on_text}
+    imagen = {"kind": "Imagen", "unets": [{"dim": 8, "dim_mults": [1, 2]}], "image_sizes": [8],
+              "condition_on_text": condition_on_text}
     return CliConfig.from_dict({"imagen": imagen, "trainer": trainer or {}, "dataset": dataset or {}})
 
 
