@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from accelerate.tracking import GeneralTracker
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from imagen.cascade import Imagen
@@ -165,3 +166,45 @@ def test_a_video_sample_grid_shows_each_videos_frames_side_by_side(toy_cascade, 
         for f in range(4):
             frame = picture[:, (b * 4 + f) * 6 : (b * 4 + f + 1) * 6]
             assert np.array_equal(frame, videos[b, :, f].mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy())
+
+
+class RecordingTracker(GeneralTracker):
+    """A minimal accelerate tracker (any GeneralTracker but TensorBoard, e.g. W&B's, takes images as
+    a list per tag)."""
+
+    name = "recording"
+    requires_logging_directory = False
+    main_process_only = True
+
+    def __init__(self):
+        super().__init__(_blank=True)
+        self.config, self.scalars, self.images, self.finished = None, [], [], 0
+
+    @property
+    def tracker(self):
+        return self
+
+    def store_init_configuration(self, values):
+        self.config = values
+
+    def log(self, values, step=None, **kwargs):
+        self.scalars.append((step, dict(values)))
+
+    def log_images(self, values, step=None, **kwargs):
+        self.images.append((step, {k: [np.asarray(v) for v in vs] for k, vs in values.items()}))
+
+    def finish(self):
+        self.finished += 1
+
+
+def test_a_custom_tracker_gets_config_scalars_and_images_as_lists(toy_cascade, tmp_path):
+    tracker = RecordingTracker()
+    trainer = ImagenTrainer(toy_cascade(num_unets=1), verbose=False, log_with=[tracker], log_every=2, seed=5)
+    trainer.add_train_dataloader(torch.utils.data.DataLoader(torch.rand(4, 3, 4, 4), batch_size=2))
+    trainer.fit(4, sample_every=4, sample_kwargs={"batch_size": 2})
+    assert tracker.config["trainer.seed"] == 5 and tracker.config["imagen.kind"] == "toy"
+    assert [step for step, _ in tracker.scalars] == [2, 4]
+    assert set(tracker.scalars[0][1]) >= {"train/loss/unet1", "train/lr/unet1", "train/grad_norm/unet1"}
+    ((step, images),) = tracker.images
+    assert step == 4 and list(images) == ["samples/unet1"] and images["samples/unet1"][0].shape == (4, 8, 3)
+    assert tracker.finished == 1  # end_training
