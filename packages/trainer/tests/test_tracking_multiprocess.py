@@ -1,5 +1,6 @@
 """Under a two-process ``accelerate launch`` (CPU, gloo) only rank 0 writes tracker files, shows
-progress bars and logs, and the logged loss is the mean of both ranks' losses."""
+progress bars and logs, the logged loss is the mean of both ranks' losses, and a time budget stops
+both ranks after the same step."""
 
 import json
 import os
@@ -39,7 +40,8 @@ SCRIPT = textwrap.dedent(
                             log_every=1, checkpoint_path=root / "ckpt")  # logs "no checkpoint" on every rank
     trainer.add_train_dataset(Dataset(folder, 16), batch_size=4)
     losses = trainer.fit(3, sample_every=3, sample_kwargs={"batch_size": 2, "steps": 2})
-    (root / f"losses-{rank}.json").write_text(json.dumps(losses))
+    budget = trainer.fit(seconds=1.0)  # a time budget: the ranks must stop together (else DDP hangs)
+    (root / f"losses-{rank}.json").write_text(json.dumps({"steps": losses, "budget": len(budget)}))
     """
 )
 
@@ -62,15 +64,18 @@ def test_only_rank_zero_writes_events_shows_bars_and_logs(tmp_path):
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
-    # one writer: a single events file (its name holds the writer's pid), one bar, rank 0's logs only
-    assert len(list((tmp_path / "runs" / "imagen").glob("events.out.tfevents.*"))) == 1
-    assert len(re.findall(r"unet 1:\s+0%", output)) == 1, output[-4000:]
+    # one writer (the events files' names hold its pid), one bar per fit, rank 0's logs only
+    files = list((tmp_path / "runs" / "imagen").glob("events.out.tfevents.*"))  # ...<time>.<host>.<pid>.<n>
+    assert files and len({f.name.split(".")[-2] for f in files}) == 1  # one writing process (a file per fit)
+    assert len(re.findall(r"unet 1:\s+0%", output)) == 2, output[-4000:]  # the step bar and the budget bar
     assert "LOG rank=0 imagen.trainer" in output and "LOG rank=1 imagen" not in output, output[-4000:]
     log = EventAccumulator(str(tmp_path / "runs" / "imagen"), size_guidance={"scalars": 0, "images": 0})
     log.Reload()
-    logged = log.Scalars("train/loss/unet1")
+    logged = log.Scalars("train/loss/unet1")[:3]
     assert [e.step for e in logged] == [1, 2, 3]
-    per_rank = np.array([json.loads((tmp_path / f"losses-{r}.json").read_text()) for r in range(2)])
+    reports = [json.loads((tmp_path / f"losses-{r}.json").read_text()) for r in range(2)]
+    assert reports[0]["budget"] == reports[1]["budget"] >= 1
+    per_rank = np.array([report["steps"] for report in reports])
     assert not np.allclose(per_rank[0], per_rank[1])  # each rank has its own half of the batch
     assert [e.value for e in logged] == pytest.approx(per_rank.mean(axis=0).tolist(), rel=1e-6)
     assert [e.step for e in log.Images("samples/unet1")] == [3]
