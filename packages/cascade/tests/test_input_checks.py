@@ -171,9 +171,10 @@ def test_cascade_configs_are_bounded_and_name_the_field(settings, message):
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        (dict(sigma_max=math.inf), r"^sigma_max must be a finite number > 0"),
-        (dict(P_mean=math.nan), r"^P_mean must be a finite number"),
-        (dict(S_churn=-1.0), r"^S_churn must be a finite number >= 0"),
+        (dict(sigma_max=math.inf), r"^sigma_max must be a number in \(0, 10000\]"),
+        (dict(P_mean=math.nan), r"^P_mean must be a number in \[-20, 20\]"),
+        (dict(P_mean=10**9), r"^P_mean must be a number in \[-20, 20\]"),  # exp(1e9): a NaN loss (fuzz)
+        (dict(S_churn=-1.0), r"^S_churn must be a number in \[0, 10000\]"),
         (dict(num_sample_steps=10**7), r"^num_sample_steps must be an integer in \[1, 100000\]"),
     ],
 )

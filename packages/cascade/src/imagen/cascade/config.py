@@ -109,19 +109,22 @@ def _positive_int(name: str, item: Any) -> None:
         raise ValueError(f"{name} must be {accepted} (or one per unet), got {item!r}")
 
 
-def _finite_number(name: str, item: Any) -> None:
-    if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
-        raise ValueError(f"{name} must be a finite number (or one per unet), got {item!r}")
-
-
 def _positive_float(name: str, item: Any) -> None:
     if isinstance(item, bool) or not isinstance(item, int | float) or not 0 < item < math.inf:
         raise ValueError(f"{name} must be a finite number > 0 (or one per unet), got {item!r}")
 
 
-def _non_negative_float(name: str, item: Any) -> None:
-    if isinstance(item, bool) or not isinstance(item, int | float) or not 0 <= item < math.inf:
-        raise ValueError(f"{name} must be a finite number >= 0 (or one per unet), got {item!r}")
+def _within(low: float, high: float, *, open_low: bool = False):
+    """A check: a finite number in [low, high] ((low, high] with ``open_low``). The EDM settings are
+    bounded so that float32 sigmas (exp(P_mean + P_std * n), sigma_max) cannot overflow."""
+
+    def check(name: str, item: Any) -> None:
+        above = item > low if open_low else item >= low
+        if isinstance(item, bool) or not isinstance(item, int | float) or not (above and item <= high):
+            bounds = f"({low:g}, {high:g}]" if open_low else f"[{low:g}, {high:g}]"
+            raise ValueError(f"{name} must be a number in {bounds} (or one per unet), got {item!r}")
+
+    return check
 
 
 def _flag(name: str, item: Any) -> None:
@@ -333,16 +336,16 @@ class ElucidatedImagenConfig(CascadeConfig):
 
     kind: ClassVar[str] = "ElucidatedImagen"
     num_sample_steps: int | tuple = _field(32, _positive_int)
-    sigma_min: float | tuple = _field(0.002, _positive_float)
-    sigma_max: float | tuple = _field(80.0, _positive_float)
-    sigma_data: float | tuple = _field(0.5, _positive_float)
-    rho: float | tuple = _field(7.0, _positive_float)
-    P_mean: float | tuple = _field(-1.2, _finite_number)
-    P_std: float | tuple = _field(1.2, _positive_float)
-    S_churn: float | tuple = _field(80.0, _non_negative_float)
-    S_tmin: float | tuple = _field(0.05, _non_negative_float)
-    S_tmax: float | tuple = _field(50.0, _non_negative_float)
-    S_noise: float | tuple = _field(1.003, _positive_float)
+    sigma_min: float | tuple = _field(0.002, _within(0, 1e4, open_low=True))
+    sigma_max: float | tuple = _field(80.0, _within(0, 1e4, open_low=True))
+    sigma_data: float | tuple = _field(0.5, _within(0, 1e3, open_low=True))
+    rho: float | tuple = _field(7.0, _within(0, 1e3, open_low=True))
+    P_mean: float | tuple = _field(-1.2, _within(-20, 20))
+    P_std: float | tuple = _field(1.2, _within(0, 10, open_low=True))
+    S_churn: float | tuple = _field(80.0, _within(0, 1e4))
+    S_tmin: float | tuple = _field(0.05, _within(0, 1e4))
+    S_tmax: float | tuple = _field(50.0, _within(0, 1e4))
+    S_noise: float | tuple = _field(1.003, _within(0, 10, open_low=True))
 
     @staticmethod
     def cascade_class():
