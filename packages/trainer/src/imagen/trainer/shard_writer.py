@@ -14,6 +14,8 @@ from PIL import Image
 from safetensors.torch import save as save_safetensors
 from webdataset import ShardWriter
 
+from imagen.cascade import fsync_folder
+
 from .data import Dataset
 from .shard_index import INDEX_NAME, write_index
 from .shard_reading import IMAGE_EXTS
@@ -126,6 +128,7 @@ def write_shards(
         with open(partial, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(partial, final)
+        fsync_folder(out)  # the rename itself reaches the disk
         written.append(Path(final).name)
 
     pattern = str(out / f"{prefix}-%06d.tar.partial")
