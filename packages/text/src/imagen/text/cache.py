@@ -67,14 +67,20 @@ def caption_key(text: str) -> int:
 
 
 def write_atomic(path: Path, write) -> None:
-    """Calls ``write(tmp_path)`` on a hidden temporary name beside ``path``, fsyncs it and renames it
-    onto ``path``: a crash leaves the old file or the new one, never half of one."""
+    """Calls ``write(tmp_path)`` on a hidden temporary name beside ``path``, fsyncs it, renames it
+    onto ``path`` and fsyncs the folder: a crash leaves the old file or the new one, never half of
+    one. (The cascade's ``atomic_write`` is the same; this leaf package cannot import it.)"""
     tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
         write(tmp)
         with open(tmp, "rb") as file:
             os.fsync(file.fileno())
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)  # the rename itself reaches the disk
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     finally:
         tmp.unlink(missing_ok=True)
 
