@@ -58,6 +58,7 @@ def test_ablations_put_back_the_reference_settings():
         unets=[{"dim": 8, "dim_mults": [1]}], image_sizes=32).cond_drop_prob
     assert recipe.with_reference("sampler").config.sampler is None
     assert recipe.with_reference("text_padding").config.unets[0]["mask_text_padding"] is False
+    assert recipe.with_reference("block_norm").config.unets[0]["block_norm"] == "rms"
     assert recipe.with_reference("guidance").sample_options["cond_scale"] == 1.0
 
 

@@ -34,3 +34,33 @@ def test_rms_norm_gradients_are_exact(spatial):
 
     assert torch.autograd.gradcheck(film, (x, gamma, scale, shift))
     assert torch.autograd.gradcheck(lambda x, g: functional_call(norm, {"gamma": g}, (x,)), (x, gamma))
+
+
+def test_chan_group_norm_is_group_norm_times_gamma_with_the_film():
+    from imagen.unets.layers import ChanGroupNorm
+
+    norm = ChanGroupNorm(16)
+    with torch.no_grad():
+        norm.gamma.copy_(torch.rand(16, 1, 1) + 0.5)
+    x, scale, shift = torch.randn(2, 16, 5, 5), torch.rand(2, 16, 1, 1), torch.randn(2, 16, 1, 1)
+    expected = torch.nn.functional.group_norm(x, 8) * norm.gamma
+    torch.testing.assert_close(norm(x), expected)
+    torch.testing.assert_close(norm(x, scale=scale, shift=shift), expected * scale + shift)
+    assert ChanGroupNorm(12).groups == 1 and ChanGroupNorm(24, spatial_dims=3).gamma.shape == (24, 1, 1, 1)
+
+
+def test_block_norm_group_keeps_the_parameters_and_changes_the_output():
+    from imagen.unets import Unet
+
+    keywords = dict(dim=8, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=False, layer_cross_attns=False,
+                    cond_on_text=False)
+    rms, group = Unet(**keywords), Unet(**keywords, block_norm="group")
+    assert rms.state_dict().keys() == group.state_dict().keys()
+    group.load_state_dict(rms.state_dict())
+    with torch.no_grad():
+        for unet in (rms, group):
+            unet.final_conv.weight.normal_(generator=torch.Generator().manual_seed(0))
+    x, t = torch.randn(1, 3, 8, 8), torch.rand(1)
+    assert not torch.allclose(rms(x, t), group(x, t))
+    with pytest.raises(ValueError, match="block_norm must be one of"):
+        Unet(**keywords, block_norm="batch")

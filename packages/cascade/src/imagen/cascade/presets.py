@@ -70,13 +70,15 @@ class Recipe:
 def _base_unet(size: int) -> dict:
     """The base U-Net of ``small_fast`` at ``size`` px: halves down to 8 px (one level per halving),
     cross-attends to the text at the levels after the first at 16 px or below, no self-attention,
-    a small ``cond_dim``, and the text padding hidden from attention (the captions are short)."""
+    a small ``cond_dim``, the text padding hidden from attention (the captions are short), and
+    group norms in the resnet blocks (the reference's per-pixel RMS norm erases the border trace a
+    convolutional U-Net reads absolute position from: bench/cli_demo_tune.md)."""
     levels = int(math.log2(size // LOWEST_RESOLUTION)) + 1
     return dict(
         dim=32, dim_mults=(1, 2, 4, 4, 8)[:levels], num_resnet_blocks=1, layer_attns=False,
         layer_cross_attns=tuple(i >= 1 and size >> i <= 16 for i in range(levels)), attend_at_middle=False,
         attn_heads=4, attn_dim_head=16, cond_dim=64, init_cross_embed=False, init_conv_kernel_size=3,
-        use_global_context_attn=False, attn_pool_text=False, mask_text_padding=True,
+        use_global_context_attn=False, attn_pool_text=False, mask_text_padding=True, block_norm="group",
     )
 
 
@@ -86,6 +88,7 @@ def _sr_unet() -> dict:
         dim=16, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=False, layer_cross_attns=False,
         attend_at_middle=False, attn_heads=2, attn_dim_head=16, cond_dim=32, init_cross_embed=False,
         init_conv_kernel_size=3, use_global_context_attn=False, attn_pool_text=False, mask_text_padding=True,
+        block_norm="group",
     )
 
 
@@ -133,6 +136,7 @@ def small_fast(image_sizes: int | tuple[int, ...] = 32, *, text_embed_dim: int |
         "ema": {"trainer": {"ema_beta": 0.9999, "ema_update_after_step": 100, "ema_update_every": 10}},
         "cond_drop": {"config": {"cond_drop_prob": 0.5}},
         "text_padding": {"unets": [dict(unets[0], mask_text_padding=False)]},
+        "block_norm": {"unets": [dict(unets[0], block_norm="rms")]},
         "sampler": {"config": {"sampler": None, "num_sample_steps": 32}},
         "guidance": {"sample": {"cond_scale": 1.0}},
     }

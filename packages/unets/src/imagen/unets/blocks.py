@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import Attention, ChanFeedForward, CrossAttention, FeedForward, LinearAttention, LinearCrossAttention
-from .layers import ChanRMSNorm, ConvFactory, conv2d
+from .layers import ConvFactory, block_norm, conv2d
 
 __all__ = [
     "Block", "CrossEmbedLayer", "GlobalContext", "LinearAttentionTransformerBlock", "PixelShuffleUpsample",
@@ -34,12 +34,12 @@ def _from_tokens(tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """ChanRMSNorm -> (scale + 1, shift) -> SiLU -> [dropout] -> 3x3 conv ``project``."""
+    """Norm (ChanRMSNorm, or ``norm_kind`` "group") -> (scale + 1, shift) -> SiLU -> [dropout] -> 3x3 conv."""
 
     def __init__(self, dim: int, dim_out: int, *, norm: bool = True, dropout: float = 0.0,
-                 conv: ConvFactory = conv2d, spatial_dims: int = 2):
+                 conv: ConvFactory = conv2d, spatial_dims: int = 2, norm_kind: str = "rms"):
         super().__init__()
-        self.norm = ChanRMSNorm(dim, spatial_dims=spatial_dims) if norm else nn.Identity()
+        self.norm = block_norm(norm_kind)(dim, spatial_dims=spatial_dims) if norm else nn.Identity()
         self.activation = nn.SiLU()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None  # ours; the reference ignores `dropout`
         self.project = conv(dim, dim_out, 3)
@@ -52,7 +52,7 @@ class Block(nn.Module):
         """
         if scale_shift is None:
             x = self.norm(x)
-        elif isinstance(self.norm, ChanRMSNorm):
+        elif not isinstance(self.norm, nn.Identity):  # the norm applies the FiLM in its own passes
             x = self.norm(x, scale=scale_shift[0] + 1, shift=scale_shift[1])
         else:
             x = self.norm(x) * (scale_shift[0] + 1) + scale_shift[1]
@@ -94,7 +94,7 @@ class ResnetBlock(nn.Module):
     def __init__(
         self, dim: int, dim_out: int, *, cond_dim: int | None = None, time_cond_dim: int | None = None,
         linear_attn: bool = False, use_gca: bool = False, heads: int = 8, dim_head: int = 64, dropout: float = 0.0,
-        conv: ConvFactory = conv2d, spatial_dims: int = 2,
+        conv: ConvFactory = conv2d, spatial_dims: int = 2, norm_kind: str = "rms",
     ):
         super().__init__()
         self.time_mlp = None
@@ -104,8 +104,9 @@ class ResnetBlock(nn.Module):
         if cond_dim is not None:
             klass = LinearCrossAttention if linear_attn else CrossAttention
             self.cross_attn = klass(dim_out, context_dim=cond_dim, heads=heads, dim_head=dim_head)
-        self.block1 = Block(dim, dim_out, conv=conv, spatial_dims=spatial_dims)
-        self.block2 = Block(dim_out, dim_out, dropout=dropout, conv=conv, spatial_dims=spatial_dims)
+        self.block1 = Block(dim, dim_out, conv=conv, spatial_dims=spatial_dims, norm_kind=norm_kind)
+        self.block2 = Block(dim_out, dim_out, dropout=dropout, conv=conv, spatial_dims=spatial_dims,
+                            norm_kind=norm_kind)
         self.gca = GlobalContext(dim_in=dim_out, dim_out=dim_out, conv=conv) if use_gca else None
         self.res_conv = conv(dim, dim_out, 1) if dim != dim_out else nn.Identity()
 

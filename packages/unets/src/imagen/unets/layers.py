@@ -14,7 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ChanLayerNorm", "ChanRMSNorm", "ConvFactory", "LayerNorm", "Parallel", "conv2d"]
+__all__ = [
+    "BLOCK_NORMS",
+    "ChanGroupNorm",
+    "ChanLayerNorm",
+    "ChanRMSNorm",
+    "ConvFactory",
+    "LayerNorm",
+    "Parallel",
+    "block_norm",
+    "conv2d",
+]
 
 ConvFactory = Callable[..., nn.Module]
 """``conv(dim_in, dim_out, kernel_size, *, stride=1, padding=kernel_size // 2, **kwargs) -> module``.
@@ -83,6 +93,37 @@ class ChanRMSNorm(nn.Module):
         in the same two full-size passes (the resnet blocks' time conditioning)."""
         gain = self.gamma * self.scale if scale is None else self.gamma * self.scale * scale
         return _rms_film(x, gain.expand(x.shape[0], *gain.shape[-x.ndim + 1:]), shift)
+
+
+class ChanGroupNorm(nn.Module):
+    """Group norm over channels AND pixels (8 groups, or 1 when the channels do not divide by 8),
+    times gamma ``(c, 1, ..., 1)``: not the reference's, an option (``Unet(block_norm="group")``).
+    Unlike :class:`ChanRMSNorm`, which normalises each pixel over its channels, it keeps how
+    pixels differ from each other, e.g. the zero padding's trace at the borders, from which a
+    convolutional U-Net without positional embeddings learns absolute position (bench/cli_demo_tune.md).
+    Same parameter (``gamma``) as ChanRMSNorm."""
+
+    def __init__(self, dim: int, *, spatial_dims: int = 2, groups: int = 8):
+        super().__init__()
+        self.groups = groups if dim % groups == 0 else 1
+        self.gamma = nn.Parameter(torch.ones(dim, *((1,) * spatial_dims)))
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
+                shift: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (b, c, *spatial) -> same shape, ``* scale + shift`` when given (as ChanRMSNorm)."""
+        y = F.group_norm(x, self.groups) * (self.gamma if scale is None else self.gamma * scale)
+        return y if shift is None else y + shift
+
+
+BLOCK_NORMS = {"rms": ChanRMSNorm, "group": ChanGroupNorm}
+"""The resnet blocks' norms by ``block_norm`` name; "rms" is the reference's."""
+
+
+def block_norm(name: str) -> type[nn.Module]:
+    """The norm class of ``block_norm`` ``name``; a ValueError naming the accepted ones otherwise."""
+    if name not in BLOCK_NORMS:
+        raise ValueError(f"block_norm must be one of {sorted(BLOCK_NORMS)}, got {name!r}")
+    return BLOCK_NORMS[name]
 
 
 class _RMSFiLM(torch.autograd.Function):

@@ -46,7 +46,9 @@ class Unet(UnetBase):
 
     Our options (defaults = the reference): ``mask_text_padding`` hides masked text positions from
     every attention instead of letting them be attended as null embeddings; ``dropout`` applies
-    dropout in the resnet blocks (the reference ignores it); ``gradient_checkpointing``
+    dropout in the resnet blocks (the reference ignores it); ``block_norm="group"`` normalises the
+    resnet blocks over channels and pixels (``ChanGroupNorm``) instead of the reference's per-pixel
+    ``ChanRMSNorm`` ("rms"; the same parameters); ``gradient_checkpointing``
     recomputes each block in the backward pass (training mode only). The output
     ``(b, channels_out, h, w)`` starts at zero (zero-initialised final convolution); ``h`` and
     ``w`` must be divisible by ``downsample_factor``.
@@ -67,7 +69,7 @@ class Unet(UnetBase):
         use_global_context_attn: bool = True, scale_skip_connection: bool = True, final_resnet_block: bool = True,
         final_conv_kernel_size: int = 3, self_cond: bool = False, resize_mode: str = "nearest",
         combine_upsample_fmaps: bool = False, pixel_shuffle_upsample: bool = True,
-        mask_text_padding: bool = False, gradient_checkpointing: bool = False,
+        mask_text_padding: bool = False, gradient_checkpointing: bool = False, block_norm: str = "rms",
     ):
         super().__init__()
         o = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -98,10 +100,11 @@ class Unet(UnetBase):
         self._build_conditioning(o, cond_dim=cond_dim, time_cond_dim=time_cond_dim)
 
         attn = dict(heads=attn_heads, dim_head=attn_dim_head)
+        norm = dict(norm_kind=block_norm)
         self.init_resnet_block = None
         if memory_efficient:
             self.init_resnet_block = ResnetBlock(init_dim, init_dim, time_cond_dim=time_cond_dim,
-                                                 use_gca=use_global_context_attn, **attn)
+                                                 use_gca=use_global_context_attn, **attn, **norm)
         dims = [init_dim, *(dim * m for m in dim_mults)]
         pairs = list(itertools.pairwise(dims))
 
@@ -120,10 +123,10 @@ class Unet(UnetBase):
         def resnet(i: int, d_in: int, d_out: int, *, init: bool) -> ResnetBlock:
             if not init:
                 return ResnetBlock(d_in, d_out, time_cond_dim=time_cond_dim, use_gca=use_global_context_attn,
-                                   dropout=dropout)
+                                   dropout=dropout, **norm)
             cross = stage["layer_cross_attns"][i] or stage["use_linear_cross_attn"][i]
             return ResnetBlock(d_in, d_out, cond_dim=cond_dim if cross else None, time_cond_dim=time_cond_dim,
-                               linear_attn=stage["use_linear_cross_attn"][i], dropout=dropout, **attn)
+                               linear_attn=stage["use_linear_cross_attn"][i], dropout=dropout, **attn, **norm)
 
         skip_dims, downs = [], []
         for i, (dim_in, dim_out) in enumerate(pairs):
@@ -140,9 +143,11 @@ class Unet(UnetBase):
         self.downs = nn.ModuleList(downs)
 
         mid = dims[-1]  # the reference's middle blocks cross-attend with the default 8 heads of 64
-        self.mid_block1 = ResnetBlock(mid, mid, cond_dim=cond_dim, time_cond_dim=time_cond_dim, dropout=dropout)
+        self.mid_block1 = ResnetBlock(mid, mid, cond_dim=cond_dim, time_cond_dim=time_cond_dim, dropout=dropout,
+                                      **norm)
         self.mid_attn = TransformerBlock(mid, depth=layer_mid_attns_depth, **attn) if attend_at_middle else None
-        self.mid_block2 = ResnetBlock(mid, mid, cond_dim=cond_dim, time_cond_dim=time_cond_dim, dropout=dropout)
+        self.mid_block2 = ResnetBlock(mid, mid, cond_dim=cond_dim, time_cond_dim=time_cond_dim, dropout=dropout,
+                                      **norm)
 
         upsample = PixelShuffleUpsample if pixel_shuffle_upsample else nearest_upsample
         ups, fmap_dims = [], []
@@ -163,7 +168,7 @@ class Unet(UnetBase):
         final_dim = self.upsample_combiner.dim_out + (init_dim if init_conv_to_final_conv_residual else 0)
         self.final_res_block = None
         if final_resnet_block:
-            self.final_res_block = ResnetBlock(final_dim, dim, time_cond_dim=time_cond_dim, use_gca=True)
+            self.final_res_block = ResnetBlock(final_dim, dim, time_cond_dim=time_cond_dim, use_gca=True, **norm)
             final_dim = dim
         final_dim += channels if lowres_cond else 0
         k = final_conv_kernel_size
@@ -267,6 +272,7 @@ def _check_scalars(o: dict[str, Any]) -> None:
             chk.at_least(name, o[name], 1)
     chk.at_least("learned_sinu_pos_emb_dim", o["learned_sinu_pos_emb_dim"], 2)
     chk.check_choice("resize_mode", o["resize_mode"], chk.RESIZE_MODES)
+    chk.check_choice("block_norm", o["block_norm"], ("rms", "group"))
     if not 0.0 <= o["dropout"] < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {o['dropout']!r}")
     if not o["ff_mult"] > 0:
