@@ -51,12 +51,7 @@ def test_reduced_demo_learns_colour_and_position(tmp_path):
     assert (tmp_path / "samples.png").is_file() and (tmp_path / "checkpoint.pt").is_file()
     scores = summary["scores"]["sr"]
     assert scores["colour"] >= 0.6, summary
-    if scores["position"] < 0.4:
-        # Known regression since the U-Nets became the reference 2.1.0 architecture: the demo recipe
-        # reads colour back but learns position slowly (33% at this budget when last measured). Cause:
-        # the reference's per-pixel ChanRMSNorm (a GroupNorm patched in reads 100%, bench/cli_demo_tune.md).
-        # Reported as an expected failure, visible in every run, until a non-reference norm option exists.
-        pytest.xfail(f"position {scores['position']:.0%} < 40% (ChanRMSNorm, bench/cli_demo_tune.md): {summary}")
-
+    # the recipe's group norms: with the reference's per-pixel ChanRMSNorm this read 33% (bench/cli_demo_tune.md)
+    assert scores["position"] >= 0.4, summary
 
 REDUCED_STEPS = 450
