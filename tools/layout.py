@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 # Public modules below the top level that other packages may import.
-PUBLIC_SUBMODULES = {"imagen.diffusion.testing", "imagen.text.testing"}
+PUBLIC_SUBMODULES = {"imagen.diffusion.testing", "imagen.text.testing", "imagen.unets.testing"}
 
 # Import name -> distribution name, where they differ.
 DISTRIBUTION_OF = {"PIL": "pillow", "ema_pytorch": "ema-pytorch", "yaml": "pyyaml"}

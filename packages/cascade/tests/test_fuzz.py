@@ -2,11 +2,8 @@
 (issue 13): every drawn input either works or raises our ValueError/TypeError with a message.
 The counts are printed at the end (run with ``-s``)."""
 
-import functools
 import json
 import math
-import os
-from collections import Counter
 
 import pytest
 import torch
@@ -16,28 +13,11 @@ from hypothesis import strategies as st
 
 from imagen.cascade import CascadeConfig, ElucidatedImagen, ElucidatedImagenConfig, Imagen, ImagenConfig
 from imagen.unets import NullUnet
+from imagen.unets.testing import FuzzOutcomes, fuzz_examples
 
 BAD = [-1, 0, 10**9, 2**70, 1.5, math.nan, math.inf, -math.inf, "x", None, (), (1, 2, 3), True, {"a": 1}]
-OUTCOMES: Counter = Counter()
+OUTCOMES = FuzzOutcomes()
 
-
-def _examples(count: int) -> int:
-    """``count`` hypothesis examples, times ``IMAGEN_FUZZ_SCALE`` (the faults session runs more)."""
-    return max(1, round(count * float(os.environ.get("IMAGEN_FUZZ_SCALE", "1"))))
-
-
-def _counting(test):
-    """Counts the drawn inputs that fail the test (then re-raises), for the printed counts."""
-
-    @functools.wraps(test)
-    def run(*args, **kwargs):
-        try:
-            return test(*args, **kwargs)
-        except Exception:
-            OUTCOMES["failing inputs"] += 1
-            raise
-
-    return run
 
 
 SETTINGS = {
@@ -90,9 +70,9 @@ def _refused(error: Exception) -> None:
 
 
 @pytest.mark.parametrize("cls", [Imagen, ElucidatedImagen])
-@settings(max_examples=_examples(6), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=fuzz_examples(6), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-@_counting
+@OUTCOMES.counting
 def test_fuzz_cascade_constructors_and_a_training_step(cls, data):
     table = {**SETTINGS, **(ELUCIDATED if cls is ElucidatedImagen else {})}
     table.pop("timesteps" if cls is ElucidatedImagen else "num_sample_steps", None)
@@ -125,14 +105,14 @@ JSON_VALUES = st.recursive(
 )
 
 
-@settings(max_examples=_examples(30), deadline=None)
+@settings(max_examples=fuzz_examples(30), deadline=None)
 @given(
     kind=st.sampled_from(["Imagen", "ElucidatedImagen", "Other"]),
     fields=st.dictionaries(
         st.sampled_from(sorted({**SETTINGS, **ELUCIDATED, "unets": 0, "video": 0})), JSON_VALUES, max_size=4
     ),
 )
-@_counting
+@OUTCOMES.counting
 def test_fuzz_config_json(kind, fields):
     data = {"kind": kind, "unets": [{"dim": 8, "dim_mults": [1, 2]}], "image_sizes": [8], **fields}
     try:
@@ -176,13 +156,13 @@ SAMPLE_KEYWORDS = {
 SAMPLE_KEYWORDS.pop("dynamic_threshold")
 
 
-@settings(max_examples=_examples(15), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=fuzz_examples(15), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     keywords=st.lists(st.sampled_from(sorted(SAMPLE_KEYWORDS)), max_size=4, unique=True).flatmap(
         lambda names: st.fixed_dictionaries({name: st.sampled_from(SAMPLE_KEYWORDS[name]) for name in names})
     )
 )
-@_counting
+@OUTCOMES.counting
 def test_fuzz_sample_keywords(cascade, keywords):
     embeds = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(2))
     try:
@@ -199,5 +179,4 @@ def test_fuzz_sample_keywords(cascade, keywords):
 
 def test_fuzz_counts():
     """Prints this module's fuzzing counts (runs last in file order)."""
-    print(f"\ncascade fuzz: {sum(OUTCOMES.values())} inputs, {dict(OUTCOMES)}, {OUTCOMES['failing inputs']} failing")
-    assert OUTCOMES["failing inputs"] == 0  # every drawn input ended as documented
+    OUTCOMES.report("cascade")

@@ -5,13 +5,10 @@ exactly one line on stderr, never a traceback. The counts are printed at the end
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import subprocess
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -20,27 +17,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from imagen.cli.main import main
+from imagen.unets.testing import FuzzOutcomes, fuzz_examples
 
-OUTCOMES: Counter = Counter()
+OUTCOMES = FuzzOutcomes()
 
-
-def _examples(count: int) -> int:
-    """``count`` hypothesis examples, times ``IMAGEN_FUZZ_SCALE`` (the faults session runs more)."""
-    return max(1, round(count * float(os.environ.get("IMAGEN_FUZZ_SCALE", "1"))))
-
-
-def _counting(test):
-    """Counts the drawn inputs that fail the test (then re-raises), for the printed counts."""
-
-    @functools.wraps(test)
-    def run(*args, **kwargs):
-        try:
-            return test(*args, **kwargs)
-        except Exception:
-            OUTCOMES["failing inputs"] += 1
-            raise
-
-    return run
 
 
 GARBAGE = ["", "x", "-1", "0", "1.5", "nan", "inf", "99999999999999999999", "--", "-q", "é", "a,b", "1,,2"]
@@ -163,12 +143,12 @@ def _check_run(argv, capsys):
 
 
 @settings(
-    max_examples=_examples(8),
+    max_examples=fuzz_examples(8),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(data=st.data())
-@_counting
+@OUTCOMES.counting
 def test_fuzz_cli_argv_in_process(world, data, capsys, monkeypatch):
     argv = data.draw(_argv(world))
     monkeypatch.chdir(tempfile.mkdtemp(dir=world))  # relative outputs land in a fresh folder
@@ -182,9 +162,9 @@ def test_fuzz_cli_argv_in_process(world, data, capsys, monkeypatch):
         ["train", "--config", "{world}/deep.json"],
     ],
 )
-@_counting
+@OUTCOMES.counting
 def test_fuzz_cli_subprocess(world, argv):
-    if argv[0] == "sample" and _examples(1) == 1:
+    if argv[0] == "sample" and fuzz_examples(1) == 1:
         pytest.skip("one subprocess run in the normal suite (each starts Python and torch); more in nox -s faults")
     argv = [a.format(world=world) for a in argv]
     run = subprocess.run(
@@ -201,5 +181,4 @@ def test_fuzz_cli_subprocess(world, argv):
 
 def test_fuzz_counts():
     """Prints this module's fuzzing counts (runs last in file order)."""
-    print(f"\ncli fuzz: {sum(OUTCOMES.values())} runs, {dict(OUTCOMES)}, {OUTCOMES['failing inputs']} failing")
-    assert OUTCOMES["failing inputs"] == 0  # every drawn input ended as documented
+    OUTCOMES.report("cli", "runs")
