@@ -41,6 +41,23 @@ def test_checker_catches_an_upward_import(tmp_path, monkeypatch):
     assert any("imports numpy" in e for e in errors)
 
 
+
+def test_an_optional_dependency_is_imported_only_inside_functions(tmp_path, monkeypatch):
+    package = tmp_path / "packages" / "unets"
+    (package / "src" / "imagen" / "unets").mkdir(parents=True)
+    (package / "tests").mkdir()
+    (package / "pyproject.toml").write_text('[project]\nname = "imagen-unets"\ndependencies = ["torch"]\n'
+                                            '[project.optional-dependencies]\nhf = ["datasets"]\ntest = ["pytest"]\n')
+    source = package / "src" / "imagen" / "unets"
+    (source / "lazy.py").write_text("def load():\n    import datasets\n    from datasets.naming import x\n")
+    (source / "eager.py").write_text("try:\n    import datasets\nexcept ImportError:\n    pass\n")
+    (source / "undeclared.py").write_text("def load():\n    import pandas\n")
+    monkeypatch.setattr(layout, "ROOT", tmp_path)
+    monkeypatch.setattr(layout, "PACKAGES", ["unets"])
+    assert [e.split(":")[0] for e in layout.layout_errors()] == ["packages/unets/src/imagen/unets/eager.py",
+                                                                 "packages/unets/src/imagen/unets/undeclared.py"]
+
+
 def test_checker_catches_a_draw_with_a_generator_outside_its_home(tmp_path, monkeypatch):
     source = tmp_path / "packages" / "cascade" / "src" / "imagen" / "cascade"
     source.mkdir(parents=True)

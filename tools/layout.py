@@ -70,10 +70,26 @@ def internal_closure(package: str) -> list[str]:
     return [name for name in PACKAGES if name in needed]
 
 
-def imported_modules(path: Path) -> set[str]:
-    """Absolute module names imported by one Python file."""
+def optional_dependencies(package: str) -> set[str]:
+    """The distributions of the package's extras other than ``test`` (e.g. ``imagen-trainer[hf]``)."""
+    extras = pyproject(package)["project"].get("optional-dependencies", {})
+    return {requirement_name(r) for name, group in extras.items() if name != "test" for r in group}
+
+
+def imported_modules(path: Path, *, at_import: bool = False) -> set[str]:
+    """Absolute module names imported by one Python file (``at_import``: only those imported when
+    the module is, i.e. not inside a function)."""
     modules = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    nodes = ast.walk(tree)
+    if at_import:
+        nodes, todo = [], [tree]
+        while todo:
+            node = todo.pop()
+            nodes.append(node)
+            todo.extend(c for c in ast.iter_child_nodes(node)
+                        if not isinstance(c, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda))
+    for node in nodes:
         if isinstance(node, ast.Import):
             modules.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -144,10 +160,20 @@ def layout_errors() -> list[str]:
         if not internal <= ALLOWED[package]:
             errors.append(f"imagen-{package} declares upward dependencies {sorted(internal - ALLOWED[package])}")
         for folder, extra in (("src", None), ("tests", "test")):
-            allowed_dists = declared(package, extra)
+            required = declared(package, extra)
+            optional = optional_dependencies(package) - required if folder == "src" else set()
+            allowed_dists = required | optional
             for path in sorted((ROOT / "packages" / package / folder).rglob("*.py")):
                 where = path.relative_to(ROOT)
                 reported = set()
+                if optional:  # an extra's distribution is imported lazily, inside functions
+                    for module in sorted(imported_modules(path, at_import=True)):
+                        top = module.split(".")[0]
+                        dist = normalized(DISTRIBUTION_OF.get(top, top))
+                        if dist in optional and top not in reported:
+                            reported.add(top)
+                            errors.append(f"{where}: imports {top} (an optional dependency) when it is imported; "
+                                          "import it inside the function that needs it")
                 for module in sorted(imported_modules(path)):
                     top = module.split(".")[0]
                     if top == "imagen":
