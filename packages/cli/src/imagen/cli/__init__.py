@@ -11,7 +11,10 @@ From Python: ``main(["sample", "--model", ...])`` returns the exit status.
 
 from .config import CliConfig, DatasetConfig, TrainerConfig, default_config, preset_config
 from .demo import DemoSettings, ThreadTuner, demo_cascade_config, demo_recipe, run_demo
-from .main import CliError, build_parser, main, prompt_filename
+from .errors import CliError
+from .main import main
+from .outputs import prompt_filename
+from .parser import build_parser
 
 __all__ = [
     "CliConfig",

@@ -24,7 +24,7 @@ from imagen.text.testing import build_tiny_t5
 from imagen.trainer import Dataset, ImagenTrainer, save_image_grid
 
 from . import shapes
-from .main import seeded_train_step
+from .train import seeded_train_step
 
 logger = logging.getLogger(__name__)
 
