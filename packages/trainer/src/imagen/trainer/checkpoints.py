@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -64,6 +65,9 @@ logger = logging.getLogger(__name__)
 
 _FOLDER_NAME = re.compile(r"^checkpoint\.(\d+)\.safetensors$")
 _REFERENCE_FOLDER_NAME = re.compile(r"^checkpoint\.(\d+)\.pt$")  # imagen-pytorch's, converted on load
+_STAGED_FOLDER_NAME = re.compile(r"^checkpoint\.(\d+)$")  # a per-stage checkpoint folder (checkpoint_folders)
+LAYOUTS = ("file", "folder")
+"""Checkpoint layouts: one safetensors file, or a per-stage folder (:mod:`imagen.trainer.checkpoint_folders`)."""
 
 
 class Checkpoint:
@@ -130,11 +134,29 @@ def load_checkpoint(path: str | os.PathLike, fs=None) -> Checkpoint:
     return Checkpoint(container.tensors, container.metadata, container.path)
 
 
+def check_layout(layout, fs=None) -> str:
+    """``layout`` checked: one of :data:`LAYOUTS`; ``"folder"`` needs the local filesystem."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"checkpoint_layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "folder" and not is_local(fs):
+        raise ValueError("checkpoint_layout='folder' writes sharded parts from every process and needs a local "
+                         "(or shared, mounted) filesystem; on fsspec URLs use checkpoint_layout='file'")
+    return layout
+
+
+def _is_staged_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "trainer.safetensors").is_file()
+
+
 def _folder_entries(folder, fs) -> list[tuple[str, object]]:
-    """(file name, path) of every file in ``folder`` (none when it does not exist)."""
+    """(name, path) of every file, and of every per-stage checkpoint folder, in ``folder`` (none
+    when it does not exist)."""
     if is_local(fs):
         folder = local_path(folder)
-        return [(child.name, child) for child in folder.iterdir() if child.is_file()] if folder.is_dir() else []
+        if not folder.is_dir():
+            return []
+        return [(child.name, child) for child in folder.iterdir()
+                if child.is_file() or (_STAGED_FOLDER_NAME.match(child.name) and _is_staged_folder(child))]
     folder = str(folder).rstrip("/")
     if not fs.isdir(folder):
         return []
@@ -143,14 +165,17 @@ def _folder_entries(folder, fs) -> list[tuple[str, object]]:
 
 
 def checkpoint_folder_files(folder: str | os.PathLike, fs=None, *, include_reference: bool = False) -> list:
-    """The ``checkpoint.<total steps>.safetensors`` files in ``folder`` (on ``fs``), oldest (fewest
-    steps) first; with ``include_reference`` also imagen-pytorch's ``checkpoint.<steps>.pt`` files
-    (ours first where both have the same number of steps)."""
+    """The ``checkpoint.<total steps>.safetensors`` files and ``checkpoint.<total steps>/`` per-stage
+    folders in ``folder`` (on ``fs``), oldest (fewest steps) first; with ``include_reference`` also
+    imagen-pytorch's ``checkpoint.<steps>.pt`` files (ours first where both have the same number of
+    steps; a folder after a file of the same steps)."""
     found = []
     for name, path in _folder_entries(folder, fs):
         match = _FOLDER_NAME.match(name)
         if match:
             found.append((int(match.group(1)), 1, path))
+        elif match := _STAGED_FOLDER_NAME.match(name):
+            found.append((int(match.group(1)), 2, path))
         elif include_reference and (match := _REFERENCE_FOLDER_NAME.match(name)):
             found.append((int(match.group(1)), 0, path))
     return [p for *_, p in sorted(found, key=lambda item: item[:2])]
@@ -181,7 +206,9 @@ def prune_checkpoints(folder: str | os.PathLike, keep: int, fs=None) -> list:
     doomed = files[:-keep] if keep > 0 else []
     stale = remove_partial_checkpoints(folder, fs)
     for p in doomed:
-        if is_local(fs):
+        if is_local(fs) and Path(p).is_dir():
+            shutil.rmtree(p)
+        elif is_local(fs):
             Path(p).unlink(missing_ok=True)
         elif fs.exists(p):
             fs.rm(p)
@@ -189,6 +216,7 @@ def prune_checkpoints(folder: str | os.PathLike, keep: int, fs=None) -> list:
     return doomed + stale
 
 
-def folder_checkpoint_name(total_steps: int) -> str:
-    """File name of the checkpoint written after ``total_steps`` steps in a checkpoint folder."""
-    return f"checkpoint.{int(total_steps)}.safetensors"
+def folder_checkpoint_name(total_steps: int, layout: str = "file") -> str:
+    """Name of the checkpoint written after ``total_steps`` steps in a checkpoint folder: a file
+    ``checkpoint.<steps>.safetensors``, or a per-stage folder ``checkpoint.<steps>``."""
+    return f"checkpoint.{int(total_steps)}" + (".safetensors" if layout == "file" else "")

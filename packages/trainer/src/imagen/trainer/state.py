@@ -16,10 +16,11 @@ import torch
 from .optim import optimizer_state_from_tensors, optimizer_state_to_tensors
 
 __all__ = [
-    "gather_generator_states",
+    "COUNTERS", "gather_generator_states",
     "pack_state", "restore_generators", "restore_training", "restore_weights", "unet_prefixes"]
 
-_COUNTERS = ("steps", "nonfinite_steps", "consecutive_nonfinite")
+COUNTERS = ("steps", "nonfinite_steps", "consecutive_nonfinite")
+"""The per-stage step counters a checkpoint keeps."""
 
 
 def unet_prefixes(imagen) -> dict[int, str]:
@@ -37,7 +38,7 @@ def pack_state(imagen, stages: dict, accelerator, *, meta: dict, rng_states=None
         for key, value in stage.unwrapped_unet(accelerator).state_dict().items():
             weights[prefixes[index] + key] = value
     tensors = {f"imagen.{k}": v for k, v in weights.items()}
-    state = {name: [getattr(stages.get(i), name, 0) for i in range(imagen.num_unets)] for name in _COUNTERS}
+    state = {name: [getattr(stages.get(i), name, 0) for i in range(imagen.num_unets)] for name in COUNTERS}
     state["ema"] = {}
     ema_weights = dict(weights)
     for index, stage in stages.items():
@@ -91,15 +92,19 @@ def restore_weights(imagen, stages: dict, ckpt, *, strict: bool = True) -> None:
 def restore_training(stages: dict, ckpt) -> None:
     """Loads the step counters and each stage's optimizer, scheduler and scaler state."""
     state = ckpt.trainer_state
-    for name in _COUNTERS:
+    for name in COUNTERS:
         for index, value in enumerate(state.get(name, ())):
             if index in stages:
                 setattr(stages[index], name, int(value))
     for key, document in state.get("optimizers", {}).items():
         stage = stages[int(key)]
         stage.optimizer.load_state_dict(optimizer_state_from_tensors(document, ckpt.tensors, f"optim.{key}."))
-        stage.scheduler.load_state_dict(state["schedulers"][key])
-        if state["scalers"][key]:
+    for key, scheduler_state in state.get("schedulers", {}).items():  # a folder checkpoint keeps its
+        stage = stages.get(int(key))                                   # optimizers apart (sharded)
+        if stage is None:
+            continue
+        stage.scheduler.load_state_dict(scheduler_state)
+        if state.get("scalers", {}).get(key):
             stage.scaler.load_state_dict(state["scalers"][key])
 
 

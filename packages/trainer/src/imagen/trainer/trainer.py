@@ -33,8 +33,16 @@ from imagen.cascade import (
     read_reference_checkpoint,
 )
 
+from .checkpoint_folders import (
+    FolderCheckpoint,
+    is_checkpoint_folder,
+    load_sharded_training,
+    read_checkpoint_folder,
+    save_checkpoint_folder,
+)
 from .checkpoints import (
     CheckpointError,
+    check_layout,
     checkpoint_folder_files,
     folder_checkpoint_name,
     latest_checkpoint,
@@ -178,6 +186,7 @@ class ImagenTrainer(nn.Module):
         run_config: dict | None = None,
         lr_scheduler: str | None = None,
         lr_scheduler_kwargs: dict | None = None,
+        checkpoint_layout: str = "file",
         **kwargs,
     ):
         super().__init__()
@@ -236,6 +245,8 @@ class ImagenTrainer(nn.Module):
         self.split_random_seed, self.seed = split_random_seed, seed
         self.precision, self.max_consecutive_nonfinite = precision, max_consecutive_nonfinite
         self.checkpoint_every, self.max_checkpoints_keep = checkpoint_every, max_checkpoints_keep
+        self.checkpoint_layout = check_layout(checkpoint_layout, self.fs)
+        """``"file"`` (one safetensors file) or ``"folder"`` (per-stage files, sharded training state)."""
 
         options = dict(
             lr=lr, eps=eps, beta1=beta1, beta2=beta2, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
@@ -753,12 +764,15 @@ class ImagenTrainer(nn.Module):
             return resolve(text, None, self.fs_kwargs)
         return resolve(path, None if is_local(self.fs) else self.fs)
 
-    def save(self, path, overwrite: bool = True, without_optim_and_sched: bool = False, **kwargs) -> Path | str | None:
+    def save(self, path, overwrite: bool = True, without_optim_and_sched: bool = False, *, layout: str | None = None,
+             **kwargs) -> Path | str | None:
         """Writes the trainer's whole state to ``path`` (one safetensors file, atomically on a local
         disk, else written under a temporary name and moved; only the main process writes). ``path``
         may be an fsspec URL. Other keywords (JSON values) are stored with it, as the reference stores
         them in its checkpoint, and come back in the dict :meth:`load` returns. Call it on every
-        process. Refuses to write non-finite weights."""
+        process. Refuses to write non-finite weights. ``layout="folder"`` (default: the trainer's
+        ``checkpoint_layout``) writes a per-stage checkpoint folder instead, every process its part
+        (:mod:`imagen.trainer.checkpoint_folders`)."""
         try:
             extra = json.loads(json.dumps(kwargs))
         except (TypeError, ValueError) as error:
@@ -769,6 +783,12 @@ class ImagenTrainer(nn.Module):
         for name, value in self.imagen.named_parameters():  # the same weights on every rank: all refuse
             if not torch.isfinite(value).all():
                 raise NonFiniteTrainingError(f"refusing to save non-finite weights ({name})")
+        layout = check_layout(self.checkpoint_layout if layout is None else layout, fs)
+        if layout == "folder":
+            meta = dict(num_processes=self.accelerator.num_processes, seed=self.seed, precision=self.precision)
+            return save_checkpoint_folder(path, imagen=self.imagen, stages=self.stages, accelerator=self.accelerator,
+                                          generators=self._generators, meta=meta, data=self.data.state_dict(),
+                                          user=extra, training=not without_optim_and_sched)
         rng_states = None if without_optim_and_sched else gather_generator_states(self.accelerator, self._generators)
         written = None
         data = self.data.state_dict()  # on every process: a shard stream gathers each one's position
@@ -790,14 +810,18 @@ class ImagenTrainer(nn.Module):
         the ``max_checkpoints_keep`` newest (all are kept when it is <= 0)."""
         if self.checkpoint_path is None:
             raise ValueError("save_to_checkpoint_folder needs checkpoint_path")
-        path = self.save(join(self.checkpoint_path, folder_checkpoint_name(self.num_steps_taken())))
+        name = folder_checkpoint_name(self.num_steps_taken(), self.checkpoint_layout)
+        path = self.save(join(self.checkpoint_path, name))
         if self.is_main:
             prune_checkpoints(self.checkpoint_path, self.max_checkpoints_keep, self.fs)
         self.accelerator.wait_for_everyone()
         return path
 
     def _read(self, fs, path):
-        """Our checkpoint, or an imagen-pytorch ``.pt`` converted to our layout (weights-only load)."""
+        """Our checkpoint (a file or a per-stage folder), or an imagen-pytorch ``.pt`` converted to our
+        layout (weights-only load)."""
+        if is_local(fs) and is_checkpoint_folder(path):
+            return read_checkpoint_folder(path)
         with fs.open(str(path), "rb") as handle:
             head = handle.read(4)
         if not is_torch_save(head):
@@ -856,7 +880,10 @@ class ImagenTrainer(nn.Module):
         if only_model:
             return state
         restore_training(self.stages, ckpt)
-        restore_generators(self._generators, ckpt, self.accelerator.process_index)
+        if isinstance(ckpt, FolderCheckpoint):  # optimizers and generators: from the sharded parts
+            load_sharded_training(ckpt, self.stages, self._generators, self.accelerator)
+        else:
+            restore_generators(self._generators, ckpt, self.accelerator.process_index)
         saved_world = state.get("num_processes", self.accelerator.num_processes)
         if saved_world != self.accelerator.num_processes:
             warnings.warn(

@@ -1,0 +1,285 @@
+"""Per-stage checkpoint folders: each stage in its own files, the training state sharded (DCP).
+
+A checkpoint folder (``ImagenTrainer(checkpoint_layout="folder")``, ``save(path, layout="folder")``)::
+
+    checkpoint.<steps>/
+      trainer.safetensors     the shared part: cascade config, the cascade's own (non-U-Net) tensors,
+                              run settings, data position, extra values, and the manifest (below)
+      unet.<n>.safetensors    stage n: its U-Net weights (``weights.*``), EMA weights (``ema.*``),
+                              step counters, EMA counters, LR schedule and loss-scaler state
+      unet.<n>.optim/         stage n's optimizer state, a torch.distributed.checkpoint folder
+      generators/             every rank's generators (``<name>.<rank>``), a DCP folder
+      config.json             the inference export, a ``save_pretrained`` folder: the cascade
+      model.safetensors       through its EMA weights (online weights without EMA)
+
+``load_imagen_from_checkpoint(folder)``, ``Cascade.from_pretrained(folder)`` and ``cascade-cli
+sample --model folder`` read the export only (config.json + model.safetensors), never the
+optimizer or the online weights.
+
+Saving: the main rank creates the folder under a partial name (``.checkpoint.<steps>.partial-
+<pid>-<hex>``) and broadcasts it; the safetensors parts are dealt round-robin over the ranks
+(each rank writes its own files), the DCP parts are written by every rank (its own shards); the
+digests of everything are gathered to the main rank, which writes ``trainer.safetensors`` (a
+container of :mod:`imagen.cascade.container`, digest-checked itself) with the manifest, fsyncs
+and renames the folder into place. A kill at any moment leaves the previous checkpoint and at
+most a partial folder, which pruning and start-up remove. Loading checks every part against the
+manifest (safetensors parts by their own digests and the one recorded in the manifest, DCP files
+by SHA-256) before reading them. Local filesystems only (a shared one across nodes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from imagen.cascade import (
+    CheckpointError,
+    encode_container,
+    fsync_folder,
+    parse_checkpoint_json,
+    partial_name,
+    read_container,
+    replace_folder,
+)
+
+from . import sharded_state
+from .checkpoints import Checkpoint
+from .optim import optimizer_state_from_tensors, optimizer_state_to_tensors
+from .state import COUNTERS, unet_prefixes
+
+__all__ = [
+    "PARTS_FORMAT", "STAGE_FORMAT", "FolderCheckpoint", "is_checkpoint_folder", "load_sharded_training",
+    "read_checkpoint_folder", "save_checkpoint_folder",
+]
+
+logger = logging.getLogger(__name__)
+
+PARTS_FORMAT, PARTS_VERSION = "imagen-checkpoint-folder", 1
+"""``format`` of a checkpoint folder's shared part, ``trainer.safetensors``."""
+STAGE_FORMAT, STAGE_VERSION = "imagen-stage", 1
+"""``format`` of a stage's part, ``unet.<n>.safetensors``."""
+SHARED_FILE = "trainer.safetensors"
+GENERATORS = "generators"
+
+
+def stage_file(number: int) -> str:
+    return f"unet.{number}.safetensors"
+
+
+def optim_folder(number: int) -> str:
+    return f"unet.{number}.optim"
+
+
+def is_checkpoint_folder(path) -> bool:
+    """Whether ``path`` is a folder checkpoint (a folder holding ``trainer.safetensors``)."""
+    return Path(path).is_dir() and (Path(path) / SHARED_FILE).is_file()
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _container(path: Path, tensors, fmt: str, version: int, metadata: dict) -> str:
+    """Writes a container to ``path`` (inside the partial folder) and returns its tensors' digest."""
+    data = encode_container(tensors, format=fmt, version=version, metadata=metadata)
+    _write_synced(path, data)
+    header_len = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + header_len])["__metadata__"]["tensors_sha256"]
+
+
+def _stage_part(imagen, stage, accelerator, prefix: str) -> tuple[dict, dict]:
+    """Tensors and JSON state of one stage's file."""
+    tensors = {f"weights.{k}": v for k, v in stage.unwrapped_unet(accelerator).state_dict().items()}
+    state = {name: int(getattr(stage, name)) for name in COUNTERS}
+    state.update(unet_number=stage.unet_number, prefix=prefix, scheduler=stage.scheduler.state_dict(),
+                 scaler=stage.scaler.state_dict())
+    if stage.ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in stage.ema.ema_model.state_dict().items()})
+        state["ema"] = {"step": int(stage.ema.step.item()), "initted": bool(stage.ema.initted.item())}
+    return tensors, state
+
+
+def _export(imagen, stages, folder: Path) -> None:
+    """The inference export: the cascade through each stage's EMA weights, as save_pretrained writes it."""
+    from .sampling import ema_weights
+
+    emas = {i: stage.ema for i, stage in stages.items() if stage.ema is not None}
+    with ema_weights(imagen.unets, emas):
+        imagen.save_pretrained(folder)
+
+
+def save_checkpoint_folder(path, *, imagen, stages: dict, accelerator, generators: dict, meta: dict,
+                           data: dict, user: dict | None = None, training: bool = True) -> Path | None:
+    """Writes a checkpoint folder at ``path`` (every process calls it; see the module docstring) and
+    returns ``path`` on the main process (None on the others). Without ``training`` the optimizer
+    and generator parts are left out (a weights-only checkpoint)."""
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    path = Path(path)
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    staging = [None]
+    if main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = [str(path.parent / partial_name(path.name))]
+        Path(staging[0]).mkdir()
+    if world > 1:
+        broadcast_object_list(staging)
+    staging = Path(staging[0])
+    prefixes = unet_prefixes(imagen)
+    try:
+        digests = {}
+        # the safetensors parts, dealt round-robin: stage files first, then the export
+        jobs = [(stage_file(stage.unet_number), index) for index, stage in stages.items()] + [("model", None)]
+        for position, (name, index) in enumerate(jobs):
+            if position % world != rank:
+                continue
+            if index is None:
+                _export(imagen, stages, staging / "export")
+                for file in ("config.json", "model.safetensors"):
+                    os.replace(staging / "export" / file, staging / file)
+                (staging / "export").rmdir()
+                continue
+            tensors, state = _stage_part(imagen, stages[index], accelerator, prefixes[index])
+            metadata = {"stage_state": json.dumps(state, allow_nan=True)}
+            digests[name] = _container(staging / name, tensors, STAGE_FORMAT, STAGE_VERSION, metadata)
+        parts = {}
+        if training:
+            for stage in stages.values():
+                opt_tensors, document = optimizer_state_to_tensors(stage.optimizer, "")
+                name = optim_folder(stage.unet_number)
+                parts[name] = {"document": document,
+                               "files": sharded_state.save_part(staging / name, opt_tensors, rank=rank, main=main)}
+            own = {f"{name}.{rank}": g.get_state() for name, g in generators.items()}
+            parts[GENERATORS] = {"files": sharded_state.save_part(staging / GENERATORS, own, rank=rank, main=main)}
+        gathered = gather_object([(digests, parts)]) if world > 1 else [(digests, parts)]
+        if not main:
+            accelerator.wait_for_everyone()
+            return None
+        manifest = {"stages": {}, "parts": {}}
+        for stage_digests, stage_parts in gathered:
+            manifest["stages"].update(stage_digests)
+            for name, part in stage_parts.items():
+                entry = manifest["parts"].setdefault(name, {"files": {}})
+                entry["files"].update(part["files"])
+                if "document" in part:
+                    entry["document"] = part["document"]
+        own_tensors = {f"imagen.{k}": v for k, v in imagen.state_dict().items()
+                       if not any(k.startswith(p) for p in prefixes.values())}
+        state = {**meta, "data": dict(data), "manifest": manifest, "export": "ema" if any(
+            s.ema is not None for s in stages.values()) else "online"}
+        if user:
+            state["user"] = user
+        metadata = {"imagen_config": imagen.config.to_json(), "trainer_state": json.dumps(state, allow_nan=True)}
+        _container(staging / SHARED_FILE, own_tensors, PARTS_FORMAT, PARTS_VERSION, metadata)
+        for folder in [staging, *(staging / name for name in manifest["parts"])]:
+            fsync_folder(folder)
+        replace_folder(staging, path)
+    except BaseException:
+        if main:
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    accelerator.wait_for_everyone()
+    return path
+
+
+class FolderCheckpoint(Checkpoint):
+    """A verified checkpoint folder in the layout of one checkpoint file: ``tensors`` holds
+    ``imagen.*`` and ``ema_imagen.*`` (assembled from the stage files), ``trainer_state`` the
+    counters, EMA, schedule and scaler state per stage; the optimizer and generator states stay
+    on disk until :func:`load_sharded_training` reads them. ``folder`` is its path."""
+
+    def __init__(self, folder: Path, tensors, metadata, stage_states: dict[int, dict]):
+        super().__init__(tensors, metadata, folder)
+        self.folder = folder
+        self.stage_states = stage_states
+        state = self.trainer_state
+        numbers = sorted(stage_states)
+        count = max(numbers, default=0)
+        for name in COUNTERS:
+            state[name] = [stage_states.get(n, {}).get(name, 0) for n in range(1, count + 1)]
+        state["ema"] = {str(n - 1): s["ema"] for n, s in stage_states.items() if "ema" in s}
+        state["schedulers"] = {str(n - 1): s["scheduler"] for n, s in stage_states.items()}
+        state["scalers"] = {str(n - 1): s["scaler"] for n, s in stage_states.items()}
+        self.manifest = state.pop("manifest")
+
+
+def read_stage_part(folder: Path, number: int, expected_digest: str | None):
+    """The verified container of stage ``number``'s file, checked against the manifest's digest."""
+    container = read_container(folder / stage_file(number), formats={STAGE_FORMAT: STAGE_VERSION})
+    if expected_digest is None or container.metadata["tensors_sha256"] != expected_digest:
+        raise CheckpointError(f"{container.path} is not the stage file this checkpoint's manifest lists (its digest "
+                              "differs): the folder mixes files of different saves")
+    return container
+
+
+def read_shared_part(folder: Path):
+    return read_container(Path(folder) / SHARED_FILE, formats={PARTS_FORMAT: PARTS_VERSION})
+
+
+def read_checkpoint_folder(folder) -> FolderCheckpoint:
+    """Reads and verifies a checkpoint folder's shared part and every stage file (not the optimizer
+    or generator parts). Raises :class:`CheckpointError` naming the file at fault."""
+    folder = Path(folder)
+    shared = read_shared_part(folder)
+    state = parse_checkpoint_json(shared.metadata.get("trainer_state", "{}"), f"{shared.path} (trainer_state)")
+    manifest = state.get("manifest") if isinstance(state, dict) else None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), dict):
+        raise CheckpointError(f"{shared.path} has no manifest of its parts")
+    tensors = dict(shared.tensors)
+    stage_states = {}
+    for name, digest in sorted(manifest["stages"].items()):
+        number = int(name.split(".")[1])
+        container = read_stage_part(folder, number, digest)
+        stage_state = parse_checkpoint_json(container.metadata.get("stage_state", "{}"),
+                                            f"{container.path} (stage_state)")
+        prefix = stage_state["prefix"]
+        for key, value in container.tensors.items():
+            kind, _, rest = key.partition(".")
+            tensors[("imagen." if kind == "weights" else "ema_imagen.") + prefix + rest] = value
+        stage_states[number] = stage_state
+    if any(k.startswith("ema_imagen.") for k in tensors):  # the rest of the EMA cascade: the cascade's own
+        tensors.update({"ema_" + k: v for k, v in list(tensors.items())
+                        if k.startswith("imagen.") and "ema_" + k not in tensors})
+    return FolderCheckpoint(folder, tensors, shared.metadata, stage_states)
+
+
+def load_sharded_training(ckpt: FolderCheckpoint, stages: dict, generators: dict, accelerator) -> None:
+    """Loads each stage's optimizer state and this rank's generators from the folder's DCP parts
+    (every process calls it), after checking them against the manifest."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    parts = ckpt.manifest.get("parts", {})
+    for index in sorted(stages):
+        stage = stages[index]
+        name = optim_folder(stage.unet_number)
+        if name not in parts:
+            continue
+        folder = ckpt.folder / name
+        sharded_state.verify_part(folder, parts[name]["files"], rank=rank, world=world, accelerator=accelerator)
+        params = list(stage.unet.parameters())
+        template = {}
+        for key, (shape, dtype) in sharded_state.saved_shapes(folder).items():
+            param = params[int(key.split(".", 1)[0])]
+            like_param = tuple(param.shape) == shape and param.dtype == dtype
+            template[key] = torch.zeros_like(param) if like_param else torch.zeros(shape, dtype=dtype)
+        loaded = sharded_state.load_part(folder, template)
+        stage.optimizer.load_state_dict(optimizer_state_from_tensors(parts[name]["document"], loaded, ""))
+    if GENERATORS not in parts:
+        return
+    folder = ckpt.folder / GENERATORS
+    sharded_state.verify_part(folder, parts[GENERATORS]["files"], rank=rank, world=world, accelerator=accelerator)
+    saved = sharded_state.saved_shapes(folder)
+    template = {f"{name}.{rank}": torch.zeros(saved[f"{name}.{rank}"][0], dtype=torch.uint8)
+                for name in generators if f"{name}.{rank}" in saved}
+    loaded = sharded_state.load_part(folder, template)  # a collective: every rank, even with nothing of its own
+    for name, generator in generators.items():
+        if f"{name}.{rank}" in loaded:
+            generator.set_state(loaded[f"{name}.{rank}"])

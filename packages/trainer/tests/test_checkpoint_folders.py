@@ -1,0 +1,127 @@
+"""Per-stage checkpoint folders (checkpoint_layout="folder"): layout, exact resume, the inference
+export, integrity checks, rotation and partial-folder cleanup (single process; the two-process
+runs are in test_checkpoint_folders_multiprocess.py)."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from imagen.cascade import CheckpointError, Imagen, load_imagen_from_checkpoint
+from imagen.trainer import ImagenTrainer
+
+
+def _trainer(tiny_unet, **kwargs):
+    torch.manual_seed(0)
+    imagen = Imagen(condition_on_text=False, unets=(tiny_unet(dropout=0.1), tiny_unet(dropout=0.1)),
+                    image_sizes=(8, 16), timesteps=5)
+    options = dict(verbose=False, warmup_steps=2, seed=3, ema_update_after_step=1, ema_update_every=1,
+                   checkpoint_layout="folder")
+    return ImagenTrainer(imagen, **{**options, **kwargs})
+
+
+def _steps(trainer, count, data_seed, unet_number=2):
+    g = torch.Generator().manual_seed(data_seed)
+    for _ in range(count):
+        size = 8 if unet_number == 1 else 16
+        trainer(torch.rand(3, 3, size, size, generator=g), unet_number=unet_number, max_batch_size=2)
+        trainer.update(unet_number)
+
+
+def test_folder_layout_and_resume_is_bit_exact(tmp_path, unet_factory):
+    """2N steps straight == N steps, save as a folder, fresh trainer, load, N steps (dropout on):
+    equal weights, EMA and optimizer state bit for bit; every stage has its own file."""
+    n = 2
+    straight = _trainer(unet_factory)
+    _steps(straight, n, 0)
+    _steps(straight, n, 1)
+
+    first = _trainer(unet_factory)
+    _steps(first, n, 0)
+    folder = first.save(tmp_path / "ckpt", note="hello")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json", "generators", "model.safetensors", "trainer.safetensors",
+        "unet.1.optim", "unet.1.safetensors", "unet.2.optim", "unet.2.safetensors"]
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no partial folder left
+    del first
+    resumed = _trainer(unet_factory)
+    torch.rand(1000)
+    state = resumed.load(tmp_path / "ckpt")
+    assert state["note"] == "hello"
+    _steps(resumed, n, 1)
+
+    assert resumed.steps.tolist() == straight.steps.tolist() == [0, 2 * n]
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    for index in straight.stages:
+        sa, sb = straight.stages[index].optimizer.state_dict(), resumed.stages[index].optimizer.state_dict()
+        assert sa["param_groups"] == sb["param_groups"]
+        for pid, values in sa["state"].items():
+            for name, value in values.items():
+                assert torch.equal(value, sb["state"][pid][name]), (index, pid, name)
+
+
+def test_sampling_reads_the_ema_export(tmp_path, unet_factory):
+    """load_imagen_from_checkpoint(folder) is the cascade through the EMA weights."""
+    trainer = _trainer(unet_factory)
+    _steps(trainer, 3, 0)
+    trainer.save(tmp_path / "ckpt")
+    cascade = load_imagen_from_checkpoint(tmp_path / "ckpt")
+    ema = trainer.get_ema_unet(2).state_dict()
+    for key, value in cascade.unets[1].state_dict().items():
+        assert torch.equal(value, ema[key]), key
+    assert not all(torch.equal(v, trainer.imagen.unets[1].state_dict()[k]) for k, v in ema.items())
+
+
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damaged", ["unet.2.safetensors", "unet.2.optim/__0_0.distcp", "generators/.metadata"])
+def test_a_damaged_part_is_refused(tmp_path, unet_factory, damaged):
+    trainer = _trainer(unet_factory)
+    _steps(trainer, 1, 0)
+    trainer.save(tmp_path / "ckpt")
+    _flip_last_byte(tmp_path / "ckpt" / damaged)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        _trainer(unet_factory).load(tmp_path / "ckpt")
+
+
+def test_a_stage_file_from_another_save_is_refused(tmp_path, unet_factory):
+    trainer = _trainer(unet_factory)
+    _steps(trainer, 1, 0)
+    trainer.save(tmp_path / "a")
+    _steps(trainer, 1, 1)
+    trainer.save(tmp_path / "b")
+    os.replace(tmp_path / "b" / "unet.2.safetensors", tmp_path / "a" / "unet.2.safetensors")
+    with pytest.raises(CheckpointError, match="mixes files of different saves"):
+        _trainer(unet_factory).load(tmp_path / "a")
+
+
+def test_a_missing_data_file_is_refused(tmp_path, unet_factory):
+    trainer = _trainer(unet_factory)
+    _steps(trainer, 1, 0)
+    trainer.save(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "unet.2.optim" / "__0_0.distcp").unlink()
+    with pytest.raises(CheckpointError, match="manifest lists"):
+        _trainer(unet_factory).load(tmp_path / "ckpt")
+
+
+def test_rotation_resume_and_partial_cleanup(tmp_path, unet_factory):
+    """checkpoint_every writes checkpoint.<steps>/ folders, keeps the newest, removes a dead save's
+    partial folder, and a new trainer resumes from the newest folder."""
+    trainer = _trainer(unet_factory, checkpoint_path=tmp_path, checkpoint_every=1, max_checkpoints_keep=2)
+    stale = tmp_path / ".checkpoint.9.partial-999999999-0123abcd"
+    stale.mkdir()
+    (stale / "trainer.safetensors").write_bytes(b"torn")
+    _steps(trainer, 3, 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.2", "checkpoint.3"]
+    resumed = _trainer(unet_factory, checkpoint_path=tmp_path)
+    assert resumed.steps.tolist() == [0, 3]
+    state = json.loads((tmp_path / "checkpoint.3" / "config.json").read_text())
+    assert state["format"] == "imagen-cascade"
