@@ -29,7 +29,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Sampler
 
-__all__ = ["Dataset", "EpochSampler", "collate", "pad_text_embeds"]
+__all__ = ["Dataset", "EpochSampler", "collate", "pad_text_embeds", "square_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class Dataset(torch.utils.data.Dataset):
         self._generator = torch.Generator().manual_seed(seed)
 
         wanted = {e.lower().lstrip(".") for e in exts}
-        paths = sorted(p for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in wanted)
+        paths = self._sample_paths(wanted)
         table = self._read_metadata_jsonl() if captions is not False else None  # False: never read
         use_captions = captions is True
         if captions == "auto":
@@ -159,6 +159,10 @@ class Dataset(torch.utils.data.Dataset):
             warnings.warn(f"imagen.trainer.Dataset({str(folder)!r}): {summary}", stacklevel=2)
 
     # ---- set-up helpers -------------------------------------------------------------------------
+    def _sample_paths(self, exts: set[str]) -> list[Path]:
+        """The candidate samples, sorted: the folder's files (recursively) with one of ``exts``."""
+        return sorted(p for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in exts)
+
     def _read_metadata_jsonl(self) -> dict[str, str] | None:
         """``{file_name: caption}`` from ``metadata.jsonl``; bad lines are skipped and counted."""
         meta = self.folder / "metadata.jsonl"
@@ -220,35 +224,24 @@ class Dataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _load(self, path: Path, flip: bool) -> torch.Tensor:
+    def _load(self, path: Path, flip: bool, aug_seed: int | None) -> torch.Tensor:
+        """The sample at ``path`` as floats in [0, 1] (C, H, W); ``aug_seed`` (None for a plain index)
+        is for subclasses that draw more than the flip."""
         with Image.open(path) as image:
             image.load()
-            if self.convert_image_to is not None and image.mode != self.convert_image_to:
-                image = image.convert(self.convert_image_to)
-            # resize the shorter side to image_size, then centre-crop a square
-            width, height = image.size
-            scale = self.image_size / min(width, height)
-            size = (max(self.image_size, round(width * scale)), max(self.image_size, round(height * scale)))
-            image = image.resize(size, Image.Resampling.BILINEAR)
-            left, top = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
-            image = image.crop((left, top, left + self.image_size, top + self.image_size))
-            if flip:
-                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            array = np.asarray(image, dtype=np.uint8)
-        if array.ndim == 2:
-            array = array[:, :, None]
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(255.0)  # (C, H, W)
+            return square_image(image, self.image_size, self.convert_image_to, flip).float().div(255.0)
 
     def __getitem__(self, index):
         if isinstance(index, tuple):
             index, aug_seed = index
             flip = self.augment_horizontal_flip and bool(_mix_seed(aug_seed) & 1)
         else:
+            aug_seed = None
             flip = self.augment_horizontal_flip and bool(torch.rand((), generator=self._generator) < 0.5)
         for attempt in range(len(self.paths)):
             i = (index + attempt) % len(self.paths)
             try:
-                image = self._load(self.paths[i], flip)
+                image = self._load(self.paths[i], flip, aug_seed)
             except _UNREADABLE as error:
                 self._skip(self.paths[i], f"unreadable image at load time ({type(error).__name__}: {error})")
                 continue
@@ -263,6 +256,26 @@ class Dataset(torch.utils.data.Dataset):
             return {"images": image, "texts": caption}
         embeds, mask = self.text_embedding_cache.lookup([caption])
         return {"images": image, "text_embeds": embeds[0], "text_masks": mask[0].bool()}
+
+
+def square_image(image: Image.Image, image_size: int, mode: str | None = "RGB", flip: bool = False) -> torch.Tensor:
+    """A PIL image as uint8 ``(C, image_size, image_size)``: converted to ``mode`` (None: kept), the
+    shorter side resized to ``image_size`` (bilinear), a centre square cropped, flipped left-right
+    with ``flip``. The one resize rule of the folder datasets (images and video frames)."""
+    if mode is not None and image.mode != mode:
+        image = image.convert(mode)
+    width, height = image.size
+    scale = image_size / min(width, height)
+    size = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
+    image = image.resize(size, Image.Resampling.BILINEAR)
+    left, top = (size[0] - image_size) // 2, (size[1] - image_size) // 2
+    image = image.crop((left, top, left + image_size, top + image_size))
+    if flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (C, H, W)
 
 
 def _metadata_entry(raw: bytes, *, first: bool) -> tuple[tuple[str, str] | None, str | None]:
