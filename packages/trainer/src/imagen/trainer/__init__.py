@@ -9,6 +9,7 @@ from imagen.trainer.checkpoints import (
     save_checkpoint,
 )
 from imagen.trainer.data import Dataset, EpochSampler, collate, pad_text_embeds
+from imagen.trainer.hf_data import HFDataset, load_hf_dataset
 from imagen.trainer.merge import merge_stage_checkpoints
 from imagen.trainer.optim import LR_SCHEDULERS, WarmupCosine
 from imagen.trainer.reference_import import checkpoint_from_reference
@@ -16,16 +17,19 @@ from imagen.trainer.sampling import grid_picture, image_grid, save_image_grid
 from imagen.trainer.shards import ShardDataset, index_shards, write_shards
 from imagen.trainer.tracking import Progress, flat_hyperparameters
 from imagen.trainer.trainer import ImagenTrainer, NonFiniteTrainingError
+from imagen.trainer.video_data import VideoDataset
 
 __all__ = [
     "LR_SCHEDULERS",
     "CheckpointError",
     "Dataset",
     "EpochSampler",
+    "HFDataset",
     "ImagenTrainer",
     "NonFiniteTrainingError",
     "Progress",
     "ShardDataset",
+    "VideoDataset",
     "WarmupCosine",
     "checkpoint_from_reference",
     "collate",
@@ -35,6 +39,7 @@ __all__ = [
     "index_shards",
     "latest_checkpoint",
     "load_checkpoint",
+    "load_hf_dataset",
     "merge_stage_checkpoints",
     "pad_text_embeds",
     "prune_checkpoints",

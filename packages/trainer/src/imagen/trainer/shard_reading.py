@@ -216,7 +216,7 @@ def _read_run(ds: ShardDataset, shards: list[int], ends: list[int], start: int, 
         shard = shards[slot]
         take = min(ends[slot] - within, stop - position)
         skip = within - shard_begin
-        for sample in _shard_samples(ds.urls[shard], skip + take, skip):
+        for sample in ds.shard_samples(shard, skip + take, skip):
             if isinstance(sample, _Bad):
                 sample.url = ds.urls[shard]
             yield sample

@@ -135,6 +135,13 @@ class ShardDataset:
             return None if embeds is None else int(embeds.shape[-1])
         return None
 
+    def shard_samples(self, shard: int, expected: int, skip: int = 0):
+        """Exactly ``expected - skip`` raw samples of shard number ``shard`` after its first ``skip``
+        (dicts of members, or placeholders for positions the shard cannot fill): what the reader
+        streams and :meth:`decode` turns into items. A dataset whose "shards" are something else
+        (blocks of table rows: :class:`imagen.trainer.HFDataset`) overrides this and ``decode``."""
+        return _shard_samples(self.urls[shard], expected, skip)
+
     @property
     def has_captions(self) -> bool:
         """Whether items carry text (captions, or their embeddings), as ``Dataset.has_captions``."""
