@@ -76,6 +76,8 @@ class Dataset(torch.utils.data.Dataset):
     reproducible across resumes and worker processes).
     """
 
+    _SAMPLE = "image"  # what a sample is, in messages
+
     def __init__(
         self,
         folder: str | os.PathLike,
@@ -152,7 +154,7 @@ class Dataset(torch.utils.data.Dataset):
         summary = self._skipped_summary()
         if not self.paths:
             raise ValueError(
-                f"folder {str(folder)!r} holds no usable image with extensions {sorted(wanted)}"
+                f"folder {str(folder)!r} holds no usable {self._SAMPLE} with extensions {sorted(wanted)}"
                 + (f"; {summary}" if summary else "")
             )
         if summary:
