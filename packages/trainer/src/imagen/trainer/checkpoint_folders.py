@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ from imagen.cascade import (
     CheckpointError,
     encode_container,
     fsync_folder,
+    imagen_from_config_json,
     parse_checkpoint_json,
     partial_name,
     read_container,
@@ -170,8 +172,9 @@ def save_checkpoint_folder(path, *, imagen, stages: dict, accelerator, generator
                 entry["files"].update(part["files"])
                 if "document" in part:
                     entry["document"] = part["document"]
+        staged = [prefixes[index] for index in stages]  # NullUnet stages (no stage file) stay in the shared part
         own_tensors = {f"imagen.{k}": v for k, v in imagen.state_dict().items()
-                       if not any(k.startswith(p) for p in prefixes.values())}
+                       if not any(k.startswith(p) for p in staged)}
         state = {**meta, "data": dict(data), "manifest": manifest, "export": "ema" if any(
             s.ema is not None for s in stages.values()) else "online"}
         if user:
@@ -183,8 +186,6 @@ def save_checkpoint_folder(path, *, imagen, stages: dict, accelerator, generator
         replace_folder(staging, path)
     except BaseException:
         if main:
-            import shutil
-
             shutil.rmtree(staging, ignore_errors=True)
         raise
     accelerator.wait_for_everyone()
@@ -283,3 +284,57 @@ def load_sharded_training(ckpt: FolderCheckpoint, stages: dict, generators: dict
     for name, generator in generators.items():
         if f"{name}.{rank}" in loaded:
             generator.set_state(loaded[f"{name}.{rank}"])
+
+
+def merge_folders(output: Path, loaded: dict[Path, FolderCheckpoint], chosen: dict[int, Path]) -> Path:
+    """Writes at ``output`` the per-stage folder whose stage n comes from ``chosen[n]`` (a key of
+    ``loaded``, the verified source folders): its stage file and optimizer part copied (checked
+    against the source's manifest), a new shared part (the first source's config and own tensors,
+    no generators or data position) and a new export. Atomic as a folder, like a save."""
+    first = next(iter(loaded))
+    base = loaded[first]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / partial_name(output.name)
+    staging.mkdir()
+    try:
+        manifest = {"stages": {}, "parts": {}}
+        export = {k: v for k, v in base.tensors.items() if k.startswith("imagen.") and not _is_unet_key(base, k)}
+        has_ema = any(k.startswith("ema_imagen.") for ckpt in loaded.values() for k in ckpt.tensors)
+        for number, source in sorted(chosen.items()):
+            ckpt = loaded[source]
+            name = stage_file(number)
+            shutil.copyfile(source / name, staging / name)
+            manifest["stages"][name] = ckpt.manifest["stages"][name]
+            part = ckpt.manifest.get("parts", {}).get(optim_folder(number))
+            if part is not None:
+                sharded_state.verify_part(source / optim_folder(number), part["files"], rank=0, world=1)
+                shutil.copytree(source / optim_folder(number), staging / optim_folder(number))
+                manifest["parts"][optim_folder(number)] = part
+            prefix = "imagen." + ckpt.stage_states[number]["prefix"]
+            ema_prefix = "ema_" + prefix if has_ema and any(k.startswith("ema_" + prefix) for k in ckpt.tensors) \
+                else prefix
+            export.update({prefix + k[len(ema_prefix):]: v for k, v in ckpt.tensors.items()
+                           if k.startswith(ema_prefix)})
+        cascade = imagen_from_config_json(base.imagen_config)
+        cascade.load_state_dict({k[len("imagen."):]: v for k, v in export.items()}, strict=True)
+        cascade.save_pretrained(staging / "export")
+        for file in ("config.json", "model.safetensors"):
+            os.replace(staging / "export" / file, staging / file)
+        (staging / "export").rmdir()
+        state = {key: base.trainer_state[key] for key in ("seed", "precision") if key in base.trainer_state}
+        state.update(manifest=manifest, export="ema" if has_ema else "online",
+                     merged_from={str(n): str(f) for n, f in chosen.items()})
+        own = {k: v for k, v in base.tensors.items() if k.startswith("imagen.") and not _is_unet_key(base, k)}
+        metadata = {"imagen_config": base.imagen_config, "trainer_state": json.dumps(state, allow_nan=True)}
+        _container(staging / SHARED_FILE, own, PARTS_FORMAT, PARTS_VERSION, metadata)
+        for folder in [staging, *(staging / name for name in manifest["parts"])]:
+            fsync_folder(folder)
+        replace_folder(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+def _is_unet_key(ckpt: FolderCheckpoint, key: str) -> bool:
+    return any(key.startswith("imagen." + s["prefix"]) for s in ckpt.stage_states.values())

@@ -6,6 +6,10 @@ and optimizer state come from the run that trained it. The runs must be of one c
 configs but for sampling settings, :data:`~imagen.trainer.trainer.SAMPLING_ONLY_SETTINGS`).
 The merged file is an ordinary checkpoint: it samples, and training a stage resumes from it (with
 a fresh data order and fresh generators: those stay in each run's own checkpoints).
+
+Per-stage checkpoint folders (``checkpoint_layout="folder"``) merge into a folder: each stage's
+``unet.<n>.safetensors`` and ``unet.<n>.optim/`` are copied from the run that trained it (checked
+against that run's manifest first), the shared part and the inference export are written anew.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from . import checkpoint_folders as folders
 from .checkpoints import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from .trainer import SAMPLING_ONLY_SETTINGS, config_differences
 
@@ -33,7 +38,9 @@ def merge_stage_checkpoints(output: str | os.PathLike, sources: Sequence[str | o
                             stages: Mapping[int, str | os.PathLike] | None = None) -> dict[int, str]:
     """Writes to ``output`` the cascade whose stage i is taken from the source that trained it.
 
-    ``sources`` are checkpoint files or checkpoint folders (their newest file). Stage i comes from
+    ``sources`` are checkpoint files, per-stage checkpoint folders, or folders of checkpoints (their
+    newest). Per-stage folders merge into a per-stage folder at ``output``; files into a file
+    (the two layouts do not mix). Stage i comes from
     the one source with steps on it; ``stages`` ({unet_number: source}) chooses where several did,
     and a stage no source trained keeps the first source's weights. Returns {unet_number: file}.
     Raises ValueError naming the files when the sources are not of one cascade or a choice is
@@ -42,7 +49,12 @@ def merge_stage_checkpoints(output: str | os.PathLike, sources: Sequence[str | o
     if not sources:
         raise ValueError("sources: give at least one checkpoint (file or folder) to merge")
     files = [_checkpoint_file(source) for source in sources]
-    loaded = {file: load_checkpoint(file) for file in files}
+    kinds = {folders.is_checkpoint_folder(file) for file in files}
+    if len(kinds) > 1:
+        raise ValueError(f"sources {[str(f) for f in files]} mix checkpoint files and per-stage checkpoint folders; "
+                         "merge sources of one layout")
+    as_folders = kinds == {True}
+    loaded = {file: folders.read_checkpoint_folder(file) if as_folders else load_checkpoint(file) for file in files}
     configs = {file: _config_of(file, ckpt) for file, ckpt in loaded.items()}
     first = files[0]
     for file in files[1:]:
@@ -52,6 +64,10 @@ def merge_stage_checkpoints(output: str | os.PathLike, sources: Sequence[str | o
             raise ValueError(f"{file} is not a run of the cascade of {first} ({details}); only sampling settings "
                              "may differ")
     chosen = _choose_sources(files, loaded, len(configs[first]["unets"]), stages or {})
+    if as_folders:
+        folders.merge_folders(Path(output), loaded, chosen)
+        logger.info("merged %s into %s", {n: str(f) for n, f in chosen.items()}, output)
+        return {number: str(file) for number, file in chosen.items()}
     tensors, state = _merged(loaded, chosen)
     save_checkpoint(output, tensors, imagen_config=loaded[first].imagen_config, trainer_state=state)
     logger.info("merged %s into %s", {n: str(f) for n, f in chosen.items()}, output)
@@ -60,10 +76,12 @@ def merge_stage_checkpoints(output: str | os.PathLike, sources: Sequence[str | o
 
 def _checkpoint_file(source) -> Path:
     path = Path(source)
+    if folders.is_checkpoint_folder(path):
+        return path
     if path.is_dir():
         newest = latest_checkpoint(path)
         if newest is None:
-            raise ValueError(f"{path} holds no checkpoint files (checkpoint.<steps>.safetensors)")
+            raise ValueError(f"{path} holds no checkpoints (checkpoint.<steps>.safetensors or checkpoint.<steps>/)")
         return Path(newest)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
