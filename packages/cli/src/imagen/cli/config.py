@@ -184,7 +184,14 @@ class DatasetConfig:
     ``imagen.trainer.ShardDataset``: a ``shards.json`` index, the folder holding it, or a shard
     pattern (``data/shard-{000000..000099}.tar``, globs, fsspec URLs). Images are decoded at the
     trained stage's size (or ``image_size``). ``num_workers``, ``pin_memory``,
-    ``persistent_workers`` and ``prefetch_factor`` are the training data loader's settings."""
+    ``persistent_workers`` and ``prefetch_factor`` are the training data loader's settings.
+
+    ``hf_name`` or ``hf_path`` (instead of ``folder``): a Hugging Face ``datasets`` table read by
+    ``imagen.trainer.HFDataset`` (needs ``imagen-trainer[hf]``): ``hf_name`` a dataset name from the
+    ``datasets`` cache, offline-first (the reference CLI's ``dataset_name``), ``hf_path`` a
+    ``save_to_disk`` folder or a folder (or file) of parquet/arrow data; ``hf_split`` the split (null:
+    train + valid, as the reference), ``image_column`` / ``caption_column`` the columns (the
+    reference's ``image_label`` / ``text_label``; null: found by type and name)."""
 
     folder: str = "./images"
     image_size: int | None = attrs.field(default=None, validator=_int_at_least(1, "dataset"))
@@ -200,6 +207,16 @@ class DatasetConfig:
     pin_memory: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     persistent_workers: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     prefetch_factor: int | None = attrs.field(default=None, validator=_int_at_least(1, "dataset"))
+    hf_name: str | None = attrs.field(default=None, validator=_optional_str("dataset"))
+    hf_path: str | None = attrs.field(default=None, validator=_optional_str("dataset"))
+    hf_split: str | None = attrs.field(default=None, validator=_optional_str("dataset"))
+    image_column: str | None = attrs.field(default=None, validator=_optional_str("dataset"))
+    caption_column: str | None = attrs.field(default=None, validator=_optional_str("dataset"))
+
+    def __attrs_post_init__(self):
+        sources = [name for name in ("shards", "hf_name", "hf_path") if getattr(self, name) is not None]
+        if len(sources) > 1:
+            raise ValueError(f"dataset.{' and dataset.'.join(sources)} both name the training data: set one")
 
     def loader_kwargs(self) -> dict:
         """The data loader keywords of ``ImagenTrainer.add_train_dataset``."""

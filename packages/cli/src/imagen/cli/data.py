@@ -1,5 +1,5 @@
-"""The datasets a config's ``dataset`` section names: the training data (an image folder, or
-webdataset shards) and the held-out validation folder."""
+"""The datasets a config's ``dataset`` section names: the training data (an image folder,
+webdataset shards or a Hugging Face ``datasets`` table) and the held-out validation folder."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ def dataset_from_config(config, *, image_size: int, with_cache: bool = True):
     from imagen.trainer import Dataset
 
     data = config.dataset
+    if (data.hf_name is not None or data.hf_path is not None) and with_cache:
+        return _hf_dataset(data, image_size)
     if data.shards is not None and with_cache:
         from imagen.trainer import ShardDataset
 
@@ -35,6 +37,21 @@ def dataset_from_config(config, *, image_size: int, with_cache: bool = True):
     if len(dataset) == 0:
         raise CliError(f"dataset folder {data.folder!r} holds no readable images with extensions {list(data.exts)}")
     return dataset
+
+
+def _hf_dataset(data, image_size: int):
+    """The ``datasets`` table of ``dataset.hf_name`` / ``dataset.hf_path`` (errors as one line)."""
+    from imagen.trainer import HFDataset
+
+    key, source = ("hf_name", data.hf_name) if data.hf_name is not None else ("hf_path", data.hf_path)
+    if key == "hf_path" and not Path(source).exists():
+        raise CliError(f"dataset.hf_path {source!r} not found (a save_to_disk folder, or parquet/arrow files)")
+    try:
+        return HFDataset(source, image_size, split=data.hf_split, image_column=data.image_column,
+                         caption_column=data.caption_column, captions=data.captions is not False,
+                         augment_horizontal_flip=data.augment_horizontal_flip, convert_image_to=data.convert_image_to)
+    except (ValueError, TypeError, ImportError) as error:
+        raise CliError(f"dataset.{key} {source!r}: {error}") from None
 
 
 def valid_dataset(config, *, image_size: int):
