@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         "list with one value per stage, e.g. --steps 16,8 --sampler dpmpp_2m,euler.",
     )
     sample.add_argument("prompts", nargs="*", metavar="PROMPT", help="text prompts (one output each)")
+    sample.add_argument("--prompts-file", default=None, metavar="FILE",
+                        help="more prompts, one per line (UTF-8; blank lines ignored), sampled after the PROMPTs")
     sample.add_argument("--model", default="./imagen.pt", help="a checkpoint file (ours, or an imagen-pytorch .pt), "
                         "a folder of checkpoints (the newest is used) or a save_pretrained folder "
                         "(default: %(default)s)")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .errors import CliError
 from .outputs import make_folder, prompt_filename, refuse_overwrite, write_images, write_videos
+from .prompts import read_prompts_file
 from .sample_inputs import checked_device, image_file, inpainting, resolve_model_path
 
 DEFAULT_COND_SCALE = 5.0
@@ -29,6 +30,9 @@ def cmd_sample(args) -> int:
 
     from imagen.cascade import load_imagen_from_checkpoint
 
+    prompts = list(args.prompts)
+    if args.prompts_file is not None:  # read first: a bad file fails before the model is loaded
+        prompts += read_prompts_file(args.prompts_file, "--prompts-file")
     path = resolve_model_path(args.model)
     use_ema = not args.no_ema and args.load_ema is not False
     cascade = load_imagen_from_checkpoint(path, load_ema_if_available=use_ema, device=checked_device(args.device))
@@ -59,7 +63,6 @@ def cmd_sample(args) -> int:
             raise CliError(f"--skip-steps {args.skip_steps}: stage {plan.unet_number} samples {plan.steps} steps; "
                            "skip fewer")
     refine = tuple(skip or None for skip in skips)  # a stage with N > 0 refines the one before from step N
-    prompts = list(args.prompts)
     if cascade.condition_on_text:
         if not prompts:
             raise CliError("this cascade conditions on text: give at least one prompt")
