@@ -54,9 +54,9 @@ def _optional(check):
     return wrapped
 
 
-def _int_at_least(low: int, section: str):
+def _int_at_least(low: int, section: str, *, required: bool = False):
     def validate(instance, attribute, value):
-        if value is None:
+        if value is None and not required:
             return
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{section}.{attribute.name} must be an integer >= {low}, got {value!r}")
@@ -118,7 +118,8 @@ class TrainerConfig:
     Tracking: ``log_with`` (``"tensorboard"``, ``"wandb"``... or a list; null: none) writes under
     ``project_dir`` every ``log_every`` steps; every ``sample_every`` steps a grid of
     ``sample_prompts`` (``sample_steps`` sampling steps, null: the cascade's own) goes to the trackers
-    and, with ``sample_folder``, to PNG files; every ``validate_every`` steps the loss of
+    and, with ``sample_folder``, to PNG files (``sample_prompts_file``: a prompts file, one prompt per
+    line, whose prompts follow ``sample_prompts``); every ``validate_every`` steps the loss of
     ``valid_batches`` batches of the held-out data (``dataset.valid_folder``, or a
     ``split_valid_fraction`` of the training folder with ``split_valid_from_train``) is logged.
     ``lr_scheduler`` names a ``transformers`` schedule (null: warm-up x cosine, the reference's)."""
@@ -150,6 +151,7 @@ class TrainerConfig:
     log_every: int = attrs.field(default=10, validator=_int_at_least(1, "trainer"))
     sample_every: int | None = attrs.field(default=None, validator=_int_at_least(1, "trainer"))
     sample_prompts: tuple[str, ...] = attrs.field(default=(), converter=tuple, validator=_prompts)
+    sample_prompts_file: str | None = attrs.field(default=None, validator=_optional_str("trainer"))
     sample_steps: int | None = attrs.field(default=None, validator=_int_at_least(1, "trainer"))
     sample_folder: str | None = attrs.field(default=None, validator=_optional_str("trainer"))
     validate_every: int | None = attrs.field(default=None, validator=_int_at_least(1, "trainer"))
@@ -157,8 +159,8 @@ class TrainerConfig:
     split_valid_from_train: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     split_valid_fraction: float = attrs.field(default=0.025, validator=_fraction)
 
-    FIT_KEYS = ("max_batch_size", "sample_every", "sample_prompts", "sample_steps", "sample_folder", "validate_every",
-                "valid_batches")
+    FIT_KEYS = ("max_batch_size", "sample_every", "sample_prompts", "sample_prompts_file", "sample_steps",
+                "sample_folder", "validate_every", "valid_batches")
     """Keys that go to each step / ``fit`` rather than to ``ImagenTrainer``."""
 
     def trainer_kwargs(self) -> dict:
@@ -191,7 +193,11 @@ class DatasetConfig:
     ``datasets`` cache, offline-first (the reference CLI's ``dataset_name``), ``hf_path`` a
     ``save_to_disk`` folder or a folder (or file) of parquet/arrow data; ``hf_split`` the split (null:
     train + valid, as the reference), ``image_column`` / ``caption_column`` the columns (the
-    reference's ``image_label`` / ``text_label``; null: found by type and name)."""
+    reference's ``image_label`` / ``text_label``; null: found by type and name).
+
+    A video cascade (``imagen.video``) reads ``folder`` (and ``valid_folder``) as videos with
+    ``imagen.trainer.VideoDataset``: animated GIFs and sub-folders of frame images (``exts``), clips of
+    ``video_frames`` consecutive frames; an image cascade ignores ``video_frames``."""
 
     folder: str = "./images"
     image_size: int | None = attrs.field(default=None, validator=_int_at_least(1, "dataset"))
@@ -212,6 +218,7 @@ class DatasetConfig:
     hf_split: str | None = attrs.field(default=None, validator=_optional_str("dataset"))
     image_column: str | None = attrs.field(default=None, validator=_optional_str("dataset"))
     caption_column: str | None = attrs.field(default=None, validator=_optional_str("dataset"))
+    video_frames: int = attrs.field(default=8, validator=_int_at_least(1, "dataset", required=True))
 
     def __attrs_post_init__(self):
         sources = [name for name in ("shards", "hf_name", "hf_path") if getattr(self, name) is not None]
@@ -262,10 +269,13 @@ class CliConfig:
                              "set one")
         if trainer.sample_every is not None and trainer.log_with is None and trainer.sample_folder is None:
             raise ValueError("trainer.sample_every needs trainer.log_with or trainer.sample_folder (where grids go)")
-        if trainer.sample_every is not None and self.imagen.condition_on_text and not trainer.sample_prompts:
-            raise ValueError("trainer.sample_every: this cascade conditions on text; give trainer.sample_prompts")
-        if trainer.sample_prompts and not self.imagen.condition_on_text:
-            raise ValueError("trainer.sample_prompts: this cascade does not condition on text; give none")
+        prompted = bool(trainer.sample_prompts) or trainer.sample_prompts_file is not None
+        if trainer.sample_every is not None and self.imagen.condition_on_text and not prompted:
+            raise ValueError("trainer.sample_every: this cascade conditions on text; give trainer.sample_prompts "
+                             "(or trainer.sample_prompts_file)")
+        if prompted and not self.imagen.condition_on_text:
+            key = "sample_prompts" if trainer.sample_prompts else "sample_prompts_file"
+            raise ValueError(f"trainer.{key}: this cascade does not condition on text; give none")
 
     @classmethod
     def read(cls, path: str | Path) -> CliConfig:
