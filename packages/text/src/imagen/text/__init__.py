@@ -20,6 +20,7 @@ from .locate import (
     TextEncoderNotFoundError,
     get_encoded_dim,
     hf_hub_cache,
+    hub_reachable,
 )
 from .masks import check_texts, lengths_to_mask, pad_stack
 
@@ -37,6 +38,7 @@ __all__ = [
     "check_texts",
     "get_encoded_dim",
     "hf_hub_cache",
+    "hub_reachable",
     "lengths_to_mask",
     "pad_stack",
     "release_text_encoders",
