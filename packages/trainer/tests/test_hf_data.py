@@ -107,6 +107,12 @@ def test_a_name_is_read_from_the_cache_by_path_too_and_a_missing_one_is_a_clear_
         HFDataset("./no/such/folder", 8)
 
 
+def test_an_uncached_name_with_the_hub_unreachable_is_an_error_without_retries(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused at once
+    with pytest.raises(DatasetNotFoundError, match="the hub cannot be reached"):
+        HFDataset("someone/not_cached", 8, cache_dir=tmp_path)
 def test_splits_follow_the_reference_cli_and_columns_are_chosen_by_name():
     both = datasets.DatasetDict({"train": _table(6), "valid": _table(3)})
     assert len(HFDataset(both, 8)) == 9  # train + valid, as the reference CLI concatenates them

@@ -159,6 +159,12 @@ def load_hf_dataset(source, *, split: str | None = None, config_name: str | None
             "internet and copy its cache folder here (point HF_DATASETS_CACHE or HF_HOME at it), or "
             "save_to_disk / to_parquet it into a folder and give that folder's path"
         )
+    from imagen.text import hub_reachable
+
+    if not hub_reachable():  # a quick probe: datasets would retry for half a minute
+        raise DatasetNotFoundError(f"dataset {text!r} is not a local folder and not in the datasets cache {cache}, "
+                                   "and the hub cannot be reached (HF_ENDPOINT); copy a cache prepared elsewhere "
+                                   "(HF_DATASETS_CACHE) or give a local folder")
     logger.info("dataset %s is not cached in %s: downloading it", text, cache)
     try:
         loaded = datasets.load_dataset(text, config_name, cache_dir=str(cache))
