@@ -127,6 +127,9 @@ def test_splits_follow_the_reference_cli_and_columns_are_chosen_by_name():
         HFDataset(other, 8)
     assert HFDataset(other, 8, caption_column="words").caption_column == "words"
     assert not HFDataset(other, 8, captions=False).has_captions
+    urls = datasets.Dataset.from_dict({"url": ["https://example.com/a.jpg"], "caption": ["a"]})
+    with pytest.raises(ValueError, match="image_column='url' holds URLs"):
+        HFDataset(urls, 8, image_column="url")
 
 
 @pytest.mark.parametrize(("world", "workers"), [(1, 0), (2, 2), (3, 1)])

@@ -236,6 +236,11 @@ class HFDataset(ShardDataset):
                                if captions else None)
         columns = [c for c in (self.image_column, self.caption_column) if c is not None]
         self.table = table.select_columns(columns).with_format("arrow")  # rows as Arrow: decoded here
+        first = self.table[:1].column(self.image_column).to_pylist()[0]
+        if isinstance(first, str) and "://" in first:
+            raise ValueError(f"image_column={self.image_column!r} holds URLs ({first}), as the reference's url_label: "
+                             "images are not downloaded while training; fetch them first (img2dataset writes "
+                             "webdataset shards for ShardDataset)")
         self.image_size, self.augment_horizontal_flip = image_size, augment_horizontal_flip
         self.convert_image_to, self.captions, self.shuffle_window = convert_image_to, bool(captions), shuffle_window
         self.text_embeds, self.text_embed_dim, self.block_rows = False, None, block_rows
