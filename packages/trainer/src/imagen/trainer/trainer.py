@@ -54,6 +54,7 @@ from .checkpoints import (
 from .chunks import concatenate_outputs, split_batch, split_sample_kwargs
 from .data import _mix_seed
 from .optim import make_optimizer, make_scheduler
+from .placement import StagePlacement, compile_options
 from .reference_import import REFERENCE_SOURCE, checkpoint_from_reference
 from .sampling import ema_weights, grid_picture
 from .setup import (
@@ -146,6 +147,14 @@ class ImagenTrainer(nn.Module):
     accepted and has no effect (the reference does not use it); ``checkpoint_path`` may be any fsspec
     URL, with ``fs_kwargs`` for its filesystem, or a path on the fsspec filesystem ``checkpoint_fs``;
     ``max_checkpoints_keep <= 0`` keeps every checkpoint.
+
+    Speed and memory (beyond the reference; :mod:`imagen.trainer.placement`): ``compile=True`` (or a
+    dict of ``torch.compile`` keywords, e.g. ``{"backend": "aot_eager"}``) trains each stage through
+    ``torch.compile`` of its prepared U-Net, compiled at the stage's first step and kept (the saved
+    weights are the U-Net's own: no ``_orig_mod.`` keys). ``use_one_unet_in_gpu=True`` keeps only the
+    stage that trains (or samples) on the accelerator, with its Adam state and EMA copy, and every
+    other stage on the CPU (the reference trainer's ``get_unet``); ``ema_device="cpu"`` keeps every EMA
+    copy on the CPU (its update copies the online weights over).
     """
 
     def __init__(
@@ -187,6 +196,9 @@ class ImagenTrainer(nn.Module):
         lr_scheduler: str | None = None,
         lr_scheduler_kwargs: dict | None = None,
         checkpoint_layout: str = "file",
+        compile: bool | dict = False,
+        use_one_unet_in_gpu: bool = False,
+        ema_device=None,
         **kwargs,
     ):
         super().__init__()
@@ -236,7 +248,17 @@ class ImagenTrainer(nn.Module):
         quiet_other_processes(self.accelerator)
         precision = training_precision(self.accelerator, precision)
         register_teardown(self.accelerator)
-        self.imagen = imagen.to(self.device)
+        self.compile_options = compile_options(compile)
+        """The ``torch.compile`` keywords of each trained U-Net (None: eager)."""
+        if not isinstance(use_one_unet_in_gpu, bool):
+            raise TypeError(f"use_one_unet_in_gpu must be a bool, got {use_one_unet_in_gpu!r}")
+        self.placement = StagePlacement(self.device, one_unet_on_device=use_one_unet_in_gpu, ema_device=ema_device)
+        """Where stages and EMA copies live (:class:`~imagen.trainer.placement.StagePlacement`)."""
+        if self.placement.ema_device is not None:
+            ema_kwargs.setdefault("allow_different_devices", True)  # EMA updates copy the online weights over
+        self.placement.place_cascade(imagen)
+        self.imagen = imagen
+        self._compiled_unets: dict[int, nn.Module] = {}  # a plain dict: no submodule, state dicts unchanged
         self.only_train_unet_number = only_train_unet_number or imagen.only_train_unet_number
         if self.only_train_unet_number is not None:
             imagen.get_unet(self.only_train_unet_number)  # validates the number
@@ -294,6 +316,7 @@ class ImagenTrainer(nn.Module):
             scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         if self.use_ema:
             self.emas[str(index)] = EMA(unet, include_online_model=False, **ema_kwargs)
+            self.placement.place_ema(self.emas[str(index)], index)
         return StageOptimization(
             index, unet, optimizer, scheduler, scaler,
             ema=self.emas[str(index)] if self.use_ema else None, max_grad_norm=options["max_grad_norm"],
@@ -445,11 +468,26 @@ class ImagenTrainer(nn.Module):
 
     # ------------------------------------------------------------------------------- training
 
+    def _activate(self, stage) -> None:
+        """With ``use_one_unet_in_gpu``: ``stage`` becomes the one stage on the device."""
+        self.placement.activate(self.imagen.unets, self.stages, stage.index)
+
+    def _training_unet(self, stage) -> nn.Module:
+        """The module a training forward calls: the prepared U-Net, compiled once per stage with
+        ``compile`` (kept for later steps; the cascade's own U-Net, whose weights are saved, is unchanged)."""
+        model = stage.prepare(self.accelerator)
+        if self.compile_options is None:
+            return model
+        if stage.index not in self._compiled_unets:
+            self._compiled_unets[stage.index] = torch.compile(model, **self.compile_options)
+        return self._compiled_unets[stage.index]
+
     def _loss(self, stage, images, max_batch_size, kwargs, *, train: bool, generator) -> float:
         """The batch's loss, chunked; with ``train`` each chunk is back-propagated through the
         prepared U-Net, and gradients are all-reduced on the last chunk only."""
         chunks = list(split_batch(images, kwargs, max_batch_size))
-        model = stage.prepare(self.accelerator) if train else None
+        self._activate(stage)
+        model = self._training_unet(stage) if train else None
         total = torch.zeros((), device=self.device)
         layers = layer_randomness(self._generators["layers"], self.device) if train else contextlib.nullcontext()
         with layers:  # nn.Dropout draws from the global RNG: seed it from a saved generator
@@ -487,7 +525,9 @@ class ImagenTrainer(nn.Module):
         """Applies the accumulated gradients of one stage: skip the step if the loss or gradient is
         not finite on any process, else clip, step the optimizer, LR schedule and EMA. Returns
         whether the step was taken. Writes a checkpoint every ``checkpoint_every`` steps."""
-        taken = self._stage(unet_number).step(self.accelerator, self.max_consecutive_nonfinite)
+        stage = self._stage(unet_number)
+        self._activate(stage)
+        taken = stage.step(self.accelerator, self.max_consecutive_nonfinite)
         if taken and self.checkpoint_every is not None and self.num_steps_taken() % self.checkpoint_every == 0:
             self.save_to_checkpoint_folder()
         return taken
@@ -593,8 +633,10 @@ class ImagenTrainer(nn.Module):
         use_ema = self.use_ema if use_ema is None else use_ema
         was_training = self.imagen.training
         self.imagen.eval()
+        every_unet = kwargs.get("use_one_unet_in_gpu", True) is False
         try:
-            with self.use_ema_unets() if use_ema else contextlib.nullcontext():
+            with (self.placement.all_on_device(self.imagen.unets, self.stages) if every_unet
+                  else contextlib.nullcontext()), self.use_ema_unets() if use_ema else contextlib.nullcontext():
                 if max_batch_size is None:
                     return self.imagen.sample(*args, **kwargs)
                 chunks = split_sample_kwargs(kwargs, max_batch_size)
