@@ -158,6 +158,7 @@ class TrainerConfig:
     valid_batches: int = attrs.field(default=1, validator=_int_at_least(1, "trainer"))
     split_valid_from_train: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     split_valid_fraction: float = attrs.field(default=0.025, validator=_fraction)
+    compile: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))  # torch.compile
 
     FIT_KEYS = ("max_batch_size", "sample_every", "sample_prompts", "sample_prompts_file", "sample_steps",
                 "sample_folder", "validate_every", "valid_batches")
