@@ -172,6 +172,36 @@ def test_bad_rows_are_skipped_counted_and_named(tmp_path):
     assert reasons["row 5"] == "the caption is empty"
 
 
+def test_embeddings_in_a_column_come_back_trimmed_padded_and_masked():
+    lengths = [1 + i % 4 for i in range(8)]
+    embeds = [[[float(i)] * 6 for _ in range(n)] for i, n in enumerate(lengths)]  # row i: (1 + i % 4, 6) of i
+    embeds[5] = [[5.0] * 4]  # another width
+    embeds[6] = [[6.0] * 6, [6.0] * 5]  # ragged
+    table = _table(8).add_column("t5", embeds).cast_column(
+        "t5", datasets.Sequence(datasets.Sequence(datasets.Value("float16"))))
+    dataset = HFDataset(table, 8, text_embeds_column="t5", block_rows=3)
+    assert dataset.text_embed_dim == 6 and dataset.has_captions
+    stream = ShardStream(dataset, 4, world=1, rank=0, seed=0, shuffle=False)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        first, second = take(stream, 2)
+    assert "texts" not in first and first["text_embeds"].dtype == torch.float32
+    assert first["text_embeds"].shape == (4, 4, 6) and first["text_masks"].sum(1).tolist() == lengths[:4]
+    assert torch.equal(first["text_embeds"][2, :3], torch.full((3, 6), 2.0))
+    assert torch.equal(first["text_embeds"][2, 3], torch.zeros(6))  # padding
+    assert second["text_masks"].sum(1).tolist() == [lengths[4], lengths[7]]
+    reasons = {key: reason for _, key, reason in stream.skipped}
+    assert reasons["row 5"] == "text embedding of width 4, expected 6"
+    assert reasons["row 6"].startswith("the text embedding must be (L, D)")
+    fixed = datasets.Dataset.from_dict({"image": table["image"][:2], "e": [np.ones((3, 6)), np.ones((3, 6))]},
+                                       features=datasets.Features({"image": datasets.Image(),
+                                                                   "e": datasets.Array2D((3, 6), "float32")}))
+    item = next(ShardStream(HFDataset(fixed, 8, text_embeds_column="e"), 2, world=1, rank=0, seed=0))
+    assert item["text_embeds"].shape == (2, 3, 6)
+    with pytest.raises(ValueError, match="text_embeds_column='e' is not a column"):
+        HFDataset(table, 8, text_embeds_column="e")
+
+
 def test_the_trainer_trains_from_a_hf_dataset(toy_cascade):
     torch.manual_seed(0)
     trainer = ImagenTrainer(toy_cascade(num_unets=1), verbose=False)

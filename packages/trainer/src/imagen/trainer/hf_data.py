@@ -21,6 +21,9 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from .shard_reading import decode_image
 from .shards import ShardDataset
 
@@ -190,6 +193,20 @@ def _column(features, wanted: str | None, known: tuple[str, ...], role: str, is_
     return found[0]
 
 
+def _row_embedding(cells) -> torch.Tensor:
+    """One row's embedding ``(L, D)`` as float32 from its Arrow list of ``L`` lists of ``D`` numbers;
+    raises ValueError when it is missing, empty, ragged or not numbers."""
+    if cells is None:
+        raise ValueError("no text embedding")
+    lengths = cells.value_lengths().to_numpy(zero_copy_only=False) if hasattr(cells, "value_lengths") else None
+    if lengths is None or len(lengths) == 0 or (lengths != lengths[0]).any() or lengths[0] == 0:
+        raise ValueError(f"the text embedding must be (L, D) with L, D >= 1, got {cells.type} of {len(cells)} rows")
+    values = cells.flatten().to_numpy(zero_copy_only=False)
+    if values.dtype.kind != "f":
+        raise ValueError(f"the text embedding holds {values.dtype}, not floats")
+    return torch.from_numpy(values.astype(np.float32).reshape(len(lengths), int(lengths[0])))
+
+
 class HFDataset(ShardDataset):
     """Images and captions from a Hugging Face ``datasets`` table, for
     ``ImagenTrainer.add_train_dataset`` (streamed in batches split by process and loader worker,
@@ -206,21 +223,27 @@ class HFDataset(ShardDataset):
             paths); None: the only ``Image`` column, else one named ``image``, ``img``, ``jpg``...
         caption_column: the column with the captions; None: ``caption``, ``text``, ``txt``, ``prompt``.
         captions: items carry ``texts`` (False: images only).
+        text_embeds_column: a column of precomputed text embeddings, each ``(L, D)`` (a list of
+            lists or an ``Array2D``, any float type, trimmed to its tokens); items then carry
+            ``text_embeds`` and ``text_masks`` instead of ``texts``.
+        text_embed_dim: the width ``D`` every embedding must have (default: the first row's).
         config_name: the dataset's configuration (a name or a folder of data files).
         cache_dir: the ``datasets`` cache (default :func:`datasets_cache`, read now): where a name is
             looked up and where a folder of data files is prepared into Arrow.
         block_rows: rows per block, the unit the epoch's order permutes (as shards are).
         augment_horizontal_flip, convert_image_to, shuffle_window: as :class:`ShardDataset`.
 
-    Items are ``{"images": uint8 (C, H, W), "texts": str}``. A bad row (no image, an image that
-    cannot be decoded or a path that does not exist, a caption that is not a string or is empty)
-    is left out of its batch and counted, naming the row (``row 17``). The dataset pickles (a
+    Items are ``{"images": uint8 (C, H, W), "texts": str}`` (or with ``text_embeds``). A bad row
+    (no image, an image that cannot be decoded or a path that does not exist, a caption that is not
+    a string or is empty, an embedding missing or of the wrong width) is left out of its batch and
+    counted, naming the row (``row 17``). The dataset pickles (a
     cached or saved dataset by its memory-mapped files).
     """
 
     def __init__(self, source, image_size: int, *, split: str | None = None, image_column: str | None = None,
-                 caption_column: str | None = None, captions: bool = True, config_name: str | None = None,
-                 cache_dir: str | os.PathLike | None = None, block_rows: int = 64,
+                 caption_column: str | None = None, captions: bool = True,
+                 text_embeds_column: str | None = None, text_embed_dim: int | None = None,
+                 config_name: str | None = None, cache_dir: str | os.PathLike | None = None, block_rows: int = 64,
                  augment_horizontal_flip: bool = True, convert_image_to: str | None = "RGB",
                  shuffle_window: int = 1000):
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
@@ -232,22 +255,37 @@ class HFDataset(ShardDataset):
         if len(table) == 0:
             raise ValueError(f"{self.label} holds no row")
         self.image_column = _column(table.features, image_column, IMAGE_COLUMNS, "image", True)
+        if text_embeds_column is not None:
+            _column(table.features, text_embeds_column, (), "text_embeds", False)
+        self.embeds_column = text_embeds_column
         self.caption_column = (_column(table.features, caption_column, CAPTION_COLUMNS, "caption", False)
-                               if captions else None)
-        columns = [c for c in (self.image_column, self.caption_column) if c is not None]
+                               if captions and text_embeds_column is None else None)
+        columns = [c for c in (self.image_column, self.caption_column, self.embeds_column) if c is not None]
         self.table = table.select_columns(columns).with_format("arrow")  # rows as Arrow: decoded here
+        self.block_rows = block_rows
+        self._check_first_row()
+        self.image_size, self.augment_horizontal_flip = image_size, augment_horizontal_flip
+        self.convert_image_to, self.captions, self.shuffle_window = convert_image_to, bool(captions), shuffle_window
+        self.text_embeds = text_embeds_column is not None
+        self.text_embed_dim = text_embed_dim
+        if self.text_embeds and text_embed_dim is None:
+            self.text_embed_dim = int(_row_embedding(next(self.shard_samples(0, 1))["embeds"]).shape[1])
+        self.total = len(table)
+        blocks = math.ceil(self.total / block_rows)
+        self.counts = [min(block_rows, self.total - b * block_rows) for b in range(blocks)]
+        self.urls = [f"{self.label} rows {b * block_rows}-{b * block_rows + n - 1}" for b, n in enumerate(self.counts)]
+
+    def _check_first_row(self) -> None:
         first = self.table[:1].column(self.image_column).to_pylist()[0]
         if isinstance(first, str) and "://" in first:
             raise ValueError(f"image_column={self.image_column!r} holds URLs ({first}), as the reference's url_label: "
                              "images are not downloaded while training; fetch them first (img2dataset writes "
                              "webdataset shards for ShardDataset)")
-        self.image_size, self.augment_horizontal_flip = image_size, augment_horizontal_flip
-        self.convert_image_to, self.captions, self.shuffle_window = convert_image_to, bool(captions), shuffle_window
-        self.text_embeds, self.text_embed_dim, self.block_rows = False, None, block_rows
-        self.total = len(table)
-        blocks = math.ceil(self.total / block_rows)
-        self.counts = [min(block_rows, self.total - b * block_rows) for b in range(blocks)]
-        self.urls = [f"{self.label} rows {b * block_rows}-{b * block_rows + n - 1}" for b, n in enumerate(self.counts)]
+        if self.embeds_column is not None:
+            try:
+                _row_embedding(next(self.shard_samples(0, 1))["embeds"])
+            except ValueError as error:
+                raise ValueError(f"text_embeds_column={self.embeds_column!r}, row 0: {error}") from None
 
     def __repr__(self) -> str:
         return (f"HFDataset({self.label!r}, {self.total} rows, image_column={self.image_column!r}, "
@@ -255,13 +293,20 @@ class HFDataset(ShardDataset):
 
     def shard_samples(self, shard: int, expected: int, skip: int = 0):
         """Rows ``skip .. expected - 1`` of block ``shard`` as raw samples ``{"__url__", "__key__",
-        "image", "caption"}`` (Arrow values: an ``Image`` cell is ``{"bytes", "path"}``)."""
+        "image", "caption", "embeds"}`` (an ``Image`` cell is ``{"bytes", "path"}``, an embedding
+        the row's Arrow list of lists)."""
         first = shard * self.block_rows
         rows = self.table[first + skip:first + expected]  # a pyarrow Table
         images = rows.column(self.image_column).to_pylist()
         texts = rows.column(self.caption_column).to_pylist() if self.caption_column else [None] * len(images)
-        for offset, (image, text) in enumerate(zip(images, texts)):
-            yield {"__url__": self.label, "__key__": f"row {first + skip + offset}", "image": image, "caption": text}
+        embeds = [None] * len(images)
+        if self.embeds_column is not None:
+            column = rows.column(self.embeds_column).combine_chunks()
+            column = getattr(column, "storage", column)  # an Array2D is an extension over lists of lists
+            embeds = [column[i].values if column[i].is_valid else None for i in range(len(column))]
+        for offset, (image, text, embed) in enumerate(zip(images, texts, embeds)):
+            yield {"__url__": self.label, "__key__": f"row {first + skip + offset}", "image": image, "caption": text,
+                   "embeds": embed}
 
     def decode(self, raw: dict, flip: bool) -> dict:
         """One row as a training item; raises ValueError naming what is wrong with it."""
@@ -270,7 +315,13 @@ class HFDataset(ShardDataset):
             item = {"images": decode_image(data, self.image_size, self.convert_image_to, flip)}
         except Exception as error:  # PIL raises many types on bad bytes
             raise ValueError(f"unreadable image ({type(error).__name__}: {error})") from None
-        if self.captions:
+        if self.text_embeds:
+            embeds = _row_embedding(raw["embeds"])
+            if embeds.shape[1] != self.text_embed_dim:
+                raise ValueError(f"text embedding of width {embeds.shape[1]}, expected {self.text_embed_dim}")
+            item["text_embeds"] = embeds
+            item["text_masks"] = torch.ones(embeds.shape[0], dtype=torch.bool)
+        elif self.captions:
             text = raw["caption"]
             if not isinstance(text, str):
                 raise ValueError(f"the caption is not a string ({type(text).__name__})")
