@@ -10,6 +10,7 @@ from pathlib import Path
 from .config_command import print_config_fields, read_config
 from .data import dataset_from_config, valid_dataset
 from .errors import CliError
+from .prompts import read_prompts_file
 
 DEFAULT_EPOCHS = 50
 """``imagen train``'s passes over the dataset when neither ``--epochs`` nor ``--steps`` is given (the reference's)."""
@@ -35,6 +36,24 @@ def check_unet(number: int, num_unets: int) -> None:
         raise CliError(f"--unet {number} is out of range: this cascade has {num_unets} unets (1 to {num_unets})")
 
 
+def check_video_frames(config) -> None:
+    """A CliError unless ``dataset.video_frames`` divides by every stage's temporal downsampling."""
+    factors = config.imagen.temporal_downsample_factor
+    factors = factors if isinstance(factors, tuple) else (factors,) * len(config.imagen.unets)
+    for number, factor in enumerate(factors, start=1):
+        if config.dataset.video_frames % factor:
+            raise CliError(f"dataset.video_frames {config.dataset.video_frames} is not divisible by unet {number}'s "
+                           f"temporal_downsample_factor {factor}")
+
+
+def sample_prompts(settings) -> list[str] | None:
+    """The training grids' prompts: ``trainer.sample_prompts``, then those of ``sample_prompts_file``."""
+    prompts = list(settings.sample_prompts)
+    if settings.sample_prompts_file is not None:
+        prompts += read_prompts_file(settings.sample_prompts_file, "trainer.sample_prompts_file")
+    return prompts or None
+
+
 def cmd_train(args) -> int:
     from imagen.trainer import ImagenTrainer, latest_checkpoint
 
@@ -46,6 +65,9 @@ def cmd_train(args) -> int:
         return 0
     num_unets = len(config.imagen.unets)
     check_unet(args.unet, num_unets)
+    if config.imagen.video:
+        check_video_frames(config)
+    prompts = sample_prompts(config.trainer)
     remote = "://" in config.trainer.checkpoint_path  # an fsspec URL: the trainer reads it
     folder = Path(config.trainer.checkpoint_path)
     resume_from = None
@@ -82,7 +104,7 @@ def cmd_train(args) -> int:
     trainer.fit(
         steps, args.unet, max_batch_size=settings.max_batch_size, validate_every=settings.validate_every,
         valid_batches=settings.valid_batches, sample_every=settings.sample_every,
-        sample_prompts=list(settings.sample_prompts) or None, sample_folder=settings.sample_folder,
+        sample_prompts=prompts, sample_folder=settings.sample_folder,
         sample_kwargs={"steps": settings.sample_steps} if settings.sample_steps else None,
         step_fn=lambda trainer, unet, **kw: seeded_train_step(trainer, unet, settings.seed, **kw),
     )

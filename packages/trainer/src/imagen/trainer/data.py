@@ -158,7 +158,7 @@ class Dataset(torch.utils.data.Dataset):
                 + (f"; {summary}" if summary else "")
             )
         if summary:
-            warnings.warn(f"imagen.trainer.Dataset({str(folder)!r}): {summary}", stacklevel=2)
+            warnings.warn(f"imagen.trainer.{type(self).__name__}({str(folder)!r}): {summary}", stacklevel=2)
 
     # ---- set-up helpers -------------------------------------------------------------------------
     def _sample_paths(self, exts: set[str]) -> list[Path]:
