@@ -24,6 +24,10 @@ def test_train_reads_a_saved_dataset_and_refuses_an_uncached_name(tmp_path, tiny
     path.write_text(json.dumps(config))
     assert run_cli("train", "--config", str(path), "--unet", "2", "--steps", "2") == 0
     assert load_checkpoint(latest_checkpoint(tmp_path / "checkpoints")).trainer_state["steps"] == [0, 2]
+    table.add_column("t5", [[[0.1] * 16] * 3] * len(pngs)).save_to_disk(str(tmp_path / "embedded"))  # tiny T5: 16
+    assert run_cli("train", "--config", str(path), "--unet", "2", "--steps", "1", "--dataset.hf_path",
+                   str(tmp_path / "embedded"), "--dataset.text_embeds_column", "t5") == 0
+    assert load_checkpoint(latest_checkpoint(tmp_path / "checkpoints")).trainer_state["steps"] == [0, 3]
     capsys.readouterr()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty-cache"))

@@ -194,7 +194,8 @@ class DatasetConfig:
     ``datasets`` cache, offline-first (the reference CLI's ``dataset_name``), ``hf_path`` a
     ``save_to_disk`` folder or a folder (or file) of parquet/arrow data; ``hf_split`` the split (null:
     train + valid, as the reference), ``image_column`` / ``caption_column`` the columns (the
-    reference's ``image_label`` / ``text_label``; null: found by type and name).
+    reference's ``image_label`` / ``text_label``; null: found by type and name), ``text_embeds_column``
+    a column of precomputed text embeddings (used instead of the captions).
 
     A video cascade (``imagen.video``) reads ``folder`` (and ``valid_folder``) as videos with
     ``imagen.trainer.VideoDataset``: animated GIFs and sub-folders of frame images (``exts``), clips of
@@ -219,6 +220,7 @@ class DatasetConfig:
     hf_split: str | None = attrs.field(default=None, validator=_optional_str("dataset"))
     image_column: str | None = attrs.field(default=None, validator=_optional_str("dataset"))
     caption_column: str | None = attrs.field(default=None, validator=_optional_str("dataset"))
+    text_embeds_column: str | None = attrs.field(default=None, validator=_optional_str("dataset"))
     video_frames: int = attrs.field(default=8, validator=_int_at_least(1, "dataset", required=True))
 
     def __attrs_post_init__(self):
