@@ -8,7 +8,7 @@ from imagen.trainer.checkpoints import (
     prune_checkpoints,
     save_checkpoint,
 )
-from imagen.trainer.data import Dataset, EpochSampler, collate, pad_text_embeds
+from imagen.trainer.data import Dataset, EpochSampler, collate, pad_text_embeds, square_image
 from imagen.trainer.hf_data import HFDataset, load_hf_dataset
 from imagen.trainer.merge import merge_stage_checkpoints
 from imagen.trainer.optim import LR_SCHEDULERS, WarmupCosine
@@ -45,5 +45,6 @@ __all__ = [
     "prune_checkpoints",
     "save_checkpoint",
     "save_image_grid",
+    "square_image",
     "write_shards",
 ]
