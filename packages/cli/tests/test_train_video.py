@@ -60,3 +60,14 @@ def test_frames_that_a_stage_cannot_downsample_are_one_line(tmp_path, tiny_t5, c
     err = capsys.readouterr().err
     assert "dataset.video_frames 3" in err and "temporal_downsample_factor 2" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_encode_text_reads_the_video_captions_and_training_uses_the_cache(tmp_path, tiny_t5):
+    config = _video_config(tmp_path, tiny_t5, text_embedding_cache=str(tmp_path / "cache"))
+    with pytest.warns(UserWarning, match="bad.gif"):
+        assert run_cli("encode-text", "--config", str(config)) == 0
+    from imagen.text import TextEmbeddingCache
+
+    assert len(TextEmbeddingCache(tmp_path / "cache")) == 4  # three GIFs and the frame folder; not bad.gif
+    with pytest.warns(UserWarning, match="bad.gif"):
+        assert run_cli("train", "--config", str(config), "--steps", "1") == 0
