@@ -87,7 +87,8 @@ def texts_of(batches):
 def test_every_source_reads_back_the_table_decoded_at_the_stage_size(sources, offline, kind, monkeypatch):
     monkeypatch.chdir(sources)  # the local kinds are relative paths
     dataset = HFDataset(kind, 8, augment_horizontal_flip=False, block_rows=7)
-    assert len(dataset) == ROWS and dataset.counts == [7] * 5 + [5]
+    assert len(dataset) == ROWS and list(dataset.counts) == [7] * 5 + [5]
+    assert dataset.urls[-1].endswith("rows 35-39") and len(dataset.urls) == 6
     batches = take(ShardStream(dataset, 8, world=1, rank=0, seed=0, shuffle=False), 5)
     assert texts_of(batches) == [f"row {i}" for i in range(ROWS)]
     images = torch.cat([b["images"] for b in batches])

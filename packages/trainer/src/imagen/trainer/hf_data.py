@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,42 @@ def _column(features, wanted: str | None, known: tuple[str, ...], role: str, is_
     return found[0]
 
 
+class _BlockSizes(Sequence):
+    """The row count of every block (``block_rows``, the last one the rest), computed when asked:
+    the shard stream's ``counts``, with no list to hold (or pickle to each worker) at scale."""
+
+    def __init__(self, block_rows: int, total: int):
+        self.block_rows, self.total = block_rows, total
+
+    def __len__(self) -> int:
+        return math.ceil(self.total / self.block_rows)
+
+    def first_row(self, block: int) -> int:
+        if isinstance(block, bool) or not isinstance(block, int) or not -len(self) <= block < len(self):
+            raise IndexError(block)
+        return (block % len(self)) * self.block_rows
+
+    def __getitem__(self, block):
+        if isinstance(block, slice):
+            return [self[b] for b in range(*block.indices(len(self)))]
+        first = self.first_row(block)
+        return min(self.block_rows, self.total - first)
+
+
+class _BlockNames(_BlockSizes):
+    """``"<label> rows a-b"`` of every block (the shard stream's ``urls``), made when asked."""
+
+    def __init__(self, label: str, block_rows: int, total: int):
+        super().__init__(block_rows, total)
+        self.label = label
+
+    def __getitem__(self, block):
+        if isinstance(block, slice):
+            return [self[b] for b in range(*block.indices(len(self)))]
+        first = self.first_row(block)
+        return f"{self.label} rows {first}-{min(first + self.block_rows, self.total) - 1}"
+
+
 def _row_embedding(cells) -> torch.Tensor:
     """One row's embedding ``(L, D)`` as float32 from its Arrow list of ``L`` lists of ``D`` numbers;
     raises ValueError when it is missing, empty, ragged or not numbers."""
@@ -271,9 +308,8 @@ class HFDataset(ShardDataset):
         if self.text_embeds and text_embed_dim is None:
             self.text_embed_dim = int(_row_embedding(next(self.shard_samples(0, 1))["embeds"]).shape[1])
         self.total = len(table)
-        blocks = math.ceil(self.total / block_rows)
-        self.counts = [min(block_rows, self.total - b * block_rows) for b in range(blocks)]
-        self.urls = [f"{self.label} rows {b * block_rows}-{b * block_rows + n - 1}" for b, n in enumerate(self.counts)]
+        self.counts = _BlockSizes(block_rows, self.total)
+        self.urls = _BlockNames(self.label, block_rows, self.total)
 
     def _check_first_row(self) -> None:
         first = self.table[:1].column(self.image_column).to_pylist()[0]
