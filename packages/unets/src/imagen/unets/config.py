@@ -52,6 +52,15 @@ def unet_from_config(config: dict) -> nn.Module:
     return _REGISTRY[name](**config)
 
 
+def _own_class(module) -> type:
+    """The module's class, past the class FSDP2's ``fully_shard`` puts in front of it
+    (``FSDPUnet``, a subclass of ``FSDPModule`` and ``Unet``): a sharded Unet is still a Unet."""
+    cls = type(module)
+    if any(base.__name__ == "FSDPModule" for base in cls.__bases__):
+        return next(base for base in cls.__bases__ if base.__name__ != "FSDPModule")
+    return cls
+
+
 class ConfigurableMixin:
     """Stores the constructor keywords (``_record_config``) and provides ``config`` and ``recast``."""
 
@@ -66,7 +75,7 @@ class ConfigurableMixin:
     @property
     def config(self) -> dict[str, Any]:
         """The constructor keywords as JSON-able values (tuples as lists) plus ``"type"`` (the class name)."""
-        return {"type": type(self).__name__, **{k: _jsonable(v) for k, v in self._config.items()}}
+        return {"type": _own_class(self).__name__, **{k: _jsonable(v) for k, v in self._config.items()}}
 
     def recast(self, **changes: Any):
         """This U-Net when ``changes`` change nothing, else a fresh one of the same class with them applied.
