@@ -200,20 +200,22 @@ class _BlockSizes(Sequence):
 
     def __init__(self, block_rows: int, total: int):
         self.block_rows, self.total = block_rows, total
+        self.blocks = math.ceil(total / block_rows)
 
     def __len__(self) -> int:
-        return math.ceil(self.total / self.block_rows)
+        return self.blocks
 
-    def first_row(self, block: int) -> int:
-        if isinstance(block, bool) or not isinstance(block, int) or not -len(self) <= block < len(self):
+    def _index(self, block: int) -> int:
+        index = block + self.blocks if block < 0 else block
+        if not 0 <= index < self.blocks:
             raise IndexError(block)
-        return (block % len(self)) * self.block_rows
+        return index
 
     def __getitem__(self, block):
         if isinstance(block, slice):
-            return [self[b] for b in range(*block.indices(len(self)))]
-        first = self.first_row(block)
-        return min(self.block_rows, self.total - first)
+            return [self[b] for b in range(*block.indices(self.blocks))]
+        index = self._index(block)
+        return self.block_rows if index < self.blocks - 1 else self.total - index * self.block_rows
 
 
 class _BlockNames(_BlockSizes):
@@ -225,8 +227,8 @@ class _BlockNames(_BlockSizes):
 
     def __getitem__(self, block):
         if isinstance(block, slice):
-            return [self[b] for b in range(*block.indices(len(self)))]
-        first = self.first_row(block)
+            return [self[b] for b in range(*block.indices(self.blocks))]
+        first = self._index(block) * self.block_rows
         return f"{self.label} rows {first}-{min(first + self.block_rows, self.total) - 1}"
 
 
