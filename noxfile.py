@@ -94,8 +94,9 @@ def faults(session: nox.Session) -> None:
 
 @nox.session
 def mutation(session: nox.Session) -> None:
-    """Mutation testing (not a default session) of the checkpoint container code with mutmut:
-    prints the kill rate per file and the surviving mutants (faults/mutation.py)."""
+    """Mutation testing (not a default session) with mutmut of imagen.diffusion, the cascade's
+    sampling and the checkpoint container: prints the kill rate per file and per target and the
+    mutants not caught (faults/mutation.py; posargs e.g. --target diffusion --max-children 1)."""
     install_pinned(session, "torch==2.13.0")
     install_pinned(session, *[f"./packages/{name}[test]" for name in PACKAGES], "mutmut")
     session.env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
