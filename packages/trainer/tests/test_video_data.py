@@ -110,6 +110,28 @@ def test_a_video_that_breaks_after_construction_is_skipped_at_load_time(tmp_path
     assert colours(clip) == PALETTE[:3] and ds.skipped[-1][0] == str(tmp_path / "a.gif")  # b.gif instead
 
 
+def test_a_resumed_stream_reads_the_same_clips_as_an_uninterrupted_one(tmp_path):
+    from imagen.trainer.streams import DatasetStream
+
+    for i in range(3):
+        write_gif(tmp_path / f"v{i}.gif", 7)
+    dataset = VideoDataset(tmp_path, 8, frames=2)
+
+    def stream():
+        return DatasetStream(dataset, 2, num_replicas=1, rank=0, seed=5)
+
+    straight = stream()
+    batches = [next(straight) for _ in range(5)]  # 2.5 epochs of 3 videos
+    interrupted = stream()
+    for _ in range(3):
+        next(interrupted)
+    resumed = stream()
+    resumed.load_state_dict(interrupted.state_dict())
+    assert all(torch.equal(next(resumed), batch) for batch in batches[3:])
+    clips = {tuple(colours(clip)) for batch in batches for clip in batch}
+    assert len(clips) > 3  # different windows of the 7 frames were drawn
+
+
 @pytest.mark.parametrize("bad", [dict(frames=0), dict(frames=True), dict(clip="strided")])
 def test_bad_arguments_name_the_parameter(tmp_path, bad):
     write_gif(tmp_path / "a.gif", 2)
