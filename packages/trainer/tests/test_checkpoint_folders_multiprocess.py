@@ -51,11 +51,13 @@ STAGE_RUN = COMMON + textwrap.dedent("""
         trainer.update(unet_number)
     """)
 
-DDP_RUN = COMMON + textwrap.dedent("""
+RUN = COMMON + textwrap.dedent("""
     import shutil
 
     import numpy as np
     from PIL import Image
+    from torch.distributed.tensor import DTensor
+
     from imagen.trainer import Dataset
 
     root = Path(sys.argv[1])
@@ -64,6 +66,12 @@ DDP_RUN = COMMON + textwrap.dedent("""
     rng = np.random.default_rng(0)
     for i in range(8):  # every rank writes the same files: harmless
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+    def full(tensor):  # a sharded (FSDP2) tensor gathered: a collective, every rank in the same order
+        return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+    def flat_full(module):
+        return torch.cat([full(p).detach().reshape(-1) for p in module.parameters()])
 
     def trainer(checkpoint_every=None):
         t = ImagenTrainer(cascade(), verbose=False, checkpoint_path=root / "ckpt", checkpoint_every=checkpoint_every,
@@ -74,7 +82,7 @@ DDP_RUN = COMMON + textwrap.dedent("""
 
     straight = trainer(checkpoint_every=2)
     for _ in range(4):
-        straight.train_step(unet_number=2)
+        straight.train_step(unet_number=2, max_batch_size=1)  # two chunks a step
     straight.accelerator.wait_for_everyone()
     if straight.is_main:  # keep checkpoint.2 only: the resume starts there
         shutil.rmtree(root / "ckpt" / "checkpoint.4")
@@ -83,20 +91,44 @@ DDP_RUN = COMMON + textwrap.dedent("""
     report = {"rank": resumed.accelerator.process_index, "world": resumed.accelerator.num_processes,
               "start_steps": resumed.steps.tolist()}
     for _ in range(2):
-        resumed.train_step(unet_number=2)
+        resumed.train_step(unet_number=2, max_batch_size=1)
     a, b = straight.stages[1], resumed.stages[1]
-    report["weights_equal"] = bool(torch.equal(flat(straight.imagen), flat(resumed.imagen)))
-    report["ema_equal"] = bool(torch.equal(flat(a.ema), flat(b.ema)))
+    params = list(b.unet.parameters())
+    report["sharded"] = all(isinstance(p, DTensor) for p in params)
+    report["ema_sharded"] = all(isinstance(p, DTensor) for p in b.ema.ema_model.parameters())
+    report["local_fraction"] = sum(full(p).numel() if not isinstance(p, DTensor) else p.to_local().numel()
+                                   for p in params) / sum(p.numel() for p in params)
+    report["weights_equal"] = bool(torch.equal(flat_full(a.unet), flat_full(b.unet)))
+    report["ema_equal"] = bool(torch.equal(flat_full(a.ema.ema_model), flat_full(b.ema.ema_model)))
     sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
     report["optim_equal"] = sa.keys() == sb.keys() and all(
-        torch.equal(sa[p][k], sb[p][k]) for p in sa for k in sa[p])
+        torch.equal(full(sa[p][k]), full(sb[p][k])) for p in sa for k in sa[p])
     report["generators_equal"] = all(torch.equal(straight._generators[n].get_state(), g.get_state())
                                      for n, g in resumed._generators.items())
-    weights = resumed.accelerator.gather(flat(resumed.imagen).unsqueeze(0))
+    weights = resumed.accelerator.gather(flat_full(b.unet).unsqueeze(0))
     report["ranks_equal"] = bool(torch.equal(weights[0], weights[1]))
     report["end_steps"] = resumed.steps.tolist()
     (root / f"report-{report['rank']}.json").write_text(json.dumps(report))
     """)
+
+
+def _launch(tmp_path, *flags):
+    script = tmp_path / "run.py"
+    script.write_text(RUN)
+    launcher = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(
+        [launcher, "launch", *flags, "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--main_process_port", "0", str(script), str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"report-{r}.json").read_text()) for r in range(2)]
+    for report in reports:
+        assert report["world"] == 2 and report["start_steps"] == [0, 2] and report["end_steps"] == [0, 4]
+        assert report["weights_equal"] and report["ema_equal"] and report["optim_equal"], report
+        assert report["generators_equal"] and report["ranks_equal"], report
+    assert not [p for p in (tmp_path / "ckpt").iterdir() if p.name.startswith(".")]  # no partial folder left
+    return reports
 
 
 def test_two_stage_runs_in_separate_processes_merge_and_sample(tmp_path):
@@ -130,30 +162,34 @@ def test_two_stage_runs_in_separate_processes_merge_and_sample(tmp_path):
     assert torch.equal(images, assembled.sample(generator=torch.Generator().manual_seed(7), **kwargs))
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
+_ACCELERATE = pytest.mark.skipif(
     shutil.which("accelerate") is None
     and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "accelerate")),
     reason="accelerate CLI not installed",
 )
+
+
+@pytest.mark.slow
+@_ACCELERATE
 def test_two_process_sharded_save_resumes_bit_for_bit(tmp_path):
-    """Two gloo processes: a per-stage folder saved at step 2 (each rank writes its generators'
-    part; the optimizer part's data files are spread by DCP's planner), loaded by fresh trainers
-    and trained to step 4, equals the straight run to step 4: weights, EMA, Adam state, generators."""
-    script = tmp_path / "ddp_run.py"
-    script.write_text(DDP_RUN)
-    launcher = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(
-        [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", "0", str(script), str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    reports = [json.loads((tmp_path / f"report-{r}.json").read_text()) for r in range(2)]
-    for report in reports:
-        assert report["world"] == 2 and report["start_steps"] == [0, 2] and report["end_steps"] == [0, 4]
-        assert report["weights_equal"] and report["ema_equal"] and report["optim_equal"], report
-        assert report["generators_equal"] and report["ranks_equal"], report
+    """Two gloo processes (DDP): a per-stage folder saved at step 2 (each rank writes its own
+    generators' part; DCP's planner spreads the replicated optimizer state), loaded by fresh
+    trainers and trained to step 4, equals the straight run: weights, EMA, Adam state, generators."""
+    reports = _launch(tmp_path, "--multi_gpu")
+    assert not any(r["sharded"] for r in reports)
     folder = tmp_path / "ckpt" / "checkpoint.2"
     assert sorted(p.name for p in (folder / "generators").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
-    assert not [p for p in (tmp_path / "ckpt").iterdir() if p.name.startswith(".")]  # no partial folder left
+
+
+@pytest.mark.slow
+@_ACCELERATE
+def test_fsdp2_trains_shards_and_resumes_bit_for_bit(tmp_path):
+    """`accelerate launch --use_fsdp --fsdp_version 2` on two CPU processes: the trained stage's
+    U-Net and EMA are sharded DTensors (each rank holds half), ranks agree after every update, and
+    the sharded checkpoint (optimizer state written by each rank from its shards) resumes bit for bit."""
+    reports = _launch(tmp_path, "--use_fsdp", "--fsdp_version", "2")
+    for report in reports:
+        assert report["sharded"] and report["ema_sharded"], report
+        assert 0.4 < report["local_fraction"] < 0.6, report
+    optim = tmp_path / "ckpt" / "checkpoint.2" / "unet.2.optim"
+    assert {p.name for p in optim.iterdir()} >= {"__0_0.distcp", "__1_0.distcp"}

@@ -48,7 +48,7 @@ from imagen.cascade import (
     replace_folder,
 )
 
-from . import sharded_state
+from . import fsdp, sharded_state
 from .checkpoints import Checkpoint
 from .optim import optimizer_state_from_tensors, optimizer_state_to_tensors
 from .state import COUNTERS, unet_prefixes
@@ -97,24 +97,35 @@ def _container(path: Path, tensors, fmt: str, version: int, metadata: dict) -> s
 
 
 def _stage_part(imagen, stage, accelerator, prefix: str) -> tuple[dict, dict]:
-    """Tensors and JSON state of one stage's file."""
-    tensors = {f"weights.{k}": v for k, v in stage.unwrapped_unet(accelerator).state_dict().items()}
+    """Tensors and JSON state of one stage's file; a sharded stage's tensors are gathered (every
+    rank calls this for every stage, in the same order)."""
+    tensors = {f"weights.{k}": fsdp.full_tensor(v) for k, v in stage.unwrapped_unet(accelerator).state_dict().items()}
     state = {name: int(getattr(stage, name)) for name in COUNTERS}
     state.update(unet_number=stage.unet_number, prefix=prefix, scheduler=stage.scheduler.state_dict(),
                  scaler=stage.scaler.state_dict())
     if stage.ema is not None:
-        tensors.update({f"ema.{k}": v for k, v in stage.ema.ema_model.state_dict().items()})
+        tensors.update({f"ema.{k}": fsdp.full_tensor(v) for k, v in stage.ema.ema_model.state_dict().items()})
         state["ema"] = {"step": int(stage.ema.step.item()), "initted": bool(stage.ema.initted.item())}
     return tensors, state
 
 
-def _export(imagen, stages, folder: Path) -> None:
-    """The inference export: the cascade through each stage's EMA weights, as save_pretrained writes it."""
+def _export(imagen, stages, folder: Path, parts: dict, prefixes: dict) -> None:
+    """The inference export: the cascade through each stage's EMA weights, as save_pretrained writes
+    it. With a sharded stage, a fresh cascade gets the gathered weights of ``parts``."""
     from .sampling import ema_weights
 
-    emas = {i: stage.ema for i, stage in stages.items() if stage.ema is not None}
-    with ema_weights(imagen.unets, emas):
-        imagen.save_pretrained(folder)
+    if not any(fsdp.is_sharded(stage.unet) for stage in stages.values()):
+        emas = {i: stage.ema for i, stage in stages.items() if stage.ema is not None}
+        with ema_weights(imagen.unets, emas):
+            imagen.save_pretrained(folder)
+        return
+    weights = {k: v for k, v in imagen.state_dict().items() if not any(k.startswith(prefixes[i]) for i in stages)}
+    for index, (tensors, _) in parts.items():
+        kind = "ema." if any(k.startswith("ema.") for k in tensors) else "weights."
+        weights.update({prefixes[index] + k[len(kind):]: v for k, v in tensors.items() if k.startswith(kind)})
+    cascade = imagen_from_config_json(imagen.config.to_json())
+    cascade.load_state_dict(weights, strict=True)
+    cascade.save_pretrained(folder)
 
 
 def save_checkpoint_folder(path, *, imagen, stages: dict, accelerator, generators: dict, meta: dict,
@@ -137,18 +148,20 @@ def save_checkpoint_folder(path, *, imagen, stages: dict, accelerator, generator
     prefixes = unet_prefixes(imagen)
     try:
         digests = {}
+        stage_parts = {index: _stage_part(imagen, stage, accelerator, prefixes[index])
+                       for index, stage in stages.items()}
         # the safetensors parts, dealt round-robin: stage files first, then the export
         jobs = [(stage_file(stage.unet_number), index) for index, stage in stages.items()] + [("model", None)]
         for position, (name, index) in enumerate(jobs):
             if position % world != rank:
                 continue
             if index is None:
-                _export(imagen, stages, staging / "export")
+                _export(imagen, stages, staging / "export", stage_parts, prefixes)
                 for file in ("config.json", "model.safetensors"):
                     os.replace(staging / "export" / file, staging / file)
                 (staging / "export").rmdir()
                 continue
-            tensors, state = _stage_part(imagen, stages[index], accelerator, prefixes[index])
+            tensors, state = stage_parts[index]
             metadata = {"stage_state": json.dumps(state, allow_nan=True)}
             digests[name] = _container(staging / name, tensors, STAGE_FORMAT, STAGE_VERSION, metadata)
         parts = {}

@@ -12,6 +12,8 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 
 from imagen.diffusion import randint
 
+from .fsdp import fsdp_version
+
 __all__ = [
     "PRECISIONS", "autocast", "layer_randomness", "make_accelerator", "per_unet", "register_teardown",
     "training_precision",
@@ -20,7 +22,8 @@ __all__ = [
 PRECISIONS = {None: None, "no": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 """Accepted ``precision`` values and the autocast dtype of each (None: full precision)."""
 
-_UNSUPPORTED = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+_UNSUPPORTED = (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+"""accelerate set-ups the trainer refuses (FSDP2 is supported: :mod:`imagen.trainer.fsdp`; FSDP1 is refused there)."""
 _teardown_registered = False
 
 
@@ -43,9 +46,10 @@ def training_precision(accelerator, precision: str | None) -> str | None:
     ``precision`` is None. Refuses accelerate set-ups the trainer does not support."""
     if accelerator.distributed_type in _UNSUPPORTED:
         raise ValueError(
-            f"accelerate's {accelerator.distributed_type.value} is not supported by ImagenTrainer (it needs the "
-            "full U-Net for the EMA and checkpoints); use DDP (multi_gpu / multi_cpu)"
+            f"accelerate's {accelerator.distributed_type.value} is not supported by ImagenTrainer; use DDP "
+            "(multi_gpu / multi_cpu) or FSDP2 (--use_fsdp --fsdp_version 2)"
         )
+    fsdp_version(accelerator)  # refuses FSDP1
     if accelerator.gradient_accumulation_steps != 1:
         raise ValueError(
             f"accelerate gradient_accumulation_steps={accelerator.gradient_accumulation_steps} is not supported: "

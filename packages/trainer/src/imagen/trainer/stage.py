@@ -19,6 +19,8 @@ import math
 import torch
 from torch import nn
 
+from . import fsdp
+
 __all__ = ["NonFiniteTrainingError", "StageOptimization", "any_process"]
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ class StageOptimization:
         self.max_grad_norm = max_grad_norm
         self.prepared_unet = None
         self.prepared_optimizer = None
+        self.sharded = False
+        """Whether the U-Net was sharded with FSDP2 (:mod:`imagen.trainer.fsdp`) when prepared."""
         self.steps = 0
         self.nonfinite_steps = 0
         self.consecutive_nonfinite = 0
@@ -66,13 +70,16 @@ class StageOptimization:
     def prepare(self, accelerator) -> nn.Module:
         """Prepares the U-Net and optimizer with ``accelerator`` (once) and returns the prepared
         U-Net, the module to call in training forwards (DDP broadcasts rank 0's weights here)."""
+        if self.prepared_unet is None and fsdp.fsdp_version(accelerator) == 2:
+            fsdp.shard_stage(self, accelerator)  # FSDP2: sharded in place (imagen.trainer.fsdp)
+            self.prepared_unet, self.prepared_optimizer, self.sharded = self.unet, self.optimizer, True
         if self.prepared_unet is None:
             self.prepared_unet, self.prepared_optimizer = accelerator.prepare(self.unet, self.optimizer)
         return self.prepared_unet
 
     def unwrapped_unet(self, accelerator) -> nn.Module:
         """The plain U-Net (``accelerator.unwrap_model`` of the prepared one), whose weights are saved."""
-        if self.prepared_unet is None:
+        if self.prepared_unet is None or self.prepared_unet is self.unet:
             return self.unet
         unet = accelerator.unwrap_model(self.prepared_unet)
         assert unet is self.unet, "accelerate.prepare must wrap the cascade's own U-Net, not a copy"
@@ -81,6 +88,8 @@ class StageOptimization:
     def no_sync(self, accelerator, sync: bool):
         """The context of one chunk's forward and backward: gradients are all-reduced only when
         ``sync`` (the last chunk); before that they accumulate locally."""
+        if self.sharded:  # FSDP2, sharded by us
+            return fsdp.gradient_sync(self.unet, sync)
         return contextlib.nullcontext() if sync else accelerator.no_sync(self.prepared_unet)
 
     def _own_scaler(self, accelerator) -> bool:
@@ -103,7 +112,7 @@ class StageOptimization:
             self.scaler.unscale_(optimizer)  # accelerate unscales its own scaler inside clip_grad_norm_
         params = [p for p in self.unet.parameters() if p.requires_grad]
         max_norm = self.max_grad_norm if self.max_grad_norm is not None else math.inf
-        norm = accelerator.clip_grad_norm_(params, max_norm)
+        norm = fsdp.full_tensor(accelerator.clip_grad_norm_(params, max_norm))  # a DTensor when sharded
         bad = any_process(accelerator, self.nonfinite_loss or not bool(torch.isfinite(norm)))
         self.nonfinite_loss = False
         if bad:

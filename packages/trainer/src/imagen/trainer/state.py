@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .fsdp import load_module_state
 from .optim import optimizer_state_from_tensors, optimizer_state_to_tensors
 
 __all__ = [
@@ -69,7 +70,7 @@ def pack_state(imagen, stages: dict, accelerator, *, meta: dict, rng_states=None
 def restore_weights(imagen, stages: dict, ckpt, *, strict: bool = True) -> None:
     """Loads the cascade's weights and each stage's EMA weights and counters from ``ckpt``; a
     stage whose EMA is missing from the checkpoint starts its EMA from the loaded weights."""
-    imagen.load_state_dict(ckpt.with_prefix("imagen."), strict=strict)
+    load_module_state(imagen, ckpt.with_prefix("imagen."), strict=strict)  # also into FSDP2-sharded stages
     ema_weights = ckpt.with_prefix("ema_imagen.")
     prefixes = unet_prefixes(imagen)
     emas = ckpt.trainer_state.get("ema", {})
@@ -80,13 +81,13 @@ def restore_weights(imagen, stages: dict, ckpt, *, strict: bool = True) -> None:
             prefix = prefixes[index]
             weights = {k[len(prefix) :]: v for k, v in ema_weights.items() if k.startswith(prefix)}
             if weights:
-                stage.ema.ema_model.load_state_dict(weights, strict=strict)
+                load_module_state(stage.ema.ema_model, weights, strict=strict)
             meta = emas.get(str(index))
             if meta is not None:
                 stage.ema.step.fill_(meta["step"])
                 stage.ema.initted.fill_(meta["initted"])
             elif not weights:
-                stage.ema.ema_model.load_state_dict(stage.unet.state_dict())
+                load_module_state(stage.ema.ema_model, stage.unet.state_dict())
 
 
 def restore_training(stages: dict, ckpt) -> None:
