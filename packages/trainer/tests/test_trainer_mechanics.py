@@ -359,9 +359,28 @@ def test_precision_follows_the_accelerator(mixed, fresh_accelerate_state, toy_ca
         _trainer(toy_cascade(), accelerator=accelerator, precision=other)
 
 
-def test_accelerate_gradient_accumulation_is_refused(fresh_accelerate_state, toy_cascade):
-    with pytest.raises(ValueError, match="gradient_accumulation_steps=2"):
-        _trainer(toy_cascade(), accelerate_gradient_accumulation_steps=2)
+def test_accelerate_gradient_accumulation_steps_on_every_kth_update(fresh_accelerate_state, toy_cascade):
+    """accelerate's gradient_accumulation_steps=2: two calls + updates on halves of a batch take one
+    step, equal bit for bit to one call on the whole batch in two chunks (each half's loss is
+    divided by 2 either way)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    images = torch.rand(4, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    whole = _trainer(toy_cascade(), seed=1)
+    whole(images, unet_number=1, max_batch_size=2)
+    assert whole.update(1)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    torch.manual_seed(0)
+    accumulated = _trainer(toy_cascade(), seed=1, accelerate_gradient_accumulation_steps=2)
+    assert accumulated.accelerator.gradient_accumulation_steps == 2
+    accumulated(images[:2], unet_number=1)
+    assert not accumulated.update(1) and accumulated.steps.tolist() == [0, 0]  # accumulating
+    accumulated(images[2:], unet_number=1)
+    assert accumulated.update(1) and accumulated.steps.tolist() == [1, 0]
+    for a, b in zip(whole.imagen.parameters(), accumulated.imagen.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_nonfinite_gradient_with_a_finite_loss_is_skipped(toy_cascade):

@@ -43,18 +43,15 @@ def make_accelerator(accelerate_kwargs: dict, log_with=None) -> Accelerator:
 
 def training_precision(accelerator, precision: str | None) -> str | None:
     """The precision to train with: ``precision``, or the accelerator's mixed precision when
-    ``precision`` is None. Refuses accelerate set-ups the trainer does not support."""
+    ``precision`` is None. Refuses accelerate set-ups the trainer does not support. (accelerate's
+    ``gradient_accumulation_steps`` k is honoured by :class:`~imagen.trainer.stage.StageOptimization`:
+    every k-th ``update`` steps.)"""
     if accelerator.distributed_type in _UNSUPPORTED:
         raise ValueError(
             f"accelerate's {accelerator.distributed_type.value} is not supported by ImagenTrainer; use DDP "
             "(multi_gpu / multi_cpu) or FSDP2 (--use_fsdp --fsdp_version 2)"
         )
     fsdp_version(accelerator)  # refuses FSDP1
-    if accelerator.gradient_accumulation_steps != 1:
-        raise ValueError(
-            f"accelerate gradient_accumulation_steps={accelerator.gradient_accumulation_steps} is not supported: "
-            "accumulate with max_batch_size or several trainer(...) calls before update(); accepted: 1"
-        )
     mixed = accelerator.mixed_precision
     if mixed in (None, "no"):
         return precision

@@ -54,6 +54,8 @@ class StageOptimization:
         self.prepared_unet = None
         self.prepared_optimizer = None
         self.sharded = False
+        self.micro_steps = 0
+        """``update`` calls since the last optimizer step (accelerate's ``gradient_accumulation_steps``)."""
         """Whether the U-Net was sharded with FSDP2 (:mod:`imagen.trainer.fsdp`) when prepared."""
         self.steps = 0
         self.nonfinite_steps = 0
@@ -88,6 +90,7 @@ class StageOptimization:
     def no_sync(self, accelerator, sync: bool):
         """The context of one chunk's forward and backward: gradients are all-reduced only when
         ``sync`` (the last chunk); before that they accumulate locally."""
+        sync = sync and self.micro_steps + 1 >= accelerator.gradient_accumulation_steps  # the step's last call
         if self.sharded:  # FSDP2, sharded by us
             return fsdp.gradient_sync(self.unet, sync)
         return contextlib.nullcontext() if sync else accelerator.no_sync(self.prepared_unet)
@@ -107,6 +110,10 @@ class StageOptimization:
         logged and counted on every rank, and ``max_consecutive_nonfinite`` skips in a row raise
         :class:`NonFiniteTrainingError`. Returns whether the step was taken."""
         self.prepare(accelerator)
+        self.micro_steps += 1
+        if self.micro_steps < accelerator.gradient_accumulation_steps:
+            return False  # accumulating: accelerator.backward divided each loss by the number of calls
+        self.micro_steps = 0
         optimizer = self.prepared_optimizer
         if self._own_scaler(accelerator):
             self.scaler.unscale_(optimizer)  # accelerate unscales its own scaler inside clip_grad_norm_
