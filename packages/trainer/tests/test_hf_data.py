@@ -212,6 +212,24 @@ def test_the_trainer_trains_from_a_hf_dataset(toy_cascade):
     assert trainer.imagen.calls[-1]["batch"] == 5
 
 
+
+def test_split_valid_from_train_splits_off_rows(toy_cascade):
+    dataset = HFDataset(_table(), 8, block_rows=4)
+    train, valid = dataset.split_validation(0.25, seed=3)
+    train_rows = set(texts_of(take(ShardStream(train, 10, world=1, rank=0, seed=0), 3)))
+    valid_rows = set(texts_of(take(ShardStream(valid, 10, world=1, rank=0, seed=0), 1)))
+    assert len(train_rows) == 30 and len(valid_rows) == 10 and not train_rows & valid_rows
+    assert train_rows | valid_rows == {f"row {i}" for i in range(ROWS)}
+    assert not valid.augment_horizontal_flip and train.augment_horizontal_flip
+    assert texts_of(take(ShardStream(dataset.split_validation(0.25, seed=3)[1], 10, world=1, rank=0, seed=0),
+                         1)) == texts_of(take(ShardStream(valid, 10, world=1, rank=0, seed=0), 1))  # seeded
+    torch.manual_seed(0)
+    trainer = ImagenTrainer(toy_cascade(num_unets=1), verbose=False, split_valid_from_train=True,
+                            split_valid_fraction=0.25)
+    trainer.add_train_dataset(dataset, batch_size=4)
+    assert trainer.train_step() > 0 and trainer.valid_step() > 0
+
+
 RANK_SCRIPT = textwrap.dedent("""
     import json, os, sys
     import torch.distributed as dist

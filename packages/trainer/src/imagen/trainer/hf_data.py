@@ -14,6 +14,7 @@ decoded here at the trained stage's size, kept uint8.
 
 from __future__ import annotations
 
+import copy
 import glob
 import logging
 import math
@@ -324,6 +325,26 @@ class HFDataset(ShardDataset):
                 _row_embedding(next(self.shard_samples(0, 1))["embeds"])
             except ValueError as error:
                 raise ValueError(f"text_embeds_column={self.embeds_column!r}, row 0: {error}") from None
+
+    def split_validation(self, fraction: float, seed: int) -> tuple[HFDataset, HFDataset]:
+        """``(train, valid)``: a random ``fraction`` of the rows (at least one, drawn from ``seed``)
+        becomes the validation set, without flips, and the rest the training set (both read
+        through ``datasets``' index mapping, 8 bytes a row; rows keep their table order)."""
+        n_valid = max(1, int(self.total * fraction))
+        if n_valid >= self.total:
+            raise ValueError(f"{self.label} has {self.total} rows, too few to split {fraction} off "
+                             "(split_valid_fraction)")
+        order = np.random.default_rng(seed).permutation(self.total)
+        return (self._rows(np.sort(order[n_valid:]), "training split", self.augment_horizontal_flip),
+                self._rows(np.sort(order[:n_valid]), "validation split", False))
+
+    def _rows(self, rows: np.ndarray, part: str, flip: bool) -> HFDataset:
+        subset = copy.copy(self)
+        subset.table = self.table.select(rows)
+        subset.label, subset.total, subset.augment_horizontal_flip = f"{self.label} ({part})", len(rows), flip
+        subset.counts = _BlockSizes(self.block_rows, subset.total)
+        subset.urls = _BlockNames(subset.label, self.block_rows, subset.total)
+        return subset
 
     def __repr__(self) -> str:
         return (f"HFDataset({self.label!r}, {self.total} rows, image_column={self.image_column!r}, "

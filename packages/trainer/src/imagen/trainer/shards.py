@@ -142,6 +142,12 @@ class ShardDataset:
         (blocks of table rows: :class:`imagen.trainer.HFDataset`) overrides this and ``decode``."""
         return _shard_samples(self.urls[shard], expected, skip)
 
+    def split_validation(self, fraction: float, seed: int):
+        """``(train, valid)`` for ``split_valid_from_train``; tar shards are not split by sample
+        (an :class:`~imagen.trainer.HFDataset` is)."""
+        raise ValueError("split_valid_from_train needs a map-style dataset (or an HFDataset); give a validation "
+                         "ShardDataset to add_valid_dataset instead")
+
     @property
     def has_captions(self) -> bool:
         """Whether items carry text (captions, or their embeddings), as ``Dataset.has_captions``."""

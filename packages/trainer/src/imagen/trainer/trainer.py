@@ -545,20 +545,21 @@ class ImagenTrainer(nn.Module):
         """Train on ``ds`` (a map-style dataset, or a :class:`~imagen.trainer.ShardDataset` of tar
         shards) in batches of ``batch_size`` (the global batch when ``split_batches``, else per
         process). With ``split_valid_from_train`` a random ``split_valid_fraction`` of it becomes the
-        validation set (map-style datasets only). ``num_workers`` loader processes decode the
-        batches, with ``pin_memory``, ``persistent_workers`` and ``prefetch_factor`` (batches each
-        worker prepares ahead) as in ``torch.utils.data.DataLoader``; other keywords go to it too."""
+        validation set (map-style datasets and :class:`~imagen.trainer.HFDataset` only).
+        ``num_workers`` loader processes decode the batches, with ``pin_memory``,
+        ``persistent_workers`` and ``prefetch_factor`` (batches each worker prepares ahead) as in
+        ``torch.utils.data.DataLoader``; other keywords go to it too."""
         if ds is None:
             raise ValueError("add_train_dataset needs a dataset")
         if "train" in self.data:
             raise ValueError("a training dataset or dataloader was already added")
         dl_kwargs.update(loader_settings(num_workers, pin_memory, persistent_workers, prefetch_factor))
-        if self.split_valid_from_train and isinstance(ds, ShardDataset):
-            raise ValueError("split_valid_from_train needs a map-style dataset; give a validation ShardDataset "
-                             "to add_valid_dataset instead")
         if self.split_valid_from_train:
             n = len(ds)
-            ds, valid = split_validation(ds, self.split_valid_fraction, self.split_random_seed)
+            if isinstance(ds, ShardDataset):  # an HFDataset splits off rows; tar shards refuse
+                ds, valid = ds.split_validation(self.split_valid_fraction, self.split_random_seed)
+            else:
+                ds, valid = split_validation(ds, self.split_valid_fraction, self.split_random_seed)
             most = len(valid) * self.accelerator.num_processes if self.split_batches else len(valid)
             self.data.add("valid", self._dataset_stream(valid, min(batch_size, most), 3, **dict(dl_kwargs)))
             logger.info("split %d validation items off %d training items", len(valid), n)
