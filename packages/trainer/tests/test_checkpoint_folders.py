@@ -125,3 +125,26 @@ def test_rotation_resume_and_partial_cleanup(tmp_path, unet_factory):
     assert resumed.steps.tolist() == [0, 3]
     state = json.loads((tmp_path / "checkpoint.3" / "config.json").read_text())
     assert state["format"] == "imagen-cascade"
+
+
+def _accelerate_fsdp(version):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    plugin = SimpleNamespace(fsdp_version=version)
+    return SimpleNamespace(distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=plugin),
+                           num_processes=2)
+
+
+def test_layout_follows_fsdp2_and_fsdp1_is_refused():
+    from imagen.trainer.checkpoints import check_layout
+
+    assert check_layout(None) == "file"
+    assert check_layout(None, accelerator=_accelerate_fsdp(2)) == "folder"
+    with pytest.raises(ValueError, match="cannot hold FSDP2-sharded stages"):
+        check_layout("file", accelerator=_accelerate_fsdp(2))
+    with pytest.raises(ValueError, match="FSDP version 1 is not supported"):
+        check_layout(None, accelerator=_accelerate_fsdp(1))
+    with pytest.raises(ValueError, match="checkpoint_layout must be one of"):
+        check_layout("folders")

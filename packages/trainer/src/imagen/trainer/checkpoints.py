@@ -134,13 +134,23 @@ def load_checkpoint(path: str | os.PathLike, fs=None) -> Checkpoint:
     return Checkpoint(container.tensors, container.metadata, container.path)
 
 
-def check_layout(layout, fs=None) -> str:
-    """``layout`` checked: one of :data:`LAYOUTS`; ``"folder"`` needs the local filesystem."""
+def check_layout(layout, fs=None, accelerator=None) -> str:
+    """``layout`` checked: one of :data:`LAYOUTS`, or None for the default: ``"folder"`` when
+    ``accelerator`` trains with FSDP2 (sharded stages need the per-stage folder), else ``"file"``.
+    ``"folder"`` needs the local filesystem."""
+    from .fsdp import fsdp_version
+
+    sharded = accelerator is not None and fsdp_version(accelerator) is not None
+    if layout is None:
+        layout = "folder" if sharded else "file"
     if layout not in LAYOUTS:
-        raise ValueError(f"checkpoint_layout must be one of {LAYOUTS}, got {layout!r}")
+        raise ValueError(f"checkpoint_layout must be one of {LAYOUTS} (or None), got {layout!r}")
     if layout == "folder" and not is_local(fs):
         raise ValueError("checkpoint_layout='folder' writes sharded parts from every process and needs a local "
                          "(or shared, mounted) filesystem; on fsspec URLs use checkpoint_layout='file'")
+    if layout == "file" and sharded:
+        raise ValueError("checkpoint_layout='file' cannot hold FSDP2-sharded stages (one process writes the file); "
+                         "use checkpoint_layout='folder' (the default under FSDP2)")
     return layout
 
 

@@ -195,7 +195,7 @@ class ImagenTrainer(nn.Module):
         run_config: dict | None = None,
         lr_scheduler: str | None = None,
         lr_scheduler_kwargs: dict | None = None,
-        checkpoint_layout: str = "file",
+        checkpoint_layout: str | None = None,
         compile: bool | dict = False,
         use_one_unet_in_gpu: bool = False,
         ema_device=None,
@@ -267,8 +267,9 @@ class ImagenTrainer(nn.Module):
         self.split_random_seed, self.seed = split_random_seed, seed
         self.precision, self.max_consecutive_nonfinite = precision, max_consecutive_nonfinite
         self.checkpoint_every, self.max_checkpoints_keep = checkpoint_every, max_checkpoints_keep
-        self.checkpoint_layout = check_layout(checkpoint_layout, self.fs)
-        """``"file"`` (one safetensors file) or ``"folder"`` (per-stage files, sharded training state)."""
+        self.checkpoint_layout = check_layout(checkpoint_layout, self.fs, self.accelerator)
+        """``"file"`` (one safetensors file; the default) or ``"folder"`` (per-stage files, sharded training
+        state; the default under FSDP2)."""
 
         options = dict(
             lr=lr, eps=eps, beta1=beta1, beta2=beta2, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
@@ -826,7 +827,7 @@ class ImagenTrainer(nn.Module):
         for name, value in self.imagen.named_parameters():  # the same weights on every rank: all refuse
             if not torch.isfinite(value).all():
                 raise NonFiniteTrainingError(f"refusing to save non-finite weights ({name})")
-        layout = check_layout(self.checkpoint_layout if layout is None else layout, fs)
+        layout = check_layout(self.checkpoint_layout if layout is None else layout, fs, self.accelerator)
         if layout == "folder":
             meta = dict(num_processes=self.accelerator.num_processes, seed=self.seed, precision=self.precision)
             return save_checkpoint_folder(path, imagen=self.imagen, stages=self.stages, accelerator=self.accelerator,
