@@ -28,6 +28,10 @@ def test_train_reads_a_saved_dataset_and_refuses_an_uncached_name(tmp_path, tiny
     assert run_cli("train", "--config", str(path), "--unet", "2", "--steps", "1", "--dataset.hf_path",
                    str(tmp_path / "embedded"), "--dataset.text_embeds_column", "t5") == 0
     assert load_checkpoint(latest_checkpoint(tmp_path / "checkpoints")).trainer_state["steps"] == [0, 3]
+    # the reference CLI's dataset_name + split_valid_from_train
+    assert run_cli("train", "--config", str(path), "--unet", "2", "--steps", "1", "--trainer.split_valid_from_train",
+                   "true", "--trainer.split_valid_fraction", "0.34", "--trainer.validate_every", "1") == 0
+    assert load_checkpoint(latest_checkpoint(tmp_path / "checkpoints")).trainer_state["steps"] == [0, 4]
     capsys.readouterr()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty-cache"))
