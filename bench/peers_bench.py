@@ -10,6 +10,12 @@ and reference/test_unet.py proves ours computes the reference's numbers with the
 - ``diffusers-base``: ``UNet2DConditionModel`` of about the base's size: the same widths (32, 64,
   128), 2 resnet layers per level, cross-attention transformers at the two deeper levels (as our
   ``layer_attns``), 64-dim text context, 8-dim heads: 6,080,515 parameters against our 6,174,472.
+- ``ours-base-compiled`` / ``ours-sr-compiled`` / ``diffusers-base-compiled``: the same U-Nets
+  through ``torch.compile`` (inductor, default mode): the training step's forward and backward, the
+  forward and the guided forward each compiled once. The first call of each measure (the build,
+  minus one steady call) is reported apart as ``compile (s)``; inductor's on-disk cache
+  (``TORCHINDUCTOR_CACHE_DIR``, default ``/tmp/torchinductor_<user>``) makes later rounds' builds
+  short, so the first round's build is the cold one.
 
 Measures, on a batch of ``--batch`` ``--size`` px images with ``--text-len`` text tokens (half
 masked), fp32, ``--threads`` threads: a training step (forward, MSE loss, backward, Adam), a
@@ -18,8 +24,11 @@ forward without gradients, one guided sampling step at cond_scale 5 (ours and th
 doubled batch with the null half's text zeroed, then ``null + 5 (cond - null)``).
 
 Every (system, round) runs in its own subprocess, so that the peak memory is the process's own:
-``peak RSS`` is ``ru_maxrss`` at the end of the measures minus the RSS just before them (model,
-optimizer state and inputs already built), i.e. the working memory of the measures themselves.
+after the warm-up calls (Adam's state allocated, compiled systems built) the allocator's free memory
+is returned to the system (``malloc_trim``) and the kernel's peak-RSS mark reset
+(``/proc/self/clear_refs``); ``peak memory`` is the peak RSS during the measures minus the RSS
+just before them, i.e. the working memory of the steps themselves (activations, gradients, the
+guided step's doubled batch), without the compiler's own.
 Rounds interleave the systems (the order rotates each round) so that every system sees the same
 machine load; the table gives medians over rounds and the speed-ups of ours over each peer.
 
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -47,7 +57,10 @@ DIFFUSERS = dict(in_channels=3, out_channels=3, block_out_channels=(32, 64, 128)
                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
                  cross_attention_dim=64, attention_head_dim=8)
-SYSTEMS = ("ours-base", "reference-base", "diffusers-base", "ours-sr", "reference-sr")
+EAGER_SYSTEMS = ("ours-base", "reference-base", "diffusers-base", "ours-sr", "reference-sr")
+COMPILED_SYSTEMS = ("ours-base-compiled", "diffusers-base-compiled", "ours-sr-compiled")
+SYSTEMS = EAGER_SYSTEMS + COMPILED_SYSTEMS
+DEFAULT_SYSTEMS = (*EAGER_SYSTEMS, "ours-base-compiled", "ours-sr-compiled")  # diffusers compiled: --systems
 MEASURES = ("training step", "forward", "guided sampling step")
 COND_SCALE = 5.0
 
@@ -55,6 +68,39 @@ COND_SCALE = 5.0
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak_rss() -> None:
+    """Frees the allocator's cached memory and resets the kernel's peak-RSS mark to the current RSS."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+class _Compiled:
+    """A U-Net whose calls (and ``forward_with_cond_scale``) go through ``torch.compile``."""
+
+    def __init__(self, unet):
+        import torch
+
+        self.unet = unet
+        self.forward = torch.compile(unet)
+        if hasattr(unet, "forward_with_cond_scale"):
+            self.forward_with_cond_scale = torch.compile(unet.forward_with_cond_scale)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def parameters(self):
+        return self.unet.parameters()
 
 
 def _imagen_measures(name: str, args):
@@ -69,7 +115,7 @@ def _imagen_measures(name: str, args):
         from imagen_pytorch import Unet
     else:
         from imagen.unets import Unet
-    keywords = SR if name.endswith("sr") else BASE
+    keywords = SR if "-sr" in name else BASE
     torch.manual_seed(0)
     unet = Unet(**keywords)
     b, n = args.batch, args.text_len
@@ -81,15 +127,20 @@ def _imagen_measures(name: str, args):
     sys.path.insert(0, str(HERE))
     import reference_bench  # its three measures (the same for ours and the reference)
 
-    return unet, tuple(reference_bench.measures(unet, x, cond).values())
+    if not name.endswith("compiled"):
+        return unet, tuple(reference_bench.measures(unet, x, cond).values())
+    train_step, _, guided_step = reference_bench.measures(_Compiled(unet), x, cond).values()
+    return unet, (train_step, None, guided_step)  # the plain forward is not built (compile time)
 
 
-def _diffusers_measures(args):
+def _diffusers_measures(name: str, args):
     import torch
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=args.size, **DIFFUSERS)
+    compiled = name.endswith("compiled")
+    net = torch.compile(unet) if compiled else unet
     b, n = args.batch, args.text_len
     x, steps = torch.randn(b, 3, args.size, args.size), torch.randint(0, 1000, (b,))
     text = torch.randn(b, n, DIFFUSERS["cross_attention_dim"])
@@ -97,24 +148,24 @@ def _diffusers_measures(args):
     optimizer = torch.optim.Adam(unet.parameters(), lr=1e-4)
 
     def train_step():
-        loss = (unet(x, steps, encoder_hidden_states=text, encoder_attention_mask=mask).sample - x).square().mean()
+        loss = (net(x, steps, encoder_hidden_states=text, encoder_attention_mask=mask).sample - x).square().mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
     def forward():
-        unet(x, steps, encoder_hidden_states=text, encoder_attention_mask=mask)
+        net(x, steps, encoder_hidden_states=text, encoder_attention_mask=mask)
 
     @torch.no_grad()
     def guided_step():
-        out = unet(torch.cat((x, x)), torch.cat((steps, steps)),
+        out = net(torch.cat((x, x)), torch.cat((steps, steps)),
                    encoder_hidden_states=torch.cat((text, torch.zeros_like(text))),
                    encoder_attention_mask=torch.cat((mask, mask))).sample
         cond, null = out.chunk(2)
         return null + COND_SCALE * (cond - null)
 
-    return unet, (train_step, forward, guided_step)
+    return unet, (train_step, None if compiled else forward, guided_step)
 
 
 def child(name: str, args) -> dict:
@@ -122,21 +173,30 @@ def child(name: str, args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    unet, fns = _diffusers_measures(args) if name.startswith("diffusers") else _imagen_measures(name, args)
+    unet, fns = _diffusers_measures(name, args) if name.startswith("diffusers") else _imagen_measures(name, args)
     params = sum(p.numel() for p in unet.parameters())
+    first = {}
+    measures = [(measure, fn) for measure, fn in zip(MEASURES, fns) if fn is not None]
+    for measure, fn in measures:  # warm-up: allocates Adam's state, builds compiled graphs
+        start = time.perf_counter()
+        fn()
+        first[measure] = time.perf_counter() - start
+        print(f"{name}: first {measure} {first[measure]:.1f} s", file=sys.stderr, flush=True)
+    _reset_peak_rss()
     before = _rss_bytes()
-    for fn in fns:
-        fn()  # warm-up (also allocates Adam's state)
     seconds = {}
-    for measure, fn in zip(MEASURES, fns):
+    for measure, fn in measures:
         runs = []
         for _ in range(args.reps):
             start = time.perf_counter()
             fn()
             runs.append(time.perf_counter() - start)
         seconds[measure] = min(runs)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return dict(system=name, params=params, seconds=seconds, peak_delta=peak - before, peak=peak)
+    peak = _peak_rss_bytes()
+    compile_seconds = sum(first[m] - seconds[m] for m in seconds) if name.endswith("compiled") else 0.0
+    return dict(system=name, params=params, seconds=seconds, compile_seconds=compile_seconds,
+                peak_delta=peak - before, peak=peak,
+                peak_lifetime=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 def run(args) -> dict[str, list[dict]]:
@@ -155,36 +215,49 @@ def run(args) -> dict[str, list[dict]]:
     return results
 
 
+def _cell(value: float, spec: str, unit: str = "") -> str:
+    return "-" if math.isnan(value) else f"{value:{spec}}{unit}"
+
+
 def table(results: dict[str, list[dict]], args) -> str:
-    med = {name: {m: statistics.median(r["seconds"][m] for r in rs) for m in MEASURES} for name, rs in results.items()}
+    med = {name: {m: statistics.median(r["seconds"][m] for r in rs) if m in rs[0]["seconds"] else math.nan
+                  for m in MEASURES} for name, rs in results.items()}
     mem = {name: statistics.median(r["peak_delta"] for r in rs) / 2**20 for name, rs in results.items()}
     params = {name: rs[0]["params"] for name, rs in results.items()}
+    compile_rounds = "; ".join(
+        f"{name} " + " / ".join(f"{r.get('compile_seconds', 0.0):.0f}" for r in rs)
+        for name, rs in results.items() if name.endswith("compiled")) or "none compiled"
     lines = [
         "# Our U-Nets beside imagen-pytorch 2.1.0 and diffusers 0.42.1 (CPU)",
         "",
         f"Batch {args.batch}, {args.size} px, {args.text_len} text tokens (half masked), fp32, {args.threads} "
         f"thread(s); each (system, round) in its own process, {args.rounds} interleaved rounds (order rotating), "
         f"best of {args.reps} repetitions per round, medians over rounds. Peak memory: the process's peak RSS "
-        "during the measures minus its RSS just before them (model, Adam and inputs built). Systems and sizing: "
-        "the docstring of bench/peers_bench.py.",
-        f"Written by `OMP_NUM_THREADS={args.threads} python bench/peers_bench.py --output bench/peers.md` on a "
+        "during the measures minus its RSS just before them (after the warm-up calls, the allocator trimmed and "
+        "the peak mark reset: the steps' working memory). Compile: the first calls' extra time (round 1 cold, "
+        f"later rounds from inductor's cache: {compile_rounds}). Systems and sizing: the docstring of "
+        "bench/peers_bench.py.",
+        f"Written by `OMP_NUM_THREADS={args.threads} python bench/peers_bench.py {' '.join(args.command)}` on a "
         "2-core machine shared with other jobs: read the ratios, not the seconds.",
         "",
         "| system | parameters | training step (s) | training images/s | forward (s) | guided step (s) "
-        "| peak memory (MiB) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| peak memory (MiB) | compile (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in results:
         s = med[name]
+        built = f"{results[name][0].get('compile_seconds', 0.0):.0f}" if name.endswith("compiled") else "-"
         lines.append(f"| {name} | {params[name]:,} | {s['training step']:.4f} | {args.batch / s['training step']:.2f} "
-                     f"| {s['forward']:.4f} | {s['guided sampling step']:.4f} | {mem[name]:.0f} |")
-    pairs = [("ours-base", "reference-base"), ("ours-base", "diffusers-base"), ("ours-sr", "reference-sr")]
+                     f"| {_cell(s['forward'], '.4f')} | {s['guided sampling step']:.4f} | {mem[name]:.0f} | {built} |")
+    pairs = [("ours-base", "reference-base"), ("ours-base", "diffusers-base"), ("ours-sr", "reference-sr"),
+             ("ours-base-compiled", "reference-base"), ("ours-base-compiled", "diffusers-base"),
+             ("ours-base-compiled", "diffusers-base-compiled"), ("ours-sr-compiled", "reference-sr")]
     lines += ["", "Speed-ups of ours (peer time / our time; memory: our peak / the peer's):", "",
               "| ours vs peer | training step | forward | guided step | peak memory ratio |",
               "| --- | --- | --- | --- | --- |"]
     for ours, peer in pairs:
         if ours in med and peer in med:
-            cells = " | ".join(f"{med[peer][m] / med[ours][m]:.2f}x" for m in MEASURES)
+            cells = " | ".join(_cell(med[peer][m] / med[ours][m], ".2f", "x") for m in MEASURES)
             lines.append(f"| {ours} vs {peer} | {cells} | {mem[ours] / mem[peer]:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -197,10 +270,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reps", type=int, default=2)
-    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    parser.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help="write the Markdown table here (default: print it)")
     args = parser.parse_args()
+    args.command = list(sys.argv[1:])
     if args.child:
         print(json.dumps(child(args.child, args)))
         return
