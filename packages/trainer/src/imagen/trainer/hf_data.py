@@ -126,9 +126,10 @@ def load_hf_dataset(source, *, split: str | None = None, config_name: str | None
     a local folder of data files (parquet, arrow, ...) or one such file, or a hub dataset name. A
     name is looked up first in the ``datasets`` cache (``cache_dir``, default
     :func:`datasets_cache`) and used from there without any network access; it is downloaded only
-    when it is not cached and neither ``HF_HUB_OFFLINE`` nor ``HF_DATASETS_OFFLINE`` is set. A
-    name neither cached nor allowed to download raises ``FileNotFoundError`` (also a ValueError)
-    at once, saying how to provide it."""
+    when it is not cached, neither ``HF_HUB_OFFLINE`` nor ``HF_DATASETS_OFFLINE`` is set and the
+    hub answers a quick probe. A name neither cached nor downloadable raises
+    :class:`DatasetNotFoundError` (a ``FileNotFoundError`` and a ``ValueError``) at once, saying
+    how to provide it."""
     datasets = _datasets()
     if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
         return _pick_split(source, split, "the dataset given"), "the dataset given"
