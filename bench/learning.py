@@ -275,6 +275,41 @@ def plot(results: list[dict], path: Path, x_key: str) -> None:
     os.replace(tmp, path)
 
 
+# ----------------------------------------------------------------------------------------- ablation table
+def ablation_table(results: list[dict]) -> str:
+    """A markdown table of run summaries grouped by choice (the recipe first): held-out colour /
+    shape / position / all as the mean over seeds (the seeds' values after it) and the change of
+    the mean against the recipe's, with the steps, px and the load the runs took."""
+    groups: dict[str, list[dict]] = {}
+    for result in results:
+        if result["system"] != "recipe":
+            raise ValueError(f"ablation_table: a {result['system']!r} run; only recipe runs are compared")
+        groups.setdefault(result["ablate"] or "", []).append(result)
+    if "" not in groups:
+        raise ValueError("ablation_table: no run of the recipe itself (without --ablate) to compare against")
+    keys = ("colour", "shape", "position", "all")
+
+    def mean(runs, key):
+        return sum(r["held_out"][key] for r in runs) / len(runs)
+
+    base = {key: mean(groups[""], key) for key in keys}
+    lines = ["| choice switched back | px | steps | seeds | held-out colour | shape | position | all | "
+             "steps/s | load (1 min) |", "| --- | ---: | ---: | --- | --- | --- | --- | --- | ---: | --- |"]
+    for choice in ["", *sorted(k for k in groups if k)]:
+        runs = sorted(groups[choice], key=lambda r: r["seed"])
+        cells = []
+        for key in keys:
+            each = "/".join(f"{r['held_out'][key]:.2f}" for r in runs)
+            change = "" if not choice else f" ({mean(runs, key) - base[key]:+.2f})"
+            cells.append(f"{mean(runs, key):.2f}{change} [{each}]")
+        loads = [r["load"][0] for r in runs]
+        steps = "/".join(str(r["steps"]) for r in runs)
+        lines.append(f"| {choice or 'none (the recipe)'} | {runs[0]['size']} | {steps} "
+                     f"| {','.join(str(r['seed']) for r in runs)} | {' | '.join(cells)} | "
+                     f"{sum(r['steps_per_s'] for r in runs) / len(runs):.2f} | {min(loads):.1f}-{max(loads):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------------------- cli
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -303,7 +338,12 @@ def main(argv=None) -> int:
     p.add_argument("results", type=Path, nargs="+")
     p.add_argument("--png", type=Path, default=HERE / "learning_curve.png")
     p.add_argument("--x", choices=("minutes", "steps"), default="minutes")
+    t = sub.add_parser("table", help="an ablation table (markdown) of recipe run summaries (JSON files)")
+    t.add_argument("results", type=Path, nargs="+")
     args = parser.parse_args(argv)
+    if args.command == "table":
+        print(ablation_table([json.loads(path.read_text()) for path in args.results]), end="")
+        return 0
     if args.command == "plot":
         plot([json.loads(path.read_text()) for path in args.results], args.png, args.x)
         return 0
