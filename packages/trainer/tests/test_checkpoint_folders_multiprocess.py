@@ -52,6 +52,7 @@ STAGE_RUN = COMMON + textwrap.dedent("""
     """)
 
 RUN = COMMON + textwrap.dedent("""
+    import os
     import shutil
 
     import numpy as np
@@ -73,62 +74,49 @@ RUN = COMMON + textwrap.dedent("""
     def flat_full(module):
         return torch.cat([full(p).detach().reshape(-1) for p in module.parameters()])
 
-    def trainer(checkpoint_every=None):
-        t = ImagenTrainer(cascade(), verbose=False, checkpoint_path=root / "ckpt", checkpoint_every=checkpoint_every,
+    def trainer(ckpt, checkpoint_every=None):
+        t = ImagenTrainer(cascade(), verbose=False, checkpoint_path=ckpt, checkpoint_every=checkpoint_every,
                           checkpoint_layout="folder", accelerate_cpu=True, ema_update_after_step=0,
                           ema_update_every=1)
         t.add_train_dataset(Dataset(folder, 16), batch_size=4)
         return t
 
-    straight = trainer(checkpoint_every=2)
-    for _ in range(4):
-        straight.train_step(unet_number=2, max_batch_size=1)  # two chunks a step
-    straight.accelerator.wait_for_everyone()
-    if straight.is_main:  # keep checkpoint.2 only: the resume starts there
-        shutil.rmtree(root / "ckpt" / "checkpoint.4")
-    straight.accelerator.wait_for_everyone()
-    resumed = trainer()
-    report = {"rank": resumed.accelerator.process_index, "world": resumed.accelerator.num_processes,
-              "start_steps": resumed.steps.tolist()}
-    for _ in range(2):
-        resumed.train_step(unet_number=2, max_batch_size=1)
-    a, b = straight.stages[1], resumed.stages[1]
-    params = list(b.unet.parameters())
-    report["sharded"] = all(isinstance(p, DTensor) for p in params)
-    report["ema_sharded"] = all(isinstance(p, DTensor) for p in b.ema.ema_model.parameters())
-    report["local_fraction"] = sum(full(p).numel() if not isinstance(p, DTensor) else p.to_local().numel()
-                                   for p in params) / sum(p.numel() for p in params)
-    report["weights_equal"] = bool(torch.equal(flat_full(a.unet), flat_full(b.unet)))
-    report["ema_equal"] = bool(torch.equal(flat_full(a.ema.ema_model), flat_full(b.ema.ema_model)))
-    sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
-    report["optim_equal"] = sa.keys() == sb.keys() and all(
-        torch.equal(full(sa[p][k]), full(sb[p][k])) for p in sa for k in sa[p])
-    report["generators_equal"] = all(torch.equal(straight._generators[n].get_state(), g.get_state())
-                                     for n, g in resumed._generators.items())
-    weights = resumed.accelerator.gather(flat_full(b.unet).unsqueeze(0))
-    report["ranks_equal"] = bool(torch.equal(weights[0], weights[1]))
-    report["end_steps"] = resumed.steps.tolist()
-    (root / f"report-{report['rank']}.json").write_text(json.dumps(report))
+    def scenario(name):
+        ckpt = root / name
+        straight = trainer(ckpt, checkpoint_every=2)
+        for _ in range(4):
+            straight.train_step(unet_number=2, max_batch_size=1)  # two chunks a step
+        straight.accelerator.wait_for_everyone()
+        if straight.is_main:  # keep checkpoint.2 only: the resume starts there
+            shutil.rmtree(ckpt / "checkpoint.4")
+        straight.accelerator.wait_for_everyone()
+        resumed = trainer(ckpt)
+        report = {"rank": resumed.accelerator.process_index, "world": resumed.accelerator.num_processes,
+                  "start_steps": resumed.steps.tolist()}
+        for _ in range(2):
+            resumed.train_step(unet_number=2, max_batch_size=1)
+        a, b = straight.stages[1], resumed.stages[1]
+        params = list(b.unet.parameters())
+        report["sharded"] = all(isinstance(p, DTensor) for p in params)
+        report["ema_sharded"] = all(isinstance(p, DTensor) for p in b.ema.ema_model.parameters())
+        report["local_fraction"] = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel()
+                                       for p in params) / sum(p.numel() for p in params)
+        report["weights_equal"] = bool(torch.equal(flat_full(a.unet), flat_full(b.unet)))
+        report["ema_equal"] = bool(torch.equal(flat_full(a.ema.ema_model), flat_full(b.ema.ema_model)))
+        sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+        report["optim_equal"] = sa.keys() == sb.keys() and all(
+            torch.equal(full(sa[p][k]), full(sb[p][k])) for p in sa for k in sa[p])
+        report["generators_equal"] = all(torch.equal(straight._generators[n].get_state(), g.get_state())
+                                         for n, g in resumed._generators.items())
+        weights = resumed.accelerator.gather(flat_full(b.unet).unsqueeze(0))
+        report["ranks_equal"] = bool(torch.equal(weights[0], weights[1]))
+        report["end_steps"] = resumed.steps.tolist()
+        (root / f"report-{name}-{report['rank']}.json").write_text(json.dumps(report))
+
+    scenario("fsdp")  # launched with --use_fsdp --fsdp_version 2: the trainer shards the stage
+    os.environ["ACCELERATE_USE_FSDP"] = "false"  # the same processes, DDP (read when a stage is prepared)
+    scenario("ddp")
     """)
-
-
-def _launch(tmp_path, *flags):
-    script = tmp_path / "run.py"
-    script.write_text(RUN)
-    launcher = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(
-        [launcher, "launch", *flags, "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", "0", str(script), str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    reports = [json.loads((tmp_path / f"report-{r}.json").read_text()) for r in range(2)]
-    for report in reports:
-        assert report["world"] == 2 and report["start_steps"] == [0, 2] and report["end_steps"] == [0, 4]
-        assert report["weights_equal"] and report["ema_equal"] and report["optim_equal"], report
-        assert report["generators_equal"] and report["ranks_equal"], report
-    assert not [p for p in (tmp_path / "ckpt").iterdir() if p.name.startswith(".")]  # no partial folder left
-    return reports
 
 
 def test_two_stage_runs_in_separate_processes_merge_and_sample(tmp_path):
@@ -171,25 +159,35 @@ _ACCELERATE = pytest.mark.skipif(
 
 @pytest.mark.slow
 @_ACCELERATE
-def test_two_process_sharded_save_resumes_bit_for_bit(tmp_path):
-    """Two gloo processes (DDP): a per-stage folder saved at step 2 (each rank writes its own
-    generators' part; DCP's planner spreads the replicated optimizer state), loaded by fresh
-    trainers and trained to step 4, equals the straight run: weights, EMA, Adam state, generators."""
-    reports = _launch(tmp_path, "--multi_gpu")
-    assert not any(r["sharded"] for r in reports)
-    folder = tmp_path / "ckpt" / "checkpoint.2"
-    assert sorted(p.name for p in (folder / "generators").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+def test_two_processes_fsdp2_and_ddp_sharded_saves_resume_bit_for_bit(tmp_path):
+    """One `accelerate launch --use_fsdp --fsdp_version 2` of two CPU (gloo) processes, two runs:
 
-
-@pytest.mark.slow
-@_ACCELERATE
-def test_fsdp2_trains_shards_and_resumes_bit_for_bit(tmp_path):
-    """`accelerate launch --use_fsdp --fsdp_version 2` on two CPU processes: the trained stage's
-    U-Net and EMA are sharded DTensors (each rank holds half), ranks agree after every update, and
-    the sharded checkpoint (optimizer state written by each rank from its shards) resumes bit for bit."""
-    reports = _launch(tmp_path, "--use_fsdp", "--fsdp_version", "2")
-    for report in reports:
-        assert report["sharded"] and report["ema_sharded"], report
-        assert 0.4 < report["local_fraction"] < 0.6, report
-    optim = tmp_path / "ckpt" / "checkpoint.2" / "unet.2.optim"
-    assert {p.name for p in optim.iterdir()} >= {"__0_0.distcp", "__1_0.distcp"}
+    - FSDP2: the trained stage's U-Net and EMA are sharded DTensors (each rank holds half); a
+      per-stage folder saved at step 2 (Adam state written by each rank from its shards), loaded by
+      fresh trainers and trained to step 4, equals the straight run to step 4 bit for bit (weights,
+      EMA, Adam state, generators), on both ranks;
+    - then DDP in the same processes (FSDP turned off in the environment): the same, with plain
+      replicated parameters (DCP's planner spreads the replicated optimizer state), each rank
+      writing its own generators' part."""
+    script = tmp_path / "run.py"
+    script.write_text(RUN)
+    launcher = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(
+        [launcher, "launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", str(script), str(tmp_path)],
+        capture_output=True, text=True, timeout=400, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for name in ("fsdp", "ddp"):
+        for rank in range(2):
+            report = json.loads((tmp_path / f"report-{name}-{rank}.json").read_text())
+            assert report["world"] == 2 and report["start_steps"] == [0, 2] and report["end_steps"] == [0, 4]
+            assert report["weights_equal"] and report["ema_equal"] and report["optim_equal"], (name, report)
+            assert report["generators_equal"] and report["ranks_equal"], (name, report)
+            sharded = name == "fsdp"
+            assert report["sharded"] == report["ema_sharded"] == sharded, (name, report)
+            assert 0.4 < report["local_fraction"] < 0.6 if sharded else report["local_fraction"] == 1
+        folder = tmp_path / name / "checkpoint.2"
+        assert {p.name for p in (folder / "generators").iterdir()} == {".metadata", "__0_0.distcp", "__1_0.distcp"}
+        assert {p.name for p in (folder / "unet.2.optim").iterdir()} >= {"__0_0.distcp", "__1_0.distcp"}
+        assert not [p for p in (tmp_path / name).iterdir() if p.name.startswith(".")]  # no partial folder left
