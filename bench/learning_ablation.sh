@@ -11,6 +11,8 @@ SEEDS=${SEEDS:-"0 1"}
 JOBS=${JOBS:-2}
 CHOICES=${CHOICES:-"block_norm cond_drop ema guidance lr objective sampler text_padding unet warmup"}
 OUT=${OUT:-/tmp/learning_ablation}
+EXTRA=${EXTRA:-}  # more learning.py run options (e.g. a smoke run: --prompts 1 --samples-per-prompt 1)
+REPORT=${REPORT:-bench/learning_ablation.md}
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=1
 started="$(date -u +%FT%H:%MZ) load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -18,18 +20,18 @@ for seed in $SEEDS; do
   for choice in none $CHOICES; do
     ablate=""; [ "$choice" = none ] || ablate="--ablate $choice"
     echo "python bench/learning.py run --system recipe --size $SIZE --steps $STEPS --seed $seed $ablate" \
-         "--threads 1 --markdown - --json $OUT/$choice-$seed.json > $OUT/$choice-$seed.log 2>&1"
+         "--threads 1 $EXTRA --markdown - --json $OUT/$choice-$seed.json > $OUT/$choice-$seed.log 2>&1"
   done
 done | xargs -P "$JOBS" -I{} bash -c {}
 {
   echo "# Ablation of the small-fast recipe at a fixed step budget (bench/learning_ablation.sh)"
   echo
-  echo "\`STEPS=$STEPS SIZE=$SIZE SEEDS=\"$SEEDS\" JOBS=$JOBS CHOICES=\"$CHOICES\" bash bench/learning_ablation.sh\`:"
+  echo "\`STEPS=$STEPS SIZE=$SIZE SEEDS=\"$SEEDS\" JOBS=$JOBS CHOICES=\"$CHOICES\" EXTRA=\"$EXTRA\" bash bench/learning_ablation.sh\`:"
   echo "each run trains the base stage $STEPS steps at $SIZE px from scratch (one thread), then scores the 15"
-  echo "held-out prompts (2 samples each). Started $started; ended $(date -u +%FT%H:%MZ) load"
+  echo "held-out prompts (2 samples each, unless EXTRA says otherwise). Started $started; ended $(date -u +%FT%H:%MZ) load"
   echo "$(cut -d' ' -f1-3 /proc/loadavg). Accuracy at equal steps does not depend on the load; steps/s does."
   echo "Each cell: the mean over seeds (change against the recipe) [each seed]."
   echo
   python bench/learning.py table "$OUT"/*.json
-} > bench/learning_ablation.md
-cat bench/learning_ablation.md
+} > "$REPORT"
+cat "$REPORT"
