@@ -4,6 +4,7 @@ runs are in test_checkpoint_folders_multiprocess.py)."""
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -82,34 +83,47 @@ def _flip_last_byte(path):
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damaged", ["unet.2.safetensors", "unet.2.optim/__0_0.distcp", "generators/.metadata"])
-def test_a_damaged_part_is_refused(tmp_path, unet_factory, damaged):
-    trainer = _trainer(unet_factory)
-    _steps(trainer, 1, 0)
-    trainer.save(tmp_path / "ckpt")
-    _flip_last_byte(tmp_path / "ckpt" / damaged)
-    with pytest.raises(CheckpointError, match="corrupt"):
-        _trainer(unet_factory).load(tmp_path / "ckpt")
+@pytest.fixture(scope="module")
+def two_saves(tmp_path_factory):
+    """Folders ``a`` (after one step) and ``b`` (after two) of one run, written once per module."""
+    from functools import partial
 
+    from imagen.unets import Unet
 
-def test_a_stage_file_from_another_save_is_refused(tmp_path, unet_factory):
-    trainer = _trainer(unet_factory)
+    tiny_unet = partial(Unet, dim=8, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=False,
+                        layer_cross_attns=False, attn_heads=2, attn_dim_head=8)  # conftest's tiny_unet
+    root = tmp_path_factory.mktemp("saves")
+    trainer = _trainer(tiny_unet)
     _steps(trainer, 1, 0)
-    trainer.save(tmp_path / "a")
+    trainer.save(root / "a")
     _steps(trainer, 1, 1)
-    trainer.save(tmp_path / "b")
-    os.replace(tmp_path / "b" / "unet.2.safetensors", tmp_path / "a" / "unet.2.safetensors")
+    trainer.save(root / "b")
+    return root
+
+
+@pytest.fixture
+def saves(two_saves, tmp_path):
+    shutil.copytree(two_saves, tmp_path / "saves")
+    return tmp_path / "saves"
+
+
+@pytest.mark.parametrize("damaged", ["unet.2.safetensors", "unet.2.optim/__0_0.distcp", "generators/.metadata"])
+def test_a_damaged_part_is_refused(saves, unet_factory, damaged):
+    _flip_last_byte(saves / "a" / damaged)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        _trainer(unet_factory).load(saves / "a")
+
+
+def test_a_stage_file_from_another_save_is_refused(saves, unet_factory):
+    os.replace(saves / "b" / "unet.2.safetensors", saves / "a" / "unet.2.safetensors")
     with pytest.raises(CheckpointError, match="mixes files of different saves"):
-        _trainer(unet_factory).load(tmp_path / "a")
+        _trainer(unet_factory).load(saves / "a")
 
 
-def test_a_missing_data_file_is_refused(tmp_path, unet_factory):
-    trainer = _trainer(unet_factory)
-    _steps(trainer, 1, 0)
-    trainer.save(tmp_path / "ckpt")
-    (tmp_path / "ckpt" / "unet.2.optim" / "__0_0.distcp").unlink()
+def test_a_missing_data_file_is_refused(saves, unet_factory):
+    (saves / "a" / "unet.2.optim" / "__0_0.distcp").unlink()
     with pytest.raises(CheckpointError, match="manifest lists"):
-        _trainer(unet_factory).load(tmp_path / "ckpt")
+        _trainer(unet_factory).load(saves / "a")
 
 
 def test_rotation_resume_and_partial_cleanup(tmp_path, unet_factory):
