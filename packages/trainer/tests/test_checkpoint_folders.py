@@ -162,3 +162,21 @@ def test_layout_follows_fsdp2_and_fsdp1_is_refused():
         check_layout(None, accelerator=_accelerate_fsdp(1))
     with pytest.raises(ValueError, match="checkpoint_layout must be one of"):
         check_layout("folders")
+
+
+def test_a_folder_save_never_replaces_foreign_files(tmp_path, unet_factory):
+    """A checkpoint folder replaces what is at its path whole: a file or a folder of other files is
+    refused (and left as it was); an earlier checkpoint folder or an empty folder is replaced."""
+    trainer = _trainer(unet_factory)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "notes.txt").write_text("mine")
+    (tmp_path / "file").write_text("mine")
+    for target in ("runs", "file"):
+        with pytest.raises(ValueError, match="replaces what is at its path whole"):
+            trainer.save(tmp_path / target)
+    assert (tmp_path / "runs" / "notes.txt").read_text() == (tmp_path / "file").read_text() == "mine"
+    (tmp_path / "empty").mkdir()
+    trainer.save(tmp_path / "empty")
+    trainer.save(tmp_path / "empty")  # over an earlier checkpoint folder
+    assert (tmp_path / "empty" / "trainer.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "runs"]

@@ -128,6 +128,17 @@ def _export(imagen, stages, folder: Path, parts: dict, prefixes: dict) -> None:
     cascade.save_pretrained(folder)
 
 
+def _check_replaceable(path: Path) -> None:
+    """Refuses to put a checkpoint folder where a file, or a folder that is not a checkpoint
+    folder, is (the old folder is replaced whole, its contents deleted)."""
+    if path.exists() and not is_checkpoint_folder(path):
+        if path.is_dir() and not any(path.iterdir()):
+            return
+        kind = "a folder that is not a checkpoint folder" if path.is_dir() else "a file"
+        raise ValueError(f"{path} is {kind}; a checkpoint folder replaces what is at its path whole, so give a new "
+                         "path, an empty folder, or an earlier checkpoint folder")
+
+
 def save_checkpoint_folder(path, *, imagen, stages: dict, accelerator, generators: dict, meta: dict,
                            data: dict, user: dict | None = None, training: bool = True) -> Path | None:
     """Writes a checkpoint folder at ``path`` (every process calls it; see the module docstring) and
@@ -136,6 +147,7 @@ def save_checkpoint_folder(path, *, imagen, stages: dict, accelerator, generator
     from accelerate.utils import broadcast_object_list, gather_object
 
     path = Path(path)
+    _check_replaceable(path)
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     staging = [None]
     if main:
@@ -304,6 +316,7 @@ def merge_folders(output: Path, loaded: dict[Path, FolderCheckpoint], chosen: di
     ``loaded``, the verified source folders): its stage file and optimizer part copied (checked
     against the source's manifest), a new shared part (the first source's config and own tensors,
     no generators or data position) and a new export. Atomic as a folder, like a save."""
+    _check_replaceable(output)
     first = next(iter(loaded))
     base = loaded[first]
     output.parent.mkdir(parents=True, exist_ok=True)
