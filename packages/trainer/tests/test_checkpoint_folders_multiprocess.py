@@ -39,6 +39,22 @@ def flat(module):
     return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
 """
 
+KILLED_SAVE = COMMON + textwrap.dedent("""
+    import os
+    import signal
+
+    import imagen.trainer.checkpoint_folders as folders
+
+    root = Path(sys.argv[1])
+    trainer = ImagenTrainer(cascade(), verbose=False, checkpoint_path=root, checkpoint_every=1,
+                            checkpoint_layout="folder")
+    trainer(torch.rand(2, 3, 8, 8), unet_number=1)
+    trainer.update(1)  # checkpoint.1, complete
+    folders.replace_folder = lambda *args: os.kill(os.getpid(), signal.SIGKILL)  # dies before the rename
+    trainer(torch.rand(2, 3, 8, 8), unet_number=1)
+    trainer.update(1)
+    """)
+
 STAGE_RUN = COMMON + textwrap.dedent("""
     unet_number, root = int(sys.argv[1]), Path(sys.argv[2])
     trainer = ImagenTrainer(cascade(), verbose=False, checkpoint_path=root, checkpoint_every=2,
@@ -148,6 +164,28 @@ def test_two_stage_runs_in_separate_processes_merge_and_sample(tmp_path):
     images = merged.sample(generator=torch.Generator().manual_seed(7), **kwargs)
     assert images.shape == (2, 3, 16, 16)
     assert torch.equal(images, assembled.sample(generator=torch.Generator().manual_seed(7), **kwargs))
+
+
+def test_a_save_killed_before_its_rename_leaves_the_previous_checkpoint(tmp_path):
+    """SIGKILL after every part of checkpoint.2 is written but before the folder is renamed: the
+    folder holds checkpoint.1 and a partial folder; a new trainer removes the partial folder (its
+    process is gone) and resumes from checkpoint.1."""
+    from imagen.trainer import ImagenTrainer
+
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_SAVE)
+    root = tmp_path / "ckpt"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    result = subprocess.run([sys.executable, str(script), str(root)], capture_output=True, text=True, timeout=240,
+                            env=env)
+    assert result.returncode == -9, result.stdout[-2000:] + result.stderr[-2000:]
+    names = sorted(p.name for p in root.iterdir())
+    assert names[0].startswith(".checkpoint.2.partial-") and names[1:] == ["checkpoint.1"], names
+    namespace = {}
+    exec(COMMON, namespace)  # the same cascade
+    trainer = ImagenTrainer(namespace["cascade"](), verbose=False, checkpoint_path=root, checkpoint_layout="folder")
+    assert trainer.steps.tolist() == [1, 0]
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint.1"]
 
 
 _ACCELERATE = pytest.mark.skipif(
