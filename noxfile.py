@@ -3,7 +3,9 @@
 Each package is tested in its own virtual environment that holds only that package, what it
 declares, and the internal packages it depends on (installed from their local folders), so an
 undeclared import fails. torch is installed first, pinned through ``constraints.txt``, so pip
-never resolves an unpinned torch and its CUDA packages.
+never resolves an unpinned torch and its CUDA packages; it is unpacked once, into
+``build/nox-torch-*``, which every session's environment reads through a ``.pth`` file (its own
+requirements go into each environment as usual).
 
     nox                                  # every session
     nox -s "tests(package='diffusion')"  # one package
@@ -12,6 +14,7 @@ never resolves an unpinned torch and its CUDA packages.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -33,11 +36,31 @@ def install_pinned(session: nox.Session, *args: str) -> None:
     session.install("-c", CONSTRAINTS, *args)
 
 
+TORCH = "torch==2.13.0"
+PYTHON = f"py{sys.version_info[0]}{sys.version_info[1]}"
+SHARED_TORCH = Path(__file__).parent / "build" / f"nox-{TORCH.replace('==', '-')}-{PYTHON}"
+
+
+def install_torch(session: nox.Session) -> None:
+    """Makes the pinned torch importable in the session: unpacked once (about 800 MB a copy, the
+    slowest part of a session's set-up) and shared read-only through a ``.pth`` file."""
+    if not (SHARED_TORCH / ".complete").exists():
+        partial = SHARED_TORCH.with_name(SHARED_TORCH.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        session.run("python", "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(partial),
+                    "-c", CONSTRAINTS, TORCH)
+        (partial / ".complete").touch()
+        shutil.rmtree(SHARED_TORCH, ignore_errors=True)
+        partial.rename(SHARED_TORCH)
+    site = session.run("python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", silent=True)
+    Path(site.strip(), "_shared_torch.pth").write_text(f"{SHARED_TORCH}\n")
+
+
 @nox.session
 @nox.parametrize("package", PACKAGES)
 def tests(session: nox.Session, package: str) -> None:
     """Installs one package (with its internal dependencies from local folders) and runs its tests."""
-    install_pinned(session, "torch==2.13.0")
+    install_torch(session)
     local = [f"./packages/{name}" for name in internal_closure(package) if name != package]
     install_pinned(session, *local, f"./packages/{package}[test]", "pytest-xdist")
     # Tiny test models run fastest on one thread per process (and never oversubscribe the cores).
@@ -71,13 +94,13 @@ REFERENCE_PACKAGES = [
 @nox.session
 def reference(session: nox.Session) -> None:
     """Checks that our packages compute what imagen-pytorch 2.1.0 computes with the same weights."""
-    install_pinned(session, "torch==2.13.0")
+    install_torch(session)
     install_pinned(session, *[f"./packages/{name}[test]" for name in PACKAGES])
     install_pinned(session, "--no-deps", *REFERENCE_PACKAGES)
     install_pinned(session, "pytest-xdist")
     session.env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
     session.run("pytest", *PARALLEL, "reference", *session.posargs)
-    if not session.posargs:  # a full run also refreshes the side-by-side speed table
+    if not session.posargs and not os.environ.get("CI"):  # a full local run refreshes the speed table
         session.run("python", "bench/reference_bench.py", "--rounds", "3", "--output", "bench/reference.md")
 
 
@@ -86,7 +109,7 @@ def faults(session: nox.Session) -> None:
     """Fault injection (not a default session): SIGKILLs aimed inside saves, damaged checkpoint files
     against every loader, full and read-only disks (tmpfs when root). ``nox -s faults -- --long`` runs
     the full counts (>= 50 kills); each suite prints its counts."""
-    install_pinned(session, "torch==2.13.0")
+    install_torch(session)
     install_pinned(session, *[f"./packages/{name}[test]" for name in PACKAGES])
     session.env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
     session.run("pytest", "faults", "-s", *session.posargs)
@@ -97,7 +120,7 @@ def mutation(session: nox.Session) -> None:
     """Mutation testing (not a default session) with mutmut of imagen.diffusion, the cascade's
     sampling and the checkpoint container: prints the kill rate per file and per target and the
     mutants not caught (faults/mutation.py; posargs e.g. --target diffusion --max-children 1)."""
-    install_pinned(session, "torch==2.13.0")
+    install_torch(session)
     install_pinned(session, *[f"./packages/{name}[test]" for name in PACKAGES], "mutmut")
     session.env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
     session.run("python", "faults/mutation.py", *session.posargs)
@@ -107,7 +130,7 @@ def mutation(session: nox.Session) -> None:
 def learning(session: nox.Session) -> None:
     """The reduced learning benchmark as a test (not a default session: several CPU-minutes): the
     small-fast recipe trained a fixed number of steps must follow held-out prompts (issue 14)."""
-    install_pinned(session, "torch==2.13.0")
+    install_torch(session)
     install_pinned(session, *[f"./packages/{name}[test]" for name in PACKAGES])
     session.env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
     session.env["IMAGEN_LEARNING"] = "1"
