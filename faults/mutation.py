@@ -252,14 +252,15 @@ def mutant_diffs(folder: Path, package: str) -> dict[str, str]:
     diffs = {}
     for module in (folder / "mutants" / "src" / "imagen" / package).glob("*.py"):
         source = module.read_text()
-        functions = {node.name: ast.get_source_segment(source, node).replace(node.name, "f", 1).splitlines()
+        lines = source.splitlines()
+        functions = {node.name: [lines[node.lineno - 1].replace(node.name, "f", 1), *lines[node.lineno:node.end_lineno]]
                      for node in ast.walk(ast.parse(source))
                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and "__mutmut_" in node.name}
-        for name, lines in functions.items():
+        for name, body in functions.items():
             original = functions.get(name.rsplit("__mutmut_", 1)[0] + "__mutmut_orig")
             if original is None or name.endswith("__mutmut_orig"):
                 continue
-            changed = [line for line in difflib.unified_diff(original, lines, lineterm="", n=0)
+            changed = [line for line in difflib.unified_diff(original, body, lineterm="", n=0)
                        if line[:1] in "+-" and not line.startswith(("+++", "---"))]
             diffs[name] = " ".join(f"{line[0]} {line[1:].strip()}" for line in changed)
     return diffs
