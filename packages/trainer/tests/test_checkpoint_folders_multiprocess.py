@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from imagen.cascade import load_imagen_from_checkpoint
+from imagen.cascade import load_imagen_from_checkpoint, read_container
 from imagen.trainer import merge_stage_checkpoints
 
 COMMON = """
@@ -229,3 +229,7 @@ def test_two_processes_fsdp2_and_ddp_sharded_saves_resume_bit_for_bit(tmp_path):
         assert {p.name for p in (folder / "generators").iterdir()} == {".metadata", "__0_0.distcp", "__1_0.distcp"}
         assert {p.name for p in (folder / "unet.2.optim").iterdir()} >= {"__0_0.distcp", "__1_0.distcp"}
         assert not [p for p in (tmp_path / name).iterdir() if p.name.startswith(".")]  # no partial folder left
+        export = load_imagen_from_checkpoint(folder).unets[1].state_dict()  # gathered from the shards under FSDP2
+        ema = read_container(folder / "unet.2.safetensors", formats={"imagen-stage": 1}).tensors
+        assert export.keys() == {k[4:] for k in ema if k.startswith("ema.")}
+        assert all(torch.equal(value, ema["ema." + key]) for key, value in export.items())

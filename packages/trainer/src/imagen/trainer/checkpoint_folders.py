@@ -123,8 +123,13 @@ def _export(imagen, stages, folder: Path, parts: dict, prefixes: dict) -> None:
     for index, (tensors, _) in parts.items():
         kind = "ema." if any(k.startswith("ema.") for k in tensors) else "weights."
         weights.update({prefixes[index] + k[len(kind):]: v for k, v in tensors.items() if k.startswith(kind)})
-    cascade = imagen_from_config_json(imagen.config.to_json())
-    cascade.load_state_dict(weights, strict=True)
+    try:  # built on the meta device (nothing initialised), then given the gathered tensors
+        with torch.device("meta"):
+            cascade = imagen_from_config_json(imagen.config.to_json())
+        cascade.load_state_dict(weights, strict=True, assign=True)
+    except (RuntimeError, NotImplementedError):  # a layer that cannot be built on meta: build it for real
+        cascade = imagen_from_config_json(imagen.config.to_json())
+        cascade.load_state_dict(weights, strict=True)
     cascade.save_pretrained(folder)
 
 
