@@ -127,6 +127,8 @@ RUN = COMMON + textwrap.dedent("""
         weights = resumed.accelerator.gather(flat_full(b.unet).unsqueeze(0))
         report["ranks_equal"] = bool(torch.equal(weights[0], weights[1]))
         report["end_steps"] = resumed.steps.tolist()
+        samples = root / name / "samples"  # fit's sample grids: under FSDP2 every rank samples, the main one writes
+        resumed.fit(1, unet_number=2, sample_every=1, sample_folder=samples, sample_kwargs={"batch_size": 1})
         (root / f"report-{name}-{report['rank']}.json").write_text(json.dumps(report))
 
     scenario("fsdp")  # launched with --use_fsdp --fsdp_version 2: the trainer shards the stage
@@ -229,6 +231,7 @@ def test_two_processes_fsdp2_and_ddp_sharded_saves_resume_bit_for_bit(tmp_path):
         assert {p.name for p in (folder / "generators").iterdir()} == {".metadata", "__0_0.distcp", "__1_0.distcp"}
         assert {p.name for p in (folder / "unet.2.optim").iterdir()} >= {"__0_0.distcp", "__1_0.distcp"}
         assert not [p for p in (tmp_path / name).iterdir() if p.name.startswith(".")]  # no partial folder left
+        assert [p.name for p in (tmp_path / name / "samples").iterdir()] == ["sample-unet2-5.png"]
         export = load_imagen_from_checkpoint(folder).unets[1].state_dict()  # gathered from the shards under FSDP2
         ema = read_container(folder / "unet.2.safetensors", formats={"imagen-stage": 1}).tensors
         assert export.keys() == {k[4:] for k in ema if k.startswith("ema.")}

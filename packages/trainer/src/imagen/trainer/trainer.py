@@ -784,9 +784,11 @@ class ImagenTrainer(nn.Module):
         return loss
 
     def _log_samples(self, stage, folder, prompts, options) -> None:
+        if not self.is_main and not stage.sharded:
+            return
+        picture = self.sample_grid(prompts=prompts, **options)  # FSDP2: on every process (a collective forward)
         if not self.is_main:
             return
-        picture = self.sample_grid(prompts=prompts, **options)
         if folder is not None:
             path = Path(folder) / f"sample-unet{stage.unet_number}-{stage.steps}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
