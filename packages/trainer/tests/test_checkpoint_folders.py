@@ -137,6 +137,8 @@ def test_rotation_resume_and_partial_cleanup(tmp_path, unet_factory):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.2", "checkpoint.3"]
     resumed = _trainer(unet_factory, checkpoint_path=tmp_path)
     assert resumed.steps.tolist() == [0, 3]
+    resumed.load_from_checkpoint_folder(last_total_steps=2)
+    assert resumed.steps.tolist() == [0, 2]
     state = json.loads((tmp_path / "checkpoint.3" / "config.json").read_text())
     assert state["format"] == "imagen-cascade"
 

@@ -458,7 +458,8 @@ class ImagenTrainer(nn.Module):
         if self.checkpoint_path is None:
             raise ValueError("load_from_checkpoint_folder needs checkpoint_path")
         if last_total_steps != -1:
-            return self.load(join(self.checkpoint_path, folder_checkpoint_name(last_total_steps)))
+            name = folder_checkpoint_name(last_total_steps, self.checkpoint_layout)
+            return self.load(join(self.checkpoint_path, name))
         if self.is_main:
             remove_partial_checkpoints(self.checkpoint_path, self.fs)  # left by a save that was killed
         newest = latest_checkpoint(self.checkpoint_path, self.fs, include_reference=True)
