@@ -132,7 +132,9 @@ class ImagenTrainer(nn.Module):
     ``ema_update_after_step``, ``ema_update_every`` (and any other ``ema_<name>`` keyword of
     ``ema_pytorch.EMA``) configure the EMA; ``accelerate_<name>`` keywords go to
     ``accelerate.Accelerator``. With ``checkpoint_path`` the trainer resumes from the newest
-    checkpoint there and writes one every ``checkpoint_every`` steps, keeping ``max_checkpoints_keep``.
+    checkpoint there and writes one every ``checkpoint_every`` steps, keeping ``max_checkpoints_keep``;
+    ``checkpoint_layout="folder"`` (the default under FSDP2) writes per-stage checkpoint folders, each
+    process its part (:mod:`imagen.trainer.checkpoint_folders`), ``"file"`` one safetensors file.
     ``max_consecutive_nonfinite`` bad steps in a row raise :class:`NonFiniteTrainingError`.
 
     Tracking: ``log_with`` (``"tensorboard"``, ``"wandb"``, a list, or accelerate trackers) with
