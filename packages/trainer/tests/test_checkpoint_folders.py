@@ -182,3 +182,26 @@ def test_a_folder_save_never_replaces_foreign_files(tmp_path, unet_factory):
     trainer.save(tmp_path / "empty")  # over an earlier checkpoint folder
     assert (tmp_path / "empty" / "trainer.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "runs"]
+
+
+def test_merging_folders_checks_its_sources(saves, unet_factory, tmp_path):
+    """Two folders that both trained unet 2 are ambiguous until one is chosen; a folder and a file
+    do not mix; a source of another cascade is refused naming the setting."""
+    from imagen.trainer import merge_stage_checkpoints
+
+    with pytest.raises(ValueError, match="unet 2 was trained in several sources"):
+        merge_stage_checkpoints(tmp_path / "m", [saves / "a", saves / "b"])
+    merge_stage_checkpoints(tmp_path / "m", [saves / "a", saves / "b"], stages={2: saves / "b"})
+    assert (tmp_path / "m" / "unet.2.safetensors").read_bytes() == (saves / "b" / "unet.2.safetensors").read_bytes()
+    assert _trainer(unet_factory).load(tmp_path / "m")["steps"] == [0, 2]
+    other = _trainer(unet_factory, checkpoint_layout="file")
+    other.save(tmp_path / "one.safetensors")
+    with pytest.raises(ValueError, match="mix checkpoint files and per-stage checkpoint folders"):
+        merge_stage_checkpoints(tmp_path / "n", [saves / "a", tmp_path / "one.safetensors"])
+    torch.manual_seed(0)
+    unets = (unet_factory(dropout=0.1), unet_factory(dropout=0.1))
+    foreign = ImagenTrainer(Imagen(condition_on_text=False, unets=unets, image_sizes=(8, 16), timesteps=5,
+                                   cond_drop_prob=0.5), verbose=False, checkpoint_layout="folder")
+    foreign.save(tmp_path / "foreign")
+    with pytest.raises(ValueError, match=r"not a run of the cascade .*\(cond_drop_prob: 0.1 vs 0.5\)"):
+        merge_stage_checkpoints(tmp_path / "n", [saves / "a", tmp_path / "foreign"])
