@@ -199,9 +199,10 @@ def test_merging_folders_checks_its_sources(saves, unet_factory, tmp_path):
     with pytest.raises(ValueError, match="mix checkpoint files and per-stage checkpoint folders"):
         merge_stage_checkpoints(tmp_path / "n", [saves / "a", tmp_path / "one.safetensors"])
     torch.manual_seed(0)
-    unets = (unet_factory(dropout=0.1), unet_factory(dropout=0.1))
+    unets = (unet_factory(dropout=0.1), unet_factory(dropout=0.2))
     foreign = ImagenTrainer(Imagen(condition_on_text=False, unets=unets, image_sizes=(8, 16), timesteps=5,
                                    cond_drop_prob=0.5), verbose=False, checkpoint_layout="folder")
     foreign.save(tmp_path / "foreign")
-    with pytest.raises(ValueError, match=r"not a run of the cascade .*\(cond_drop_prob: 0.1 vs 0.5\)"):
+    with pytest.raises(ValueError, match=r"not a run of the cascade .*\(cond_drop_prob: 0.1 vs 0.5; "
+                                         r"unets\[1\].dropout: 0.1 vs 0.2\)"):
         merge_stage_checkpoints(tmp_path / "n", [saves / "a", tmp_path / "foreign"])

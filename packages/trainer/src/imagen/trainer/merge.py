@@ -60,7 +60,7 @@ def merge_stage_checkpoints(output: str | os.PathLike, sources: Sequence[str | o
     for file in files[1:]:
         refused = [k for k in config_differences(configs[first], configs[file]) if k not in SAMPLING_ONLY_SETTINGS]
         if refused:
-            details = "; ".join(f"{k}: {configs[first].get(k)!r} vs {configs[file].get(k)!r}" for k in refused[:4])
+            details = "; ".join(_difference(k, configs[first].get(k), configs[file].get(k)) for k in refused[:4])
             raise ValueError(f"{file} is not a run of the cascade of {first} ({details}); only sampling settings "
                              "may differ")
     chosen = _choose_sources(files, loaded, len(configs[first]["unets"]), stages or {})
@@ -72,6 +72,17 @@ def merge_stage_checkpoints(output: str | os.PathLike, sources: Sequence[str | o
     save_checkpoint(output, tensors, imagen_config=loaded[first].imagen_config, trainer_state=state)
     logger.info("merged %s into %s", {n: str(f) for n, f in chosen.items()}, output)
     return {number: str(file) for number, file in chosen.items()}
+
+
+def _difference(key: str, a, b) -> str:
+    """``key: a vs b``; for the list of unet configs, only the keywords that differ, per unet."""
+    if key == "unets" and isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        parts = [f"unets[{i}].{name}: {x.get(name)!r} vs {y.get(name)!r}"
+                 for i, (x, y) in enumerate(zip(a, b)) if isinstance(x, dict) and isinstance(y, dict)
+                 for name in sorted(set(x) | set(y)) if x.get(name) != y.get(name)]
+        if parts:
+            return "; ".join(parts[:4])
+    return f"{key}: {a!r} vs {b!r}"
 
 
 def _checkpoint_file(source) -> Path:
