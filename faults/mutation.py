@@ -56,8 +56,10 @@ ROOT = Path(__file__).resolve().parent.parent
 STAGES = ROOT / "build" / "mutation"
 NOTE = ROOT / "faults" / "mutation.md"
 
-# the statuses counted as caught; every other one (survived, no tests, suspicious, ...) is listed
+# the statuses counted as caught; every other one (survived, no tests, suspicious, ...) is listed,
+# except NOT_RUN (an interrupted run's mutants not yet judged: counted apart, outside the rate)
 CAUGHT = ("killed", "timeout")
+NOT_RUN = "not checked"
 # decorators that only wrap the function (applied after the module in the staged copy)
 WRAPPERS = ("torch.no_grad()", "contextlib.contextmanager")
 
@@ -215,7 +217,8 @@ class Results:
     names: list[str]  # mutmut's names of the uncaught mutants
 
     def table(self) -> list[str]:
-        rows = ["| file | mutants | killed | timeout | not caught | kill rate |", "|---|---|---|---|---|---|"]
+        rows = ["| file | mutants | killed | timeout | not caught | not run | kill rate |",
+                "|---|---|---|---|---|---|---|"]
         total = Counter()
         for module, counts in sorted(self.counts.items()):
             total.update(counts)
@@ -231,13 +234,14 @@ class Results:
 
 
 def _rate(counts: Counter) -> float:
-    return 100 * sum(counts[s] for s in CAUGHT) / max(sum(counts.values()), 1)
+    """Caught / judged, in percent (mutants not run are left out)."""
+    return 100 * sum(counts[s] for s in CAUGHT) / max(sum(counts.values()) - counts[NOT_RUN], 1)
 
 
 def _row(label: str, counts: Counter) -> str:
     total = sum(counts.values())
-    uncaught = total - sum(counts[s] for s in CAUGHT)
-    return (f"| {label} | {total} | {counts['killed']} | {counts['timeout']} | {uncaught} | "
+    uncaught = total - sum(counts[s] for s in CAUGHT) - counts[NOT_RUN]
+    return (f"| {label} | {total} | {counts['killed']} | {counts['timeout']} | {uncaught} | {counts[NOT_RUN]} | "
             f"{_rate(counts):.1f}% |")
 
 
@@ -280,7 +284,7 @@ def collect(target: Target, folder: Path) -> Results:
             continue
         name, module, status = match.group(1), match.group(2), match.group(3).strip()
         counts.setdefault(module, Counter())[status] += 1
-        if status not in CAUGHT:
+        if status not in (*CAUGHT, NOT_RUN):
             names.append(name)
             short = name.split(".")[-1].removeprefix("x_").replace("ǁ", ".").strip(".")
             uncaught.setdefault(module, []).append(f"{short}: {status}: {diffs.get(name.split('.')[-1], '?')}")
