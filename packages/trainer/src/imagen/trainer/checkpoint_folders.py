@@ -96,15 +96,21 @@ def _container(path: Path, tensors, fmt: str, version: int, metadata: dict) -> s
     return json.loads(data[8 : 8 + header_len])["__metadata__"]["tensors_sha256"]
 
 
+def _gathered(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded tensor gathered whole and moved to the CPU at once (so that a save never holds a
+    whole stage on the accelerator); any other tensor as it is."""
+    return fsdp.full_tensor(tensor).cpu() if fsdp.is_dtensor(tensor) else tensor
+
+
 def _stage_part(imagen, stage, accelerator, prefix: str) -> tuple[dict, dict]:
     """Tensors and JSON state of one stage's file; a sharded stage's tensors are gathered (every
     rank calls this for every stage, in the same order)."""
-    tensors = {f"weights.{k}": fsdp.full_tensor(v) for k, v in stage.unwrapped_unet(accelerator).state_dict().items()}
+    tensors = {f"weights.{k}": _gathered(v) for k, v in stage.unwrapped_unet(accelerator).state_dict().items()}
     state = {name: int(getattr(stage, name)) for name in COUNTERS}
     state.update(unet_number=stage.unet_number, prefix=prefix, scheduler=stage.scheduler.state_dict(),
                  scaler=stage.scaler.state_dict())
     if stage.ema is not None:
-        tensors.update({f"ema.{k}": fsdp.full_tensor(v) for k, v in stage.ema.ema_model.state_dict().items()})
+        tensors.update({f"ema.{k}": _gathered(v) for k, v in stage.ema.ema_model.state_dict().items()})
         state["ema"] = {"step": int(stage.ema.step.item()), "initted": bool(stage.ema.initted.item())}
     return tensors, state
 

@@ -31,7 +31,9 @@ from accelerate.utils import DistributedType
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-__all__ = ["fsdp_version", "full_tensor", "gradient_sync", "is_sharded", "load_module_state", "shard_stage"]
+__all__ = [
+    "fsdp_version", "full_tensor", "gradient_sync", "is_dtensor", "is_sharded", "load_module_state", "shard_stage",
+]
 
 
 def fsdp_version(accelerator) -> int | None:
@@ -51,6 +53,11 @@ def fsdp_version(accelerator) -> int | None:
 def is_sharded(module: nn.Module) -> bool:
     """Whether any parameter of ``module`` is a ``DTensor`` (a sharded stage)."""
     return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def is_dtensor(tensor) -> bool:
+    """Whether ``tensor`` is a (sharded) ``DTensor``."""
+    return isinstance(tensor, DTensor)
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
