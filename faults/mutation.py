@@ -10,7 +10,7 @@ Targets (default: all three, one after the other):
   sampling, the Gaussian process, inpainting, draws, checks; not the ``testing`` oracles) against
   the diffusion test suite;
 - ``cascade-sampling``: ``imagen.cascade.sampling`` (the per-stage plan and the sampling loop)
-  against the cascade's sampling, refinement and schedule tests;
+  against the cascade's sampling (and sampling parts), refinement and schedule tests;
 - ``container``: ``imagen.cascade.container`` (the checkpoint container) against the container and
   trainer checkpoint tests (without the SIGKILL loop).
 
@@ -88,8 +88,9 @@ TARGETS = {
         Target(
             "cascade-sampling", "cascade",
             mutate=("sampling.py",),
-            tests=("packages/cascade/tests/test_sampling.py", "packages/cascade/tests/test_refine.py",
-                   "packages/cascade/tests/test_schedules.py", "packages/cascade/tests/cascade_testing.py"),
+            tests=("packages/cascade/tests/test_sampling.py", "packages/cascade/tests/test_sampling_parts.py",
+                   "packages/cascade/tests/test_refine.py", "packages/cascade/tests/test_schedules.py",
+                   "packages/cascade/tests/cascade_testing.py"),
         ),
         Target(
             "container", "cascade",
