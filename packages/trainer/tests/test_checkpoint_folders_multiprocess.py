@@ -131,9 +131,28 @@ RUN = COMMON + textwrap.dedent("""
         resumed.fit(1, unet_number=2, sample_every=1, sample_folder=samples, sample_kwargs={"batch_size": 1})
         (root / f"report-{name}-{report['rank']}.json").write_text(json.dumps(report))
 
+    def failing_disk():  # rank 1's stage file hits a full disk: every rank raises, none hangs
+        import errno
+
+        import imagen.trainer.checkpoint_folders as folders
+
+        ckpt = root / "ddp"
+        t = trainer(ckpt)
+        if t.accelerator.process_index == 1:
+            folders._container = lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left"))
+        try:
+            t.save(ckpt / "checkpoint.9")
+            raised = None
+        except OSError as error:
+            raised = str(error)
+        t.accelerator.wait_for_everyone()
+        report = {"raised": raised, "left": sorted(p.name for p in ckpt.iterdir())}
+        (root / f"report-disk-{t.accelerator.process_index}.json").write_text(json.dumps(report))
+
     scenario("fsdp")  # launched with --use_fsdp --fsdp_version 2: the trainer shards the stage
     os.environ["ACCELERATE_USE_FSDP"] = "false"  # the same processes, DDP (read when a stage is prepared)
     scenario("ddp")
+    failing_disk()
     """)
 
 
@@ -208,7 +227,9 @@ def test_two_processes_fsdp2_and_ddp_sharded_saves_resume_bit_for_bit(tmp_path):
       EMA, Adam state, generators), on both ranks;
     - then DDP in the same processes (FSDP turned off in the environment): the same, with plain
       replicated parameters (DCP's planner spreads the replicated optimizer state), each rank
-      writing its own generators' part."""
+      writing its own generators' part;
+    - a full disk on rank 1 while it writes its part of a save: both ranks raise (rank 0 naming the
+      other process), none hangs, and the folder keeps the previous checkpoint and no partial folder."""
     script = tmp_path / "run.py"
     script.write_text(RUN)
     launcher = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
@@ -236,3 +257,6 @@ def test_two_processes_fsdp2_and_ddp_sharded_saves_resume_bit_for_bit(tmp_path):
         ema = read_container(folder / "unet.2.safetensors", formats={"imagen-stage": 1}).tensors
         assert export.keys() == {k[4:] for k in ema if k.startswith("ema.")}
         assert all(torch.equal(value, ema["ema." + key]) for key, value in export.items())
+    disk = [json.loads((tmp_path / f"report-disk-{rank}.json").read_text()) for rank in range(2)]
+    assert "No space left" in disk[1]["raised"] and "another process could not write" in disk[0]["raised"], disk
+    assert disk[0]["left"] == ["checkpoint.2", "samples"], disk  # the previous checkpoint, no partial folder

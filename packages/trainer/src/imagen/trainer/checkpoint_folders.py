@@ -51,6 +51,7 @@ from imagen.cascade import (
 from . import fsdp, sharded_state
 from .checkpoints import Checkpoint
 from .optim import optimizer_state_from_tensors, optimizer_state_to_tensors
+from .stage import any_process
 from .state import COUNTERS, unet_prefixes
 
 __all__ = [
@@ -150,11 +151,21 @@ def _check_replaceable(path: Path) -> None:
                          "path, an empty folder, or an earlier checkpoint folder")
 
 
+def _together(accelerator, error: BaseException | None, path: Path) -> None:
+    """Raises on every process when any process failed (one all-reduce): its own error where it
+    had one, else an ``OSError`` naming ``path``. No process is left waiting for another."""
+    if any_process(accelerator, error is not None):
+        if error is not None:
+            raise error
+        raise OSError(f"another process could not write its part of {path} (see its log); nothing was replaced")
+
+
 def save_checkpoint_folder(path, *, imagen, stages: dict, accelerator, generators: dict, meta: dict,
                            data: dict, user: dict | None = None, training: bool = True) -> Path | None:
     """Writes a checkpoint folder at ``path`` (every process calls it; see the module docstring) and
     returns ``path`` on the main process (None on the others). Without ``training`` the optimizer
-    and generator parts are left out (a weights-only checkpoint)."""
+    and generator parts are left out (a weights-only checkpoint). A failure on any process (a full
+    disk) raises on every process, and the previous checkpoint stays."""
     from accelerate.utils import broadcast_object_list, gather_object
 
     path = Path(path)
@@ -170,25 +181,16 @@ def save_checkpoint_folder(path, *, imagen, stages: dict, accelerator, generator
     staging = Path(staging[0])
     prefixes = unet_prefixes(imagen)
     try:
-        digests = {}
         stage_parts = {index: _stage_part(imagen, stage, accelerator, prefixes[index])
-                       for index, stage in stages.items()}
-        # the safetensors parts, dealt round-robin: stage files first, then the export
-        jobs = [(stage_file(stage.unet_number), index) for index, stage in stages.items()] + [("model", None)]
-        for position, (name, index) in enumerate(jobs):
-            if position % world != rank:
-                continue
-            if index is None:
-                _export(imagen, stages, staging / "export", stage_parts, prefixes)
-                for file in ("config.json", "model.safetensors"):
-                    os.replace(staging / "export" / file, staging / file)
-                (staging / "export").rmdir()
-                continue
-            tensors, state = stage_parts[index]
-            metadata = {"stage_state": json.dumps(state, allow_nan=True)}
-            digests[name] = _container(staging / name, tensors, STAGE_FORMAT, STAGE_VERSION, metadata)
+                       for index, stage in stages.items()}  # a collective for sharded stages
+        digests, error = {}, None
+        try:
+            digests = _write_own_files(staging, imagen, stages, stage_parts, prefixes, rank, world)
+        except Exception as caught:  # re-raised below, on every process
+            error = caught
+        _together(accelerator, error, path)
         parts = {}
-        if training:
+        if training:  # DCP: a collective that raises on every rank when one fails
             for stage in stages.values():
                 opt_tensors, document = optimizer_state_to_tensors(stage.optimizer, "")
                 name = optim_folder(stage.unet_number)
@@ -197,35 +199,62 @@ def save_checkpoint_folder(path, *, imagen, stages: dict, accelerator, generator
             own = {f"{name}.{rank}": g.get_state() for name, g in generators.items()}
             parts[GENERATORS] = {"files": sharded_state.save_part(staging / GENERATORS, own, rank=rank, main=main)}
         gathered = gather_object([(digests, parts)]) if world > 1 else [(digests, parts)]
-        if not main:
-            accelerator.wait_for_everyone()
-            return None
-        manifest = {"stages": {}, "parts": {}}
-        for stage_digests, stage_parts in gathered:
-            manifest["stages"].update(stage_digests)
-            for name, part in stage_parts.items():
-                entry = manifest["parts"].setdefault(name, {"files": {}})
-                entry["files"].update(part["files"])
-                if "document" in part:
-                    entry["document"] = part["document"]
-        staged = [prefixes[index] for index in stages]  # NullUnet stages (no stage file) stay in the shared part
-        own_tensors = {f"imagen.{k}": v for k, v in imagen.state_dict().items()
-                       if not any(k.startswith(p) for p in staged)}
-        state = {**meta, "data": dict(data), "manifest": manifest, "export": "ema" if any(
-            s.ema is not None for s in stages.values()) else "online"}
-        if user:
-            state["user"] = user
-        metadata = {"imagen_config": imagen.config.to_json(), "trainer_state": json.dumps(state, allow_nan=True)}
-        _container(staging / SHARED_FILE, own_tensors, PARTS_FORMAT, PARTS_VERSION, metadata)
-        for folder in [staging, *(staging / name for name in manifest["parts"])]:
-            fsync_folder(folder)
-        replace_folder(staging, path)
+        error = None
+        if main:
+            try:
+                _commit(staging, path, imagen, stages, prefixes, gathered, meta=meta, data=data, user=user)
+            except Exception as caught:  # re-raised below, on every process
+                error = caught
+        _together(accelerator, error, path)
     except BaseException:
         if main:
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    accelerator.wait_for_everyone()
-    return path
+    return path if main else None
+
+
+def _write_own_files(staging: Path, imagen, stages, stage_parts, prefixes, rank: int, world: int) -> dict:
+    """Writes this process's share of the safetensors parts (dealt round-robin: stage files first,
+    then the export); returns ``{stage file: tensors digest}`` of the stage files it wrote."""
+    digests = {}
+    jobs = [(stage_file(stage.unet_number), index) for index, stage in stages.items()] + [("model", None)]
+    for position, (name, index) in enumerate(jobs):
+        if position % world != rank:
+            continue
+        if index is None:
+            _export(imagen, stages, staging / "export", stage_parts, prefixes)
+            for file in ("config.json", "model.safetensors"):
+                os.replace(staging / "export" / file, staging / file)
+            (staging / "export").rmdir()
+            continue
+        tensors, state = stage_parts[index]
+        metadata = {"stage_state": json.dumps(state, allow_nan=True)}
+        digests[name] = _container(staging / name, tensors, STAGE_FORMAT, STAGE_VERSION, metadata)
+    return digests
+
+
+def _commit(staging: Path, path: Path, imagen, stages, prefixes, gathered, *, meta, data, user) -> None:
+    """The main process: the manifest of every process's parts into ``trainer.safetensors``, the
+    folders fsync'd, and the staging folder renamed into place."""
+    manifest = {"stages": {}, "parts": {}}
+    for rank_digests, rank_parts in gathered:
+        manifest["stages"].update(rank_digests)
+        for name, part in rank_parts.items():
+            entry = manifest["parts"].setdefault(name, {"files": {}})
+            entry["files"].update(part["files"])
+            if "document" in part:
+                entry["document"] = part["document"]
+    staged = [prefixes[index] for index in stages]  # NullUnet stages (no stage file) stay in the shared part
+    own_tensors = {f"imagen.{k}": v for k, v in imagen.state_dict().items() if not any(k.startswith(p) for p in staged)}
+    state = {**meta, "data": dict(data), "manifest": manifest,
+             "export": "ema" if any(s.ema is not None for s in stages.values()) else "online"}
+    if user:
+        state["user"] = user
+    metadata = {"imagen_config": imagen.config.to_json(), "trainer_state": json.dumps(state, allow_nan=True)}
+    _container(staging / SHARED_FILE, own_tensors, PARTS_FORMAT, PARTS_VERSION, metadata)
+    for folder in [staging, *(staging / name for name in manifest["parts"])]:
+        fsync_folder(folder)
+    replace_folder(staging, path)
 
 
 class FolderCheckpoint(Checkpoint):
