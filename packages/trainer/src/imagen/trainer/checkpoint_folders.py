@@ -55,8 +55,9 @@ from .stage import any_process
 from .state import COUNTERS, unet_prefixes
 
 __all__ = [
-    "PARTS_FORMAT", "STAGE_FORMAT", "FolderCheckpoint", "is_checkpoint_folder", "load_sharded_training",
-    "read_checkpoint_folder", "save_checkpoint_folder",
+    "PARTS_FORMAT", "STAGE_FORMAT", "FolderCheckpoint", "check_replaceable", "is_checkpoint_folder",
+    "load_sharded_training", "optim_folder", "read_checkpoint_folder", "save_checkpoint_folder", "stage_file",
+    "write_part",
 ]
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _container(path: Path, tensors, fmt: str, version: int, metadata: dict) -> str:
+def write_part(path: Path, tensors, fmt: str, version: int, metadata: dict) -> str:
     """Writes a container to ``path`` (inside the partial folder) and returns its tensors' digest."""
     data = encode_container(tensors, format=fmt, version=version, metadata=metadata)
     _write_synced(path, data)
@@ -140,7 +141,7 @@ def _export(imagen, stages, folder: Path, parts: dict, prefixes: dict) -> None:
     cascade.save_pretrained(folder)
 
 
-def _check_replaceable(path: Path) -> None:
+def check_replaceable(path: Path) -> None:
     """Refuses to put a checkpoint folder where a file, or a folder that is not a checkpoint
     folder, is (the old folder is replaced whole, its contents deleted)."""
     if path.exists() and not is_checkpoint_folder(path):
@@ -169,7 +170,7 @@ def save_checkpoint_folder(path, *, imagen, stages: dict, accelerator, generator
     from accelerate.utils import broadcast_object_list, gather_object
 
     path = Path(path)
-    _check_replaceable(path)
+    check_replaceable(path)
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     staging = [None]
     if main:
@@ -229,7 +230,7 @@ def _write_own_files(staging: Path, imagen, stages, stage_parts, prefixes, rank:
             continue
         tensors, state = stage_parts[index]
         metadata = {"stage_state": json.dumps(state, allow_nan=True)}
-        digests[name] = _container(staging / name, tensors, STAGE_FORMAT, STAGE_VERSION, metadata)
+        digests[name] = write_part(staging / name, tensors, STAGE_FORMAT, STAGE_VERSION, metadata)
     return digests
 
 
@@ -251,7 +252,7 @@ def _commit(staging: Path, path: Path, imagen, stages, prefixes, gathered, *, me
     if user:
         state["user"] = user
     metadata = {"imagen_config": imagen.config.to_json(), "trainer_state": json.dumps(state, allow_nan=True)}
-    _container(staging / SHARED_FILE, own_tensors, PARTS_FORMAT, PARTS_VERSION, metadata)
+    write_part(staging / SHARED_FILE, own_tensors, PARTS_FORMAT, PARTS_VERSION, metadata)
     for folder in [staging, *(staging / name for name in manifest["parts"])]:
         fsync_folder(folder)
     replace_folder(staging, path)
@@ -349,58 +350,3 @@ def load_sharded_training(ckpt: FolderCheckpoint, stages: dict, generators: dict
     for name, generator in generators.items():
         if f"{name}.{rank}" in loaded:
             generator.set_state(loaded[f"{name}.{rank}"])
-
-
-def merge_folders(output: Path, loaded: dict[Path, FolderCheckpoint], chosen: dict[int, Path]) -> Path:
-    """Writes at ``output`` the per-stage folder whose stage n comes from ``chosen[n]`` (a key of
-    ``loaded``, the verified source folders): its stage file and optimizer part copied (checked
-    against the source's manifest), a new shared part (the first source's config and own tensors,
-    no generators or data position) and a new export. Atomic as a folder, like a save."""
-    _check_replaceable(output)
-    first = next(iter(loaded))
-    base = loaded[first]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.parent / partial_name(output.name)
-    staging.mkdir()
-    try:
-        manifest = {"stages": {}, "parts": {}}
-        export = {k: v for k, v in base.tensors.items() if k.startswith("imagen.") and not _is_unet_key(base, k)}
-        has_ema = any(k.startswith("ema_imagen.") for ckpt in loaded.values() for k in ckpt.tensors)
-        for number, source in sorted(chosen.items()):
-            ckpt = loaded[source]
-            name = stage_file(number)
-            shutil.copyfile(source / name, staging / name)
-            manifest["stages"][name] = ckpt.manifest["stages"][name]
-            part = ckpt.manifest.get("parts", {}).get(optim_folder(number))
-            if part is not None:
-                sharded_state.verify_part(source / optim_folder(number), part["files"], rank=0, world=1)
-                shutil.copytree(source / optim_folder(number), staging / optim_folder(number))
-                manifest["parts"][optim_folder(number)] = part
-            prefix = "imagen." + ckpt.stage_states[number]["prefix"]
-            ema_prefix = "ema_" + prefix if has_ema and any(k.startswith("ema_" + prefix) for k in ckpt.tensors) \
-                else prefix
-            export.update({prefix + k[len(ema_prefix):]: v for k, v in ckpt.tensors.items()
-                           if k.startswith(ema_prefix)})
-        cascade = imagen_from_config_json(base.imagen_config)
-        cascade.load_state_dict({k[len("imagen."):]: v for k, v in export.items()}, strict=True)
-        cascade.save_pretrained(staging / "export")
-        for file in ("config.json", "model.safetensors"):
-            os.replace(staging / "export" / file, staging / file)
-        (staging / "export").rmdir()
-        state = {key: base.trainer_state[key] for key in ("seed", "precision") if key in base.trainer_state}
-        state.update(manifest=manifest, export="ema" if has_ema else "online",
-                     merged_from={str(n): str(f) for n, f in chosen.items()})
-        own = {k: v for k, v in base.tensors.items() if k.startswith("imagen.") and not _is_unet_key(base, k)}
-        metadata = {"imagen_config": base.imagen_config, "trainer_state": json.dumps(state, allow_nan=True)}
-        _container(staging / SHARED_FILE, own, PARTS_FORMAT, PARTS_VERSION, metadata)
-        for folder in [staging, *(staging / name for name in manifest["parts"])]:
-            fsync_folder(folder)
-        replace_folder(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return output
-
-
-def _is_unet_key(ckpt: FolderCheckpoint, key: str) -> bool:
-    return any(key.startswith("imagen." + s["prefix"]) for s in ckpt.stage_states.values())

@@ -17,12 +17,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
+from imagen.cascade import fsync_folder, imagen_from_config_json, partial_name, replace_folder
+
 from . import checkpoint_folders as folders
+from . import sharded_state
 from .checkpoints import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from .trainer import SAMPLING_ONLY_SETTINGS, config_differences
 
@@ -65,7 +69,7 @@ def merge_stage_checkpoints(output: str | os.PathLike, sources: Sequence[str | o
                              "may differ")
     chosen = _choose_sources(files, loaded, len(configs[first]["unets"]), stages or {})
     if as_folders:
-        folders.merge_folders(Path(output), loaded, chosen)
+        _merge_folders(Path(output), loaded, chosen)
         logger.info("merged %s into %s", {n: str(f) for n, f in chosen.items()}, output)
         return {number: str(file) for number, file in chosen.items()}
     tensors, state = _merged(loaded, chosen)
@@ -173,3 +177,58 @@ def _merged(loaded: dict, chosen: dict[int, Path]) -> tuple[dict[str, torch.Tens
                 state[name][str(index)] = document[str(index)]
     state["merged_from"] = {str(number): str(file) for number, file in chosen.items()}
     return tensors, state
+
+
+def _merge_folders(output: Path, loaded: dict[Path, folders.FolderCheckpoint], chosen: dict[int, Path]) -> Path:
+    """Writes at ``output`` the per-stage folder whose stage n comes from ``chosen[n]`` (a key of
+    ``loaded``, the verified source folders): its stage file and optimizer part copied (checked
+    against the source's manifest), a new shared part (the first source's config and own tensors,
+    no generators or data position) and a new export. Atomic as a folder, like a save."""
+    folders.check_replaceable(output)
+    first = next(iter(loaded))
+    base = loaded[first]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / partial_name(output.name)
+    staging.mkdir()
+    try:
+        manifest = {"stages": {}, "parts": {}}
+        export = {k: v for k, v in base.tensors.items() if k.startswith("imagen.") and not _is_unet_key(base, k)}
+        has_ema = any(k.startswith("ema_imagen.") for ckpt in loaded.values() for k in ckpt.tensors)
+        for number, source in sorted(chosen.items()):
+            ckpt = loaded[source]
+            name = folders.stage_file(number)
+            shutil.copyfile(source / name, staging / name)
+            manifest["stages"][name] = ckpt.manifest["stages"][name]
+            part = ckpt.manifest.get("parts", {}).get(folders.optim_folder(number))
+            if part is not None:
+                sharded_state.verify_part(source / folders.optim_folder(number), part["files"], rank=0, world=1)
+                shutil.copytree(source / folders.optim_folder(number), staging / folders.optim_folder(number))
+                manifest["parts"][folders.optim_folder(number)] = part
+            prefix = "imagen." + ckpt.stage_states[number]["prefix"]
+            ema_prefix = "ema_" + prefix if has_ema and any(k.startswith("ema_" + prefix) for k in ckpt.tensors) \
+                else prefix
+            export.update({prefix + k[len(ema_prefix):]: v for k, v in ckpt.tensors.items()
+                           if k.startswith(ema_prefix)})
+        cascade = imagen_from_config_json(base.imagen_config)
+        cascade.load_state_dict({k[len("imagen."):]: v for k, v in export.items()}, strict=True)
+        cascade.save_pretrained(staging / "export")
+        for file in ("config.json", "model.safetensors"):
+            os.replace(staging / "export" / file, staging / file)
+        (staging / "export").rmdir()
+        state = {key: base.trainer_state[key] for key in ("seed", "precision") if key in base.trainer_state}
+        state.update(manifest=manifest, export="ema" if has_ema else "online",
+                     merged_from={str(n): str(f) for n, f in chosen.items()})
+        own = {k: v for k, v in base.tensors.items() if k.startswith("imagen.") and not _is_unet_key(base, k)}
+        metadata = {"imagen_config": base.imagen_config, "trainer_state": json.dumps(state, allow_nan=True)}
+        folders.write_part(staging / folders.SHARED_FILE, own, folders.PARTS_FORMAT, folders.PARTS_VERSION, metadata)
+        for folder in [staging, *(staging / name for name in manifest["parts"])]:
+            fsync_folder(folder)
+        replace_folder(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+def _is_unet_key(ckpt: folders.FolderCheckpoint, key: str) -> bool:
+    return any(key.startswith("imagen." + s["prefix"]) for s in ckpt.stage_states.values())
