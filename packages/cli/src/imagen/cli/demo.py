@@ -24,7 +24,6 @@ from imagen.text.testing import build_tiny_t5
 from imagen.trainer import Dataset, ImagenTrainer, save_image_grid
 
 from . import shapes
-from .train import seeded_train_step
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +117,7 @@ class ThreadTuner:
 
 
 def _train_stage(trainer: ImagenTrainer, unet_number: int, *, steps: int | None, seconds: float | None,
-                 progress: bool, seed: int, tune_threads: bool = True) -> tuple[int, float]:
+                 progress: bool, tune_threads: bool = True) -> tuple[int, float]:
     """Trains one stage for ``steps`` steps or until ``seconds`` pass; returns (steps, last loss EMA)."""
     total = steps if steps is not None else None
     bar = tqdm(total=total, disable=not progress, desc=f"train unet {unet_number}", unit="step")
@@ -130,7 +129,7 @@ def _train_stage(trainer: ImagenTrainer, unet_number: int, *, steps: int | None,
         if seconds is not None and time.monotonic() - start >= seconds:
             break
         began = time.monotonic()
-        loss = seeded_train_step(trainer, unet_number, seed)
+        loss = trainer.train_step(unet_number)
         tuner.record(time.monotonic() - began)
         smooth = loss if math.isnan(smooth) else 0.95 * smooth + 0.05 * loss
         done += 1
@@ -202,7 +201,7 @@ def run_demo(settings: DemoSettings) -> dict:
                    dict(steps=None, seconds=train_seconds * (1 - settings.base_share))]
     steps_done, losses = [], []
     for unet_number, budget in enumerate(budgets, start=1):
-        n, loss = _train_stage(trainer, unet_number, progress=settings.progress, seed=settings.seed,
+        n, loss = _train_stage(trainer, unet_number, progress=settings.progress,
                                tune_threads=settings.threads is None, **budget)
         steps_done.append(n)
         losses.append(loss)

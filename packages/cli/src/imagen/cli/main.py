@@ -24,10 +24,10 @@ from .merge import cmd_merge
 from .outputs import prompt_filename
 from .parser import PROG, build_parser, parse_command_line
 from .sample import DEFAULT_COND_SCALE, cmd_sample
-from .train import DEFAULT_EPOCHS, cmd_train, seeded_train_step
+from .train import DEFAULT_EPOCHS, cmd_train
 
 __all__ = ["COMMANDS", "DEFAULT_COND_SCALE", "DEFAULT_EPOCHS", "PROG", "CliError", "build_parser", "main",
-           "prompt_filename", "seeded_train_step"]
+           "prompt_filename"]
 
 COMMANDS = {"config": cmd_config, "train": cmd_train, "sample": cmd_sample, "encode-text": cmd_encode_text,
             "convert": cmd_convert, "merge": cmd_merge, "demo": cmd_demo}

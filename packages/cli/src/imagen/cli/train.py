@@ -17,20 +17,6 @@ DEFAULT_EPOCHS = 50
 logger = logging.getLogger(__name__)
 
 
-def seeded_train_step(trainer, unet_number: int, seed: int, **kwargs) -> float:
-    """``trainer.train_step`` with the global RNG seeded from (seed, steps taken) inside a fork.
-
-    The trainer's own generator drives the cascade's noise, crops and conditioning dropout, but
-    ``nn.Dropout`` layers (a U-Net's ``dropout``) draw from the global RNG; seeding it per step makes a
-    run, and a resumed run, reproducible whatever the U-Net.
-    """
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed * 1_000_003 + trainer.num_steps_taken())
-        return trainer.train_step(unet_number, **kwargs)
-
-
 def check_unet(number: int, num_unets: int) -> None:
     if not 1 <= number <= num_unets:
         raise CliError(f"--unet {number} is out of range: this cascade has {num_unets} unets (1 to {num_unets})")
@@ -106,7 +92,6 @@ def cmd_train(args) -> int:
         valid_batches=settings.valid_batches, sample_every=settings.sample_every,
         sample_prompts=prompts, sample_folder=settings.sample_folder,
         sample_kwargs={"steps": settings.sample_steps} if settings.sample_steps else None,
-        step_fn=lambda trainer, unet, **kw: seeded_train_step(trainer, unet, settings.seed, **kw),
     )
     written = trainer.save_to_checkpoint_folder()
     if trainer.is_main:  # one report under accelerate launch
