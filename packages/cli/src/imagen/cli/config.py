@@ -136,7 +136,8 @@ class TrainerConfig:
     ema_beta: float = attrs.field(default=0.995, validator=_probability)
     ema_update_after_step: int = attrs.field(default=20, validator=_int_at_least(0, "trainer"))
     ema_update_every: int = attrs.field(default=1, validator=_int_at_least(1, "trainer"))
-    precision: str = attrs.field(default="no", validator=attrs.validators.in_(("no", "bf16", "fp16")))
+    precision: str | None = attrs.field(  # None: the accelerate config's mixed precision (e.g. bf16)
+        default=None, validator=attrs.validators.optional(attrs.validators.in_(("no", "bf16", "fp16"))))
     seed: int = attrs.field(default=0, validator=_int_at_least(0, "trainer"))
     checkpoint_path: str = "./checkpoints"  # a folder, or any fsspec URL (s3://bucket/run, memory://...)
     fs_kwargs: dict | None = attrs.field(default=None, validator=attrs.validators.optional(
