@@ -23,7 +23,7 @@ from safetensors.torch import load as load_safetensors
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from .data import _mix_seed, collate
+from .data import _mix_seed, collate, square_image
 from .shard_order import shard_permutation, window_order, worker_run
 
 if TYPE_CHECKING:
@@ -44,26 +44,13 @@ class _Bad:
 
 
 def decode_image(data: bytes, image_size: int, mode: str | None = "RGB", flip: bool = False) -> torch.Tensor:
-    """An encoded image as a uint8 tensor ``(C, image_size, image_size)``: the shorter side resized
-    to ``image_size`` (bilinear) and a centre square cropped, as ``imagen.trainer.Dataset`` does.
-    JPEGs are decoded at the smallest DCT scale that is still at least ``image_size``."""
+    """An encoded image as a uint8 tensor ``(C, image_size, image_size)`` by the folder datasets' rule
+    (:func:`~imagen.trainer.data.square_image`). JPEGs are decoded at the smallest DCT scale that is
+    still at least ``image_size``."""
     with Image.open(io.BytesIO(data)) as image:
         image.draft(mode, (image_size, image_size))
         image.load()
-        if mode is not None and image.mode != mode:
-            image = image.convert(mode)
-        width, height = image.size
-        scale = image_size / min(width, height)
-        size = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
-        image = image.resize(size, Image.Resampling.BILINEAR)
-        left, top = (size[0] - image_size) // 2, (size[1] - image_size) // 2
-        image = image.crop((left, top, left + image_size, top + image_size))
-        if flip:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        array = np.asarray(image, dtype=np.uint8)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (C, H, W) uint8
+        return square_image(image, image_size, mode, flip)
 
 
 def _caption(sample: dict) -> str | None:
