@@ -8,7 +8,7 @@ import pytest
 import torch
 from cascade_testing import tiny_unet
 
-from imagen.cascade import Imagen
+from imagen.cascade import Imagen, sampling
 from imagen.cascade.sampling import (
     Autocast,
     SelfConditioned,
@@ -90,7 +90,8 @@ def test_autocast_runs_the_network_in_the_dtype_and_returns_float32():
     torch.testing.assert_close(out, x @ text + cond, rtol=2e-2, atol=5e-2)
 
 
-def test_a_warning_once_per_message():
+def test_a_warning_once_per_message(monkeypatch):
+    monkeypatch.setattr(sampling, "_WARNED", set())  # the once-set is process-wide: start afresh
     message = "test_sampling_parts: a message seen once"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
