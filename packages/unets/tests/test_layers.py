@@ -49,18 +49,24 @@ def test_chan_group_norm_is_group_norm_times_gamma_with_the_film():
     assert ChanGroupNorm(12).groups == 1 and ChanGroupNorm(24, spatial_dims=3).gamma.shape == (24, 1, 1, 1)
 
 
-def test_block_norm_group_keeps_the_parameters_and_changes_the_output():
-    from imagen.unets import Unet
+@pytest.mark.parametrize("video", [False, True])
+def test_block_norm_group_keeps_the_parameters_and_changes_the_output(video):
+    from imagen.unets import Unet, Unet3D
+    from imagen.unets.layers import ChanGroupNorm
 
+    cls = Unet3D if video else Unet
     keywords = dict(dim=8, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=False, layer_cross_attns=False,
                     cond_on_text=False)
-    rms, group = Unet(**keywords), Unet(**keywords, block_norm="group")
+    rms, group = cls(**keywords), cls(**keywords, block_norm="group")
     assert rms.state_dict().keys() == group.state_dict().keys()
+    assert not any(isinstance(m, ChanRMSNorm) for m in group.modules())
+    count = lambda unet, kind: sum(isinstance(m, kind) for m in unet.modules())  # noqa: E731
+    assert count(group, ChanGroupNorm) == count(rms, ChanRMSNorm) > 0
     group.load_state_dict(rms.state_dict())
     with torch.no_grad():
         for unet in (rms, group):
             unet.final_conv.weight.normal_(generator=torch.Generator().manual_seed(0))
-    x, t = torch.randn(1, 3, 8, 8), torch.rand(1)
+    x, t = torch.randn((1, 3, 2, 8, 8) if video else (1, 3, 8, 8)), torch.rand(1)
     assert not torch.allclose(rms(x, t), group(x, t))
     with pytest.raises(ValueError, match="block_norm must be one of"):
-        Unet(**keywords, block_norm="batch")
+        cls(**keywords, block_norm="batch")

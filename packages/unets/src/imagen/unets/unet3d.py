@@ -121,7 +121,7 @@ class _Layout:
     def __init__(self, o: dict, stage: dict, *, cond_dim: int, time_cond_dim: int):
         self.o, self.stage, self.cond_dim = o, stage, cond_dim
         self.heads = dict(heads=o["attn_heads"], dim_head=o["attn_dim_head"])
-        self.block = dict(time_cond_dim=time_cond_dim, dropout=o["dropout"])
+        self.block = dict(time_cond_dim=time_cond_dim, dropout=o["dropout"], norm_kind=o["block_norm"])
 
     def resnet(self, d_in: int, d_out: int, *, stage: int | None = None, cond: bool = False,
                gca: bool = False) -> VideoResnetBlock:
@@ -174,7 +174,7 @@ class Unet3D(UnetBase):
     (f = 1) train it as an image U-Net. ``time_rel_pos_bias_depth`` is accepted and, as in the
     reference, the bias MLP has depth 2; ``num_image_tokens``, ``out_dim`` and
     ``layer_attns_add_text_cond`` are accepted and unused, as there. Our options (defaults = the
-    reference): ``mask_text_padding`` (as :class:`Unet`), ``gradient_checkpointing``.
+    reference): ``mask_text_padding`` and ``block_norm`` (as :class:`Unet`), ``gradient_checkpointing``.
     Where the reference cannot run an option, ours does what it means: ``use_linear_attn`` attends
     within each frame, nearest upsampling (``pixel_shuffle_upsample=False``) keeps the frames,
     ``combine_upsample_fmaps`` resizes in time too, ``cross_embed_downsample`` builds, and
@@ -199,7 +199,7 @@ class Unet3D(UnetBase):
         use_global_context_attn: bool = True, scale_skip_connection: bool = True, final_resnet_block: bool = True,
         final_conv_kernel_size: int = 3, self_cond: bool = False, combine_upsample_fmaps: bool = False,
         pixel_shuffle_upsample: bool = True, resize_mode: str = "nearest", mask_text_padding: bool = False,
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: bool = False, block_norm: str = "rms",
     ):
         super().__init__()
         o = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -304,6 +304,7 @@ class Unet3D(UnetBase):
             if o[name] is not None:
                 chk.at_least(name, o[name], 1)
         chk.check_choice("resize_mode", o["resize_mode"], chk.RESIZE_MODES)
+        chk.check_choice("block_norm", o["block_norm"], ("rms", "group"))
         if not o["ff_mult"] > 0:
             raise ValueError(f"ff_mult must be > 0, got {o['ff_mult']!r}")
         for name in ("init_conv_kernel_size", "final_conv_kernel_size"):
