@@ -127,6 +127,13 @@ RUN = COMMON + textwrap.dedent("""
         weights = resumed.accelerator.gather(flat_full(b.unet).unsqueeze(0))
         report["ranks_equal"] = bool(torch.equal(weights[0], weights[1]))
         report["end_steps"] = resumed.steps.tolist()
+        resumed.load(ckpt / "checkpoint.2")  # again, now into the prepared (under FSDP2: sharded) stage
+        for _ in range(2):
+            resumed.train_step(unet_number=2, max_batch_size=1)
+        sb = b.optimizer.state_dict()["state"]
+        report["reload_equal"] = bool(torch.equal(flat_full(a.unet), flat_full(b.unet))) and bool(
+            torch.equal(flat_full(a.ema.ema_model), flat_full(b.ema.ema_model))) and all(
+            torch.equal(full(sa[p][k]), full(sb[p][k])) for p in sa for k in sa[p])
         samples = root / name / "samples"  # fit's sample grids: under FSDP2 every rank samples, the main one writes
         resumed.fit(1, unet_number=2, sample_every=1, sample_folder=samples, sample_kwargs={"batch_size": 1})
         (root / f"report-{name}-{report['rank']}.json").write_text(json.dumps(report))
@@ -139,7 +146,7 @@ RUN = COMMON + textwrap.dedent("""
         ckpt = root / "ddp"
         t = trainer(ckpt)
         if t.accelerator.process_index == 1:
-            folders._container = lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left"))
+            folders.write_part = lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left"))
         try:
             t.save(ckpt / "checkpoint.9")
             raised = None
@@ -224,7 +231,8 @@ def test_two_processes_fsdp2_and_ddp_sharded_saves_resume_bit_for_bit(tmp_path):
     - FSDP2: the trained stage's U-Net and EMA are sharded DTensors (each rank holds half); a
       per-stage folder saved at step 2 (Adam state written by each rank from its shards), loaded by
       fresh trainers and trained to step 4, equals the straight run to step 4 bit for bit (weights,
-      EMA, Adam state, generators), on both ranks;
+      EMA, Adam state, generators), on both ranks; loaded again into the now sharded stage and
+      trained to step 4 again, it equals it again;
     - then DDP in the same processes (FSDP turned off in the environment): the same, with plain
       replicated parameters (DCP's planner spreads the replicated optimizer state), each rank
       writing its own generators' part;
@@ -244,7 +252,7 @@ def test_two_processes_fsdp2_and_ddp_sharded_saves_resume_bit_for_bit(tmp_path):
             report = json.loads((tmp_path / f"report-{name}-{rank}.json").read_text())
             assert report["world"] == 2 and report["start_steps"] == [0, 2] and report["end_steps"] == [0, 4]
             assert report["weights_equal"] and report["ema_equal"] and report["optim_equal"], (name, report)
-            assert report["generators_equal"] and report["ranks_equal"], (name, report)
+            assert report["generators_equal"] and report["ranks_equal"] and report["reload_equal"], (name, report)
             sharded = name == "fsdp"
             assert report["sharded"] == report["ema_sharded"] == sharded, (name, report)
             assert 0.4 < report["local_fraction"] < 0.6 if sharded else report["local_fraction"] == 1
@@ -252,7 +260,7 @@ def test_two_processes_fsdp2_and_ddp_sharded_saves_resume_bit_for_bit(tmp_path):
         assert {p.name for p in (folder / "generators").iterdir()} == {".metadata", "__0_0.distcp", "__1_0.distcp"}
         assert {p.name for p in (folder / "unet.2.optim").iterdir()} >= {"__0_0.distcp", "__1_0.distcp"}
         assert not [p for p in (tmp_path / name).iterdir() if p.name.startswith(".")]  # no partial folder left
-        assert [p.name for p in (tmp_path / name / "samples").iterdir()] == ["sample-unet2-5.png"]
+        assert [p.name for p in (tmp_path / name / "samples").iterdir()] == ["sample-unet2-5.png"]  # after the reload
         export = load_imagen_from_checkpoint(folder).unets[1].state_dict()  # gathered from the shards under FSDP2
         ema = read_container(folder / "unet.2.safetensors", formats={"imagen-stage": 1}).tensors
         assert export.keys() == {k[4:] for k in ema if k.startswith("ema.")}
