@@ -12,11 +12,16 @@ So each rank hashes the ``.distcp`` files it wrote (SHA-256), the main rank hash
 and the digests go into the checkpoint's manifest (a digest-checked container). On load every rank
 checks ``.metadata`` and its share of the data files against the manifest before DCP reads
 anything, and all ranks refuse together (one all-reduced flag) if any digest is missing or wrong.
+A digest proves the files are the ones written with the manifest, not who wrote them, so
+``.metadata`` is never given to ``pickle`` itself: :class:`MetadataReader` unpickles it with only
+DCP's own metadata records and torch's sizes and dtypes allowed (nothing that could run code).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import pickle
 import warnings
 from pathlib import Path
 
@@ -24,12 +29,13 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import StorageMeta
 
 from imagen.cascade import CheckpointError
 
 from .stage import any_process
 
-__all__ = ["file_sha256", "load_part", "part_files", "save_part", "verify_part"]
+__all__ = ["MetadataReader", "file_sha256", "load_part", "part_files", "save_part", "verify_part"]
 
 METADATA = ".metadata"
 
@@ -41,6 +47,39 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# What a DCP ``.metadata`` pickle may name: DCP's metadata records, sizes, dtypes, layouts, paths.
+_METADATA_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
+_METADATA_GLOBALS = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"),
+                     ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"), ("collections", "OrderedDict")}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        allowed = (module in _METADATA_MODULES and not name.startswith("__")) or (module, name) in _METADATA_GLOBALS
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            allowed = True
+        if not allowed:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a DCP .metadata file")
+        return super().find_class(module, name)
+
+
+class MetadataReader(FileSystemReader):
+    """DCP's file-system reader with ``.metadata`` read by a restricted unpickler (see the module
+    docstring); a file naming anything else is a :class:`CheckpointError` naming the file."""
+
+    def read_metadata(self, *args, **kwargs):
+        rank = kwargs.get("rank")  # DCP's per-rank metadata files, when it writes those
+        path = Path(self.path) / (METADATA if rank is None else f"__{rank}{METADATA}")
+        try:
+            metadata = _MetadataUnpickler(io.BytesIO(path.read_bytes())).load()
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{path} is not a DCP metadata file we read: {error}") from None
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
 
 
 def _distributed() -> bool:
@@ -95,15 +134,17 @@ def verify_part(folder: Path, digests: dict[str, str], *, rank: int, world: int,
 def load_part(folder: Path, template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Fills ``template`` (name -> tensor of the saved shape; a ``DTensor`` for sharded state) from a
     verified DCP folder and returns it. A collective under a process group."""
+    reader = MetadataReader(str(folder))
+    reader.read_metadata()  # refused here as a CheckpointError (inside dcp.load it would be wrapped)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
-        dcp.load(template, checkpoint_id=str(folder), no_dist=not _distributed())
+        dcp.load(template, storage_reader=reader, no_dist=not _distributed())
     return template
 
 
 def saved_shapes(folder: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """``{key: (shape, dtype)}`` of every tensor in a (verified) DCP folder, from its metadata."""
-    metadata = FileSystemReader(str(folder)).read_metadata()
+    metadata = MetadataReader(str(folder)).read_metadata()
     out = {}
     for key, item in metadata.state_dict_metadata.items():
         if hasattr(item, "size"):
