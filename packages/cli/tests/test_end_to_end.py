@@ -58,6 +58,19 @@ def test_train_resume_and_sample(config_file, tmp_path, capsys):
     assert torch.equal(a, b)
 
 
+def test_checkpoint_folders_train_resume_and_sample(config_file, tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    layout = ("--trainer.checkpoint_layout", "folder")
+    assert run_cli("train", "--config", str(config_file), *layout, "--unet", "1", "--steps", "2") == 0
+    assert run_cli("train", "--config", str(config_file), *layout, "--unet", "2", "--steps", "1", "--resume") == 0
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint.2", "checkpoint.3"]  # total steps
+    assert (checkpoints / "checkpoint.3" / "unet.2.safetensors").is_file()
+    out = tmp_path / "samples"
+    assert run_cli("sample", "--model", str(checkpoints), "a red circle", "--steps", "2,2", "--sampler", "ddim",
+                   "--output-dir", str(out)) == 0
+    assert Image.open(out / "a_red_circle.png").size == (16, 16)
+
+
 def test_resume_continues_exactly_like_one_run(config_file, tmp_path, tiny_t5, image_folder):
     assert run_cli("train", "--config", str(config_file), "--steps", "2") == 0
     assert run_cli("train", "--config", str(config_file), "--steps", "2") == 0

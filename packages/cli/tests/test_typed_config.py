@@ -19,6 +19,7 @@ def printed_config(capsys, *argv) -> dict:
     ("--trainer.lr", "2e-4", "trainer", "lr", 2e-4),
     ("--trainer.lr", "[1e-4, 5e-5]", "trainer", "lr", [1e-4, 5e-5]),
     ("--trainer.log_with", "tensorboard", "trainer", "log_with", "tensorboard"),
+    ("--trainer.checkpoint_layout", "folder", "trainer", "checkpoint_layout", "folder"),
     ("--dataset.batch_size", "5", "dataset", "batch_size", 5),
     ("--dataset.augment_horizontal_flip", "false", "dataset", "augment_horizontal_flip", False),
     ("--imagen.timesteps", "7", "imagen", "timesteps", 7),

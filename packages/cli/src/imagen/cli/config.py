@@ -122,7 +122,9 @@ class TrainerConfig:
     line, whose prompts follow ``sample_prompts``); every ``validate_every`` steps the loss of
     ``valid_batches`` batches of the held-out data (``dataset.valid_folder``, or a
     ``split_valid_fraction`` of the training folder with ``split_valid_from_train``) is logged.
-    ``lr_scheduler`` names a ``transformers`` schedule (null: warm-up x cosine, the reference's)."""
+    ``lr_scheduler`` names a ``transformers`` schedule (null: warm-up x cosine, the reference's).
+    ``checkpoint_layout``: ``"file"`` (one safetensors file a checkpoint) or ``"folder"`` (per-stage
+    files and sharded training state, docs/training-at-scale.md); null: folders under FSDP2."""
 
     lr: float | tuple = _per_unet_field(1e-3, _positive_number)
     eps: float | tuple = _per_unet_field(1e-8, _positive_number)
@@ -160,6 +162,8 @@ class TrainerConfig:
     split_valid_from_train: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     split_valid_fraction: float = attrs.field(default=0.025, validator=_fraction)
     compile: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))  # torch.compile
+    checkpoint_layout: str | None = attrs.field(  # None: "folder" under FSDP2, else "file"
+        default=None, validator=attrs.validators.optional(attrs.validators.in_(("file", "folder"))))
 
     FIT_KEYS = ("max_batch_size", "sample_every", "sample_prompts", "sample_prompts_file", "sample_steps",
                 "sample_folder", "validate_every", "valid_batches")
