@@ -13,6 +13,7 @@ from imagen.diffusion import (
     as_sigma,
     edm_preconditioning,
     get_noise_schedule,
+    posterior_mean_variance,
     sample_vp_ddpm,
     vp_time_grid,
 )
@@ -116,3 +117,25 @@ def test_vp_ddpm_arguments():
     with pytest.raises(ValueError, match=r"times must be non-increasing \(from noisy to clean\), got \[0\.5, 1\.0"):
         sample_vp_ddpm(_x0, z, torch.tensor([0.5, 1.0, 0.0]), schedule=schedule)
     sample_vp_ddpm(_x0, z, torch.tensor([1.0, 0.5, 0.5, 0.0]), schedule=schedule)  # a repeated time is allowed
+
+
+def test_vp_ddpm_reports_each_step_and_ends_noise_free(capsys):
+    schedule, z = get_noise_schedule("linear"), torch.randn(2, 3)
+    times, seen, estimates = vp_time_grid(4), [], []
+
+    def x0(z, log_snr):
+        estimates.append(_x0(z, log_snr))
+        return estimates[-1]
+
+    out = sample_vp_ddpm(x0, z, times, schedule=schedule, callback=seen.append,
+                         generator=torch.Generator().manual_seed(1))
+    assert capsys.readouterr().err == ""
+    assert [(c["i"], c["t"], c["t_next"]) for c in seen] == [(i, times[i].item(), times[i + 1].item())
+                                                            for i in range(4)]
+    assert all(torch.equal(c["denoised"], e) for c, e in zip(seen, estimates, strict=True))
+    assert torch.equal(seen[-1]["x"], out)
+    levels = [schedule.log_snr(times[i].expand(2)) for i in (3, 4)]
+    mean, _ = posterior_mean_variance(seen[-2]["x"], estimates[-1], *levels, check=False)
+    assert torch.equal(out, mean)  # no noise on the step to t = 0
+    sample_vp_ddpm(_x0, z, times, schedule=schedule, progress=True)
+    assert "sampling" in capsys.readouterr().err
