@@ -225,8 +225,8 @@ def table(results: dict[str, list[dict]], args) -> str:
     mem = {name: statistics.median(r["peak_delta"] for r in rs) / 2**20 for name, rs in results.items()}
     params = {name: rs[0]["params"] for name, rs in results.items()}
     compile_rounds = "; ".join(
-        f"{name} " + " / ".join(f"{r.get('compile_seconds', 0.0):.0f}" for r in rs)
-        for name, rs in results.items() if name.endswith("compiled")) or "none compiled"
+        f"{name} " + " / ".join(f"{r['compile_seconds']:.0f}" for r in rs)
+        for name, rs in results.items() if name.endswith("compiled") and "compile_seconds" in rs[0]) or "not recorded"
     lines = [
         "# Our U-Nets beside imagen-pytorch 2.1.0 and diffusers 0.42.1 (CPU)",
         "",
@@ -246,7 +246,8 @@ def table(results: dict[str, list[dict]], args) -> str:
     ]
     for name in results:
         s = med[name]
-        built = f"{results[name][0].get('compile_seconds', 0.0):.0f}" if name.endswith("compiled") else "-"
+        built = results[name][0].get("compile_seconds") if name.endswith("compiled") else None
+        built = "-" if built is None else f"{built:.0f}"
         lines.append(f"| {name} | {params[name]:,} | {s['training step']:.4f} | {args.batch / s['training step']:.2f} "
                      f"| {_cell(s['forward'], '.4f')} | {s['guided sampling step']:.4f} | {mem[name]:.0f} | {built} |")
     pairs = [("ours-base", "reference-base"), ("ours-base", "diffusers-base"), ("ours-sr", "reference-sr"),
