@@ -234,8 +234,8 @@ def table(results: dict[str, list[dict]], args) -> str:
         f"thread(s); each (system, round) in its own process, {args.rounds} interleaved rounds (order rotating), "
         f"best of {args.reps} repetitions per round, medians over rounds. Peak memory: the process's peak RSS "
         "during the measures minus its RSS just before them (after the warm-up calls, the allocator trimmed and "
-        "the peak mark reset: the steps' working memory). Compile: the first calls' extra time (round 1 cold, "
-        f"later rounds from inductor's cache: {compile_rounds}). Systems and sizing: the docstring of "
+        "the peak mark reset: the steps' working memory). Compile: the first calls' extra time per round, cold "
+        f"only while inductor's on-disk cache is empty ({compile_rounds}). Systems and sizing: the docstring of "
         "bench/peers_bench.py.",
         f"Written by `OMP_NUM_THREADS={args.threads} python bench/peers_bench.py {' '.join(args.command)}` on a "
         "2-core machine shared with other jobs: read the ratios, not the seconds.",
