@@ -4,7 +4,8 @@ and per target, and the surviving mutants.
     python faults/mutation.py [--target diffusion|cascade-sampling|container ...] [--files a.py ...]
                               [--max-children N] [--resume] [--note]
 
-Targets (default: all three, one after the other):
+Targets (default: all three, one after the other; on 2 shared cores the diffusion target takes
+about an hour with ``--max-children 2``, cascade-sampling many hours: see faults/mutation.md):
 
 - ``diffusion``: ``imagen.diffusion``'s modules (schedules, samplers, guidance, denoisers, EDM, VP
   sampling, the Gaussian process, inpainting, draws, checks; not the ``testing`` oracles) against
