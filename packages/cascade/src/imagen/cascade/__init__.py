@@ -42,6 +42,7 @@ from .reference_checkpoint import (
     is_torch_save,
     read_reference_checkpoint,
 )
+from .sampling import compile_options_of
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -60,6 +61,7 @@ __all__ = [
     "ReferenceCheckpointError",
     "atomic_write",
     "build_unet",
+    "compile_options_of",
     "encode_container",
     "fsync_folder",
     "imagen_from_config_json",

@@ -309,7 +309,7 @@ class CascadeSampling:
         later calls; ``generator`` an int seed gives the same sample i whatever the batch size.
         """
         autocast_dtype = check_sampling_dtype(dtype)
-        compile_options = _compile_options(compile)
+        compile_options = compile_options_of(compile)
         checked = check_keywords(  # once per call, before any stage runs (checks.py)
             self, cond_scale=cond_scale, lowres_sample_noise_level=lowres_sample_noise_level, steps=steps,
             batch_size=batch_size, video_frames=video_frames, generator=generator, text_embeds=text_embeds,
@@ -494,15 +494,17 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, UserWarning, stacklevel=3)
 
 
-def _compile_options(compile) -> dict | None:
-    """None (no compile), or the ``torch.compile`` keywords of ``sample(compile=)``."""
+def compile_options_of(compile) -> dict | None:
+    """None (eager), or the ``torch.compile`` keywords of a ``compile=`` option (``sample``,
+    ``ImagenTrainer``): ``True`` is ``{}``, a dict its keywords."""
     if compile is False or compile is None:
         return None
     if compile is True:
         return {}
     if isinstance(compile, dict) and all(isinstance(key, str) for key in compile):
         return dict(compile)
-    raise TypeError(f"compile must be a bool or a dict of torch.compile keywords, got {compile!r}")
+    raise TypeError(f"compile must be a bool or a dict of torch.compile keywords (e.g. {{'backend': 'inductor'}}), "
+                    f"got {compile!r}")
 
 
 def _as_float_images(images: torch.Tensor) -> torch.Tensor:
@@ -533,6 +535,7 @@ def resize_mask(masks: torch.Tensor, size: int, frames: int | None, mode: str = 
 
 
 __all__ = [
-    "SCHEDULE_NAMES", "CascadeSampling", "SelfConditioned", "StagePlan", "check_inpaint_masks", "resize_mask",
+    "SCHEDULE_NAMES", "CascadeSampling", "SelfConditioned", "StagePlan", "check_inpaint_masks", "compile_options_of",
+    "resize_mask",
     "resolve_schedule",
 ]

@@ -1,7 +1,6 @@
-"""Opt-in speed and memory settings of the trainer: a compiled U-Net per trained stage, and where
-the stages that are not training (and the EMA copies) live.
-
-``compile_options`` reads ``ImagenTrainer(compile=)``. :class:`StagePlacement` implements
+"""Opt-in memory settings of the trainer: where the stages that are not training (and the EMA
+copies) live. (``ImagenTrainer(compile=)`` is read by :func:`imagen.cascade.compile_options_of`,
+as ``sample(compile=)`` is.) :class:`StagePlacement` implements
 ``ImagenTrainer(use_one_unet_in_gpu=True)`` (the reference trainer's ``get_unet`` semantics): only
 the stage that trains or samples is on the accelerator, with its optimizer state and EMA copy; every
 other U-Net, its Adam moments and its EMA copy wait on the CPU. ``ema_device="cpu"`` keeps every EMA
@@ -15,21 +14,9 @@ import contextlib
 import torch
 from torch import nn
 
-__all__ = ["StagePlacement", "check_device", "compile_options", "move_optimizer_state", "move_stage_unet"]
+__all__ = ["StagePlacement", "check_device", "move_optimizer_state", "move_stage_unet"]
 
 CPU = torch.device("cpu")
-
-
-def compile_options(compile) -> dict | None:
-    """None (eager), or the ``torch.compile`` keywords of ``compile=True`` ({}) or of a dict."""
-    if compile is False or compile is None:
-        return None
-    if compile is True:
-        return {}
-    if isinstance(compile, dict) and all(isinstance(key, str) for key in compile):
-        return dict(compile)
-    raise TypeError(f"compile must be a bool or a dict of torch.compile keywords (e.g. {{'backend': 'inductor'}}), "
-                    f"got {compile!r}")
 
 
 def check_device(value, name: str) -> torch.device | None:

@@ -27,6 +27,7 @@ from torch import nn
 from imagen.cascade import (
     ReferenceCheckpointError,
     atomic_write,
+    compile_options_of,
     is_torch_save,
     load_imagen_from_checkpoint,
     push_to_hub,
@@ -54,7 +55,7 @@ from .checkpoints import (
 from .chunks import concatenate_outputs, split_batch, split_sample_kwargs
 from .data import _mix_seed
 from .optim import make_optimizer, make_scheduler
-from .placement import StagePlacement, compile_options
+from .placement import StagePlacement
 from .reference_import import REFERENCE_SOURCE, checkpoint_from_reference
 from .sampling import ema_weights, grid_picture
 from .setup import (
@@ -250,7 +251,7 @@ class ImagenTrainer(nn.Module):
         quiet_other_processes(self.accelerator)
         precision = training_precision(self.accelerator, precision)
         register_teardown(self.accelerator)
-        self.compile_options = compile_options(compile)
+        self.compile_options = compile_options_of(compile)
         """The ``torch.compile`` keywords of each trained U-Net (None: eager)."""
         if not isinstance(use_one_unet_in_gpu, bool):
             raise TypeError(f"use_one_unet_in_gpu must be a bool, got {use_one_unet_in_gpu!r}")
