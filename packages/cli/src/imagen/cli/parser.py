@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
         "step counts and optimizer state. The runs must be of one cascade (equal configs but for sampling "
         "settings). Where several runs trained a stage, choose with --stage N=PATH.",
     )
-    merge.add_argument("output", metavar="OUT", help="the checkpoint to write (one safetensors file)")
+    merge.add_argument("output", metavar="OUT", help="the checkpoint to write: one safetensors file, or a per-stage "
+                       "checkpoint folder when the RUNs are folders")
     merge.add_argument("sources", metavar="RUN", nargs="+", help="checkpoint files or folders (newest file used)")
     merge.add_argument("--stage", action="append", default=[], metavar="N=PATH",
                        help="take unet N from PATH (one of the RUNs); repeatable")
