@@ -36,6 +36,16 @@ def test_small_fast_builds_and_samples_every_size(sizes):
     assert images.shape == (2, 3, top, top) and torch.isfinite(images).all()
 
 
+def test_max_text_len_reaches_every_unet_and_the_text_padding_ablation_restores_the_reference():
+    recipe = small_fast((16, 32), text_embed_dim=8, max_text_len=16)
+    assert [unet["max_text_len"] for unet in recipe.config.unets] == [16, 16]
+    imagen = recipe.config.create(seed=0)
+    assert all(unet.max_text_len == 16 for unet in imagen.unets)
+    reference = recipe.with_reference("text_padding").config.unets[0]
+    assert reference["max_text_len"] == 256 and reference["mask_text_padding"] is False
+    assert "max_text_len" not in small_fast(32).config.unets[0]  # default: the U-Net's own
+
+
 @pytest.mark.parametrize("choice", sorted(small_fast(32).reference))
 def test_each_ablation_changes_only_its_choice(choice):
     recipe = small_fast(32, text_embed_dim=8, total_steps=100)

@@ -100,13 +100,18 @@ def _reference_unet(unet: dict) -> dict:
 
 
 def small_fast(image_sizes: int | tuple[int, ...] = 32, *, text_embed_dim: int | None = None,
-               text_encoder_name: str = DEFAULT_T5_NAME, total_steps: int | None = None) -> Recipe:
+               text_encoder_name: str = DEFAULT_T5_NAME, total_steps: int | None = None,
+               max_text_len: int | None = None) -> Recipe:
     """The ``small-fast`` recipe: an EDM (``ElucidatedImagen``) cascade of one base stage at
     ``image_sizes[0]`` (a power of two >= 8 px) and, when a second size is given, a small
     super-resolution stage, trained with a high learning rate after a short warm-up and a fast EMA,
     sampled with 16 DPM-Solver++(2M) steps and guidance 4.
 
     ``total_steps`` (the training steps planned) adds a cosine learning-rate decay over them.
+    ``max_text_len`` (default the U-Net's 256) is how many text positions the U-Nets keep: captions
+    longer in tokens are cut (as the reference's U-Net cuts them). With the padding hidden the
+    conditional branch sees the same tokens, and a short bound saves the attention over padding;
+    a dropped (null) sample attends to that many learned null tokens.
     """
     sizes = (image_sizes,) if isinstance(image_sizes, int) else tuple(image_sizes)
     if not sizes or len(sizes) > 2 or any(isinstance(s, bool) or not isinstance(s, int) for s in sizes):
@@ -118,6 +123,8 @@ def small_fast(image_sizes: int | tuple[int, ...] = 32, *, text_embed_dim: int |
                                     or total_steps < 1):
         raise ValueError(f"total_steps must be None or an int >= 1, got {total_steps!r}")
     unets = [_base_unet(base)] + [_sr_unet()] * (len(sizes) - 1)
+    if max_text_len is not None:  # fewer text positions: less attention over hidden padding
+        unets = [dict(unet, max_text_len=max_text_len) for unet in unets]
     config = ElucidatedImagenConfig(
         unets=unets, image_sizes=sizes, text_encoder_name=text_encoder_name, text_embed_dim=text_embed_dim,
         cond_drop_prob=0.1, num_sample_steps=16, sampler="dpmpp_2m", lowres_sample_noise_level=0.2,
@@ -135,7 +142,7 @@ def small_fast(image_sizes: int | tuple[int, ...] = 32, *, text_embed_dim: int |
         "warmup": {"trainer": {"warmup_steps": None}},
         "ema": {"trainer": {"ema_beta": 0.9999, "ema_update_after_step": 100, "ema_update_every": 10}},
         "cond_drop": {"config": {"cond_drop_prob": 0.5}},
-        "text_padding": {"unets": [dict(unets[0], mask_text_padding=False)]},
+        "text_padding": {"unets": [dict(unets[0], mask_text_padding=False, max_text_len=256)]},
         "block_norm": {"unets": [dict(unets[0], block_norm="rms")]},
         "sampler": {"config": {"sampler": None, "num_sample_steps": 32}},
         "guidance": {"sample": {"cond_scale": 1.0}},
