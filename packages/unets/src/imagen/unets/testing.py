@@ -20,7 +20,7 @@ def fuzz_examples(count: int) -> int:
 
 class FuzzOutcomes(Counter):
     """How a fuzz module's drawn inputs ended: ``outcomes["refused"] += 1``..., with the count of
-    inputs that failed their test (``counting``) and a printed summary that fails when any did."""
+    inputs that failed their test (``counting``) and a printed summary."""
 
     def counting(self, test):
         """Decorates a (hypothesis) test: a drawn input that fails it is counted, then re-raised."""
@@ -35,8 +35,8 @@ class FuzzOutcomes(Counter):
 
         return run
 
-    def report(self, suite: str, unit: str = "inputs") -> None:
-        """Prints the counts (run pytest with ``-s``) and asserts that no drawn input failed."""
+    def report(self, suite: str, unit: str = "inputs") -> int:
+        """Prints the counts (run pytest with ``-s``); returns how many drawn inputs failed their test."""
         failing = self["failing inputs"]
         print(f"\n{suite} fuzz: {sum(self.values())} {unit}, {dict(self)}, {failing} failing")
-        assert failing == 0, f"{failing} drawn inputs failed their test (see the failures above)"
+        return failing
