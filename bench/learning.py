@@ -139,10 +139,11 @@ def reference_system(size: int, folder: Path, seed: int, batch_size: int) -> Sys
 def recipe_system(size: int, folder: Path, seed: int, batch_size: int | None, ablate: str | None,
                   total_steps: int | None) -> System:
     from imagen.cascade import small_fast
+    from imagen.cli.demo import TEXT_LEN
     from imagen.trainer import ImagenTrainer
 
     recipe = small_fast(size, text_embed_dim=TEXT_DIM, text_encoder_name=str(folder / "tiny-t5"),
-                        total_steps=total_steps)
+                        total_steps=total_steps, max_text_len=TEXT_LEN)  # as the demo: the captions fit
     if ablate:
         recipe = recipe.with_reference(ablate)
     imagen = recipe.config.create(seed=seed)
