@@ -56,6 +56,7 @@ VALID = {
     "combine_upsample_fmaps": [False, True],
     "pixel_shuffle_upsample": [True, False],
     "mask_text_padding": [False, True],
+    "coordinate_channels": [False, True],
 }
 VIDEO_ONLY = {"temporal_strides": [1, 2], "time_rel_pos_bias_depth": [2]}
 OUTCOMES = FuzzOutcomes()

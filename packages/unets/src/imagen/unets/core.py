@@ -233,3 +233,12 @@ def _resize_to(images: torch.Tensor, size, mode: str) -> torch.Tensor:
         out = F.interpolate(folded, size=tuple(size), mode=mode)
         return out.unflatten(0, (b, -1)).transpose(1, 2)
     return F.interpolate(images, size=tuple(size), mode=mode)
+
+
+def pixel_coordinates(x: torch.Tensor) -> torch.Tensor:
+    """(b, 2, h, w): each pixel's x (channel 0) and y (channel 1) in [-1, 1], in x's dtype and device."""
+    b, _, h, w = x.shape
+    ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
+    grid = torch.stack((xs.expand(h, w), ys[:, None].expand(h, w)))
+    return grid.expand(b, 2, h, w)

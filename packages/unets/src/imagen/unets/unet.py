@@ -20,7 +20,7 @@ from .blocks import (
     nearest_upsample,
 )
 from .config import register_unet
-from .core import UnetBase, _resize_to, _same_shape, draw_keep_mask
+from .core import UnetBase, _resize_to, _same_shape, draw_keep_mask, pixel_coordinates
 from .layers import Parallel
 from .stages import DownStage, UpStage, call
 
@@ -48,7 +48,10 @@ class Unet(UnetBase):
     every attention instead of letting them be attended as null embeddings; ``dropout`` applies
     dropout in the resnet blocks (the reference ignores it); ``block_norm="group"`` normalises the
     resnet blocks over channels and pixels (``ChanGroupNorm``) instead of the reference's per-pixel
-    ``ChanRMSNorm`` ("rms"; the same parameters); ``gradient_checkpointing``
+    ``ChanRMSNorm`` ("rms"; the same parameters); ``coordinate_channels`` gives the first
+    convolution two more input channels holding each pixel's x and y in [-1, 1] (CoordConv), so
+    that absolute position is an input rather than something read from the zero padding;
+    ``gradient_checkpointing``
     recomputes each block in the backward pass (training mode only). The output
     ``(b, channels_out, h, w)`` starts at zero (zero-initialised final convolution); ``h`` and
     ``w`` must be divisible by ``downsample_factor``.
@@ -70,6 +73,7 @@ class Unet(UnetBase):
         final_conv_kernel_size: int = 3, self_cond: bool = False, resize_mode: str = "nearest",
         combine_upsample_fmaps: bool = False, pixel_shuffle_upsample: bool = True,
         mask_text_padding: bool = False, gradient_checkpointing: bool = False, block_norm: str = "rms",
+        coordinate_channels: bool = False,
     ):
         super().__init__()
         o = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -87,11 +91,13 @@ class Unet(UnetBase):
         self.downsample_factor = 2 ** (n if memory_efficient else n - 1)
         self.skip_connect_scale = 2**-0.5 if scale_skip_connection else 1.0
         self.init_conv_to_final_conv_residual = init_conv_to_final_conv_residual
+        self.coordinate_channels = coordinate_channels
 
         init_dim = init_dim or dim
         cond_dim = cond_dim or dim
         time_cond_dim = dim * 4 * (2 if lowres_cond else 1)
         in_channels = channels * (1 + int(lowres_cond) + int(self_cond)) + cond_images_channels
+        in_channels += 2 * int(coordinate_channels)
         if init_cross_embed:
             self.init_conv = CrossEmbedLayer(in_channels, init_cross_embed_kernel_sizes, dim_out=init_dim, stride=1)
         else:
@@ -235,7 +241,8 @@ class Unet(UnetBase):
         return self.final_conv(x)
 
     def _inputs(self, x, self_cond, lowres_cond_img, cond_images) -> torch.Tensor:
-        """[cond_images (resized), x, self_cond, lowres_cond_img] on channels, as the reference orders them."""
+        """[cond_images (resized), x, self_cond, lowres_cond_img] on channels, as the reference orders
+        them, then the pixel coordinates with ``coordinate_channels``."""
         chk.check_channels("x", x, self.channels, "channels")
         parts = [x]
         if self.self_cond:
@@ -258,6 +265,8 @@ class Unet(UnetBase):
             parts.insert(0, _resize_to(cond_images, x.shape[-2:], self.resize_mode).to(x.dtype))
         elif cond_images is not None:
             raise ValueError("cond_images were given but this unet has cond_images_channels=0")
+        if self.coordinate_channels:
+            parts.append(pixel_coordinates(x))
         return torch.cat(parts, dim=1)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from . import _checks as chk
 from .config import register_unet
-from .core import UnetBase, draw_keep_mask
+from .core import UnetBase, draw_keep_mask, pixel_coordinates
 from .layers import Parallel
 from .stages import call
 from .video import (
@@ -174,7 +174,8 @@ class Unet3D(UnetBase):
     (f = 1) train it as an image U-Net. ``time_rel_pos_bias_depth`` is accepted and, as in the
     reference, the bias MLP has depth 2; ``num_image_tokens``, ``out_dim`` and
     ``layer_attns_add_text_cond`` are accepted and unused, as there. Our options (defaults = the
-    reference): ``mask_text_padding`` and ``block_norm`` (as :class:`Unet`), ``gradient_checkpointing``.
+    reference): ``mask_text_padding``, ``block_norm`` and ``coordinate_channels`` (as :class:`Unet`;
+    the same coordinates in every frame), ``gradient_checkpointing``.
     Where the reference cannot run an option, ours does what it means: ``use_linear_attn`` attends
     within each frame, nearest upsampling (``pixel_shuffle_upsample=False``) keeps the frames,
     ``combine_upsample_fmaps`` resizes in time too, ``cross_embed_downsample`` builds, and
@@ -199,7 +200,7 @@ class Unet3D(UnetBase):
         use_global_context_attn: bool = True, scale_skip_connection: bool = True, final_resnet_block: bool = True,
         final_conv_kernel_size: int = 3, self_cond: bool = False, combine_upsample_fmaps: bool = False,
         pixel_shuffle_upsample: bool = True, resize_mode: str = "nearest", mask_text_padding: bool = False,
-        gradient_checkpointing: bool = False, block_norm: str = "rms",
+        gradient_checkpointing: bool = False, block_norm: str = "rms", coordinate_channels: bool = False,
     ):
         super().__init__()
         o = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -217,7 +218,7 @@ class Unet3D(UnetBase):
         self.cond_images_channels, self.cond_on_text = cond_images_channels, cond_on_text
         self.text_embed_dim, self.max_text_len = text_embed_dim, max_text_len
         self.resize_mode, self.memory_efficient = resize_mode, memory_efficient
-        self.mask_text_padding = mask_text_padding
+        self.mask_text_padding, self.coordinate_channels = mask_text_padding, coordinate_channels
         self.gradient_checkpointing = gradient_checkpointing
         self.downsample_factor = 2 ** (n if memory_efficient else n - 1)
         self.time_downsample_factor = math.prod(stage["temporal_strides"])
@@ -230,6 +231,7 @@ class Unet3D(UnetBase):
         self._build_conditioning(o, cond_dim=cond_dim, time_cond_dim=time_cond_dim)
 
         in_channels = channels * (1 + int(lowres_cond) + int(self_cond)) + cond_images_channels
+        in_channels += 2 * int(coordinate_channels)
         if init_cross_embed:
             self.init_conv = VideoCrossEmbedLayer(in_channels, tuple(init_cross_embed_kernel_sizes), init_dim, stride=1)
         else:
@@ -417,7 +419,8 @@ class Unet3D(UnetBase):
 
     def _inputs(self, x, self_cond, lowres_cond_img, cond_images, pre, post) -> torch.Tensor:
         """All image-like inputs on the channels, conditioning frames on the frames:
-        (b, [cond_images_channels +] channels * (1 + self_cond + lowres_cond), f_pre + f + f_post, h, w)."""
+        (b, [cond_images_channels +] channels * (1 + self_cond + lowres_cond) [+ 2 coordinates],
+        f_pre + f + f_post, h, w)."""
         chk.check_channels("x", x, self.channels, "channels")
         slots = [x]
         if self.self_cond:
@@ -447,6 +450,9 @@ class Unet3D(UnetBase):
             inputs = torch.cat((frames, inputs), dim=1)
         elif cond_images is not None:
             raise ValueError("cond_images were given but this unet has cond_images_channels=0")
+        if self.coordinate_channels:
+            coordinates = pixel_coordinates(inputs[:, :, 0])[:, :, None].expand(-1, -1, inputs.shape[2], -1, -1)
+            inputs = torch.cat((inputs, coordinates), dim=1)
         return inputs
 
 
