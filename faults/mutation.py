@@ -89,9 +89,10 @@ TARGETS = {
         Target(
             "cascade-sampling", "cascade",
             mutate=("sampling.py",),
-            tests=("packages/cascade/tests/test_sampling.py", "packages/cascade/tests/test_sampling_parts.py",
-                   "packages/cascade/tests/test_refine.py", "packages/cascade/tests/test_schedules.py",
-                   "packages/cascade/tests/cascade_testing.py"),
+            tests=tuple(f"packages/cascade/tests/{name}.py" for name in (
+                "test_sampling", "test_sampling_parts", "test_refine", "test_schedules", "test_input_checks",
+                "test_reference_defaults", "test_errors", "test_device", "test_bf16", "test_readme_examples",
+                "test_crops", "cascade_testing")),
         ),
         Target(
             "container", "cascade",
