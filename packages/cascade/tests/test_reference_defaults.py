@@ -93,7 +93,10 @@ def unconditional(**settings):
     return randomize_cascade_(imagen).eval()
 
 
-def test_unconditional_cascades_ignore_texts_and_guidance_with_one_warning():
+def test_unconditional_cascades_ignore_texts_and_guidance_with_one_warning(monkeypatch):
+    from imagen.cascade import sampling
+
+    monkeypatch.setattr(sampling, "_WARNED", set())  # the once-set is process-wide: whatever ran before
     imagen = unconditional()
     plain = imagen.sample(batch_size=2, generator=0, use_tqdm=False)
     with pytest.warns(UserWarning, match="cond_scale != 1 .* is ignored"):
