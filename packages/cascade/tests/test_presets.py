@@ -27,13 +27,22 @@ def test_small_fast_builds_and_samples_every_size(sizes):
     imagen = randomize_cascade_(recipe.config.create(seed=0))
     assert isinstance(imagen, ElucidatedImagen)
     base = sizes if isinstance(sizes, int) else sizes[0]
-    levels = len(recipe.config.unets[0]["dim_mults"])
-    assert base // 2 ** (levels - 1) == 8  # the base U-Net halves down to 8 px
+    assert imagen.unets[0].downsample_factor == base // 8  # the base U-Net halves down to 8 px
+    assert imagen.unets[0].memory_efficient == (base > 16)  # above 16 px, once before its first level
     embeds, masks = torch.randn(2, 3, 8), torch.tensor([[True, True, False]] * 2)
     images = imagen.sample(text_embeds=embeds, text_masks=masks, cond_scale=recipe.sample_options["cond_scale"],
                            steps=2, generator=0, use_tqdm=False)
     top = sizes if isinstance(sizes, int) else sizes[-1]
     assert images.shape == (2, 3, top, top) and torch.isfinite(images).all()
+
+
+def test_the_base_stages_training_noise_is_shifted_by_the_log_of_its_size_over_16_px():
+    import math
+
+    assert small_fast(16).config.P_mean == (-1.2,)  # EDM's at 16 px: the demo's base stage
+    assert small_fast((32, 64)).config.P_mean == pytest.approx((-1.2 + math.log(2), -1.2))
+    assert small_fast(64).config.P_mean == pytest.approx((-1.2 + math.log(4),))
+    assert small_fast(32).with_reference("noise_levels").config.P_mean == -1.2
 
 
 def test_max_text_len_reaches_every_unet_and_the_text_padding_ablation_restores_the_reference():
@@ -69,6 +78,7 @@ def test_ablations_put_back_the_reference_settings():
     assert recipe.with_reference("sampler").config.sampler is None
     assert recipe.with_reference("text_padding").config.unets[0]["mask_text_padding"] is False
     assert recipe.with_reference("block_norm").config.unets[0]["block_norm"] == "rms"
+    assert recipe.with_reference("coordinates").config.unets[0]["coordinate_channels"] is False
     assert recipe.with_reference("guidance").sample_options["cond_scale"] == 1.0
 
 

@@ -70,16 +70,30 @@ class Recipe:
 def _base_unet(size: int) -> dict:
     """The base U-Net of ``small_fast`` at ``size`` px: halves down to 8 px (one level per halving),
     cross-attends to the text at the levels after the first at 16 px or below, no self-attention,
-    a small ``cond_dim``, the text padding hidden from attention (the captions are short), and
-    group norms in the resnet blocks (the reference's per-pixel RMS norm erases the border trace a
-    convolutional U-Net reads absolute position from: bench/cli_demo_tune.md)."""
-    levels = int(math.log2(size // LOWEST_RESOLUTION)) + 1
+    a small ``cond_dim``, the text padding hidden from attention (the captions are short), group
+    norms in the resnet blocks (the reference's per-pixel RMS norm erases the border trace a
+    convolutional U-Net reads absolute position from: bench/cli_demo_tune.md), and the pixel
+    coordinates as two more input channels (position as an input: bench/learning.md)."""
+    efficient = size > 16  # halve once before the first level (the reference's memory_efficient)
+    inner = size // 2 if efficient else size
+    levels = int(math.log2(inner // LOWEST_RESOLUTION)) + 1
     return dict(
-        dim=32, dim_mults=(1, 2, 4, 4, 8)[:levels], num_resnet_blocks=1, layer_attns=False,
-        layer_cross_attns=tuple(i >= 1 and size >> i <= 16 for i in range(levels)), attend_at_middle=False,
+        dim=32, dim_mults=(1, 2, 4, 4, 8)[:levels], num_resnet_blocks=1, layer_attns=False, memory_efficient=efficient,
+        layer_cross_attns=tuple(i >= 1 and inner >> i <= 16 for i in range(levels)), attend_at_middle=False,
         attn_heads=4, attn_dim_head=16, cond_dim=64, init_cross_embed=False, init_conv_kernel_size=3,
         use_global_context_attn=False, attn_pool_text=False, mask_text_padding=True, block_norm="group",
+        coordinate_channels=True,
     )
+
+
+REFERENCE_P_MEAN = -1.2  # ElucidatedImagen's (EDM's) mean log training noise level
+
+
+def _base_p_mean(size: int) -> float:
+    """The base stage's mean log training noise level: EDM's -1.2 at 16 px, shifted up by log(size / 16).
+    The layout (where the shape goes) is decided at the noise levels where a blob is just visible,
+    and averaging over 4x the pixels makes a blob visible at twice the noise level."""
+    return REFERENCE_P_MEAN + math.log(size / 16)
 
 
 def _sr_unet() -> dict:
@@ -128,6 +142,7 @@ def small_fast(image_sizes: int | tuple[int, ...] = 32, *, text_embed_dim: int |
     config = ElucidatedImagenConfig(
         unets=unets, image_sizes=sizes, text_encoder_name=text_encoder_name, text_embed_dim=text_embed_dim,
         cond_drop_prob=0.1, num_sample_steps=16, sampler="dpmpp_2m", lowres_sample_noise_level=0.2,
+        P_mean=(_base_p_mean(base),) + (REFERENCE_P_MEAN,) * (len(sizes) - 1),
         resize_mode="bilinear", random_crop_sizes=None if len(sizes) == 1 else (None, base),
     )
     trainer: dict[str, Any] = dict(lr=2e-3, warmup_steps=50, max_grad_norm=1.0, ema_beta=0.99,
@@ -144,6 +159,8 @@ def small_fast(image_sizes: int | tuple[int, ...] = 32, *, text_embed_dim: int |
         "cond_drop": {"config": {"cond_drop_prob": 0.5}},
         "text_padding": {"unets": [dict(unets[0], mask_text_padding=False, max_text_len=256)]},
         "block_norm": {"unets": [dict(unets[0], block_norm="rms")]},
+        "coordinates": {"unets": [dict(unets[0], coordinate_channels=False)]},
+        "noise_levels": {"config": {"P_mean": REFERENCE_P_MEAN}},
         "sampler": {"config": {"sampler": None, "num_sample_steps": 32}},
         "guidance": {"sample": {"cond_scale": 1.0}},
     }
