@@ -29,6 +29,7 @@ def test_small_fast_builds_and_samples_every_size(sizes):
     base = sizes if isinstance(sizes, int) else sizes[0]
     assert imagen.unets[0].downsample_factor == base // 8  # the base U-Net halves down to 8 px
     assert imagen.unets[0].memory_efficient == (base > 16)  # above 16 px, once before its first level
+    assert imagen.unets[0].coordinate_channels == (base > 16)  # the demo's 16 px base stage: unchanged
     embeds, masks = torch.randn(2, 3, 8), torch.tensor([[True, True, False]] * 2)
     images = imagen.sample(text_embeds=embeds, text_masks=masks, cond_scale=recipe.sample_options["cond_scale"],
                            steps=2, generator=0, use_tqdm=False)

@@ -68,12 +68,15 @@ class Recipe:
 
 
 def _base_unet(size: int) -> dict:
-    """The base U-Net of ``small_fast`` at ``size`` px: halves down to 8 px (one level per halving),
-    cross-attends to the text at the levels after the first at 16 px or below, no self-attention,
+    """The base U-Net of ``small_fast`` at ``size`` px: halves down to 8 px (one level per halving;
+    above 16 px it halves once before its first level, the reference's ``memory_efficient``, so its
+    levels are the 16 px U-Net's, which learns the layout several times faster per step than one
+    with a level at full size: bench/learning.md), cross-attends to the text at the levels after
+    the first at 16 px or below, no self-attention,
     a small ``cond_dim``, the text padding hidden from attention (the captions are short), group
     norms in the resnet blocks (the reference's per-pixel RMS norm erases the border trace a
-    convolutional U-Net reads absolute position from: bench/cli_demo_tune.md), and the pixel
-    coordinates as two more input channels (position as an input: bench/learning.md)."""
+    convolutional U-Net reads absolute position from: bench/cli_demo_tune.md), and above 16 px the
+    pixel coordinates as two more input channels (position as an input: bench/learning.md)."""
     efficient = size > 16  # halve once before the first level (the reference's memory_efficient)
     inner = size // 2 if efficient else size
     levels = int(math.log2(inner // LOWEST_RESOLUTION)) + 1
@@ -82,7 +85,7 @@ def _base_unet(size: int) -> dict:
         layer_cross_attns=tuple(i >= 1 and inner >> i <= 16 for i in range(levels)), attend_at_middle=False,
         attn_heads=4, attn_dim_head=16, cond_dim=64, init_cross_embed=False, init_conv_kernel_size=3,
         use_global_context_attn=False, attn_pool_text=False, mask_text_padding=True, block_norm="group",
-        coordinate_channels=True,
+        coordinate_channels=efficient,
     )
 
 
@@ -119,7 +122,8 @@ def small_fast(image_sizes: int | tuple[int, ...] = 32, *, text_embed_dim: int |
     """The ``small-fast`` recipe: an EDM (``ElucidatedImagen``) cascade of one base stage at
     ``image_sizes[0]`` (a power of two >= 8 px) and, when a second size is given, a small
     super-resolution stage, trained with a high learning rate after a short warm-up and a fast EMA,
-    sampled with 16 DPM-Solver++(2M) steps and guidance 4.
+    the base stage's log-normal training noise shifted up by log(size / 16) above 16 px, sampled
+    with 16 DPM-Solver++(2M) steps and guidance 4.
 
     ``total_steps`` (the training steps planned) adds a cosine learning-rate decay over them.
     ``max_text_len`` (default the U-Net's 256) is how many text positions the U-Nets keep: captions
