@@ -90,9 +90,9 @@ TARGETS = {
             "cascade-sampling", "cascade",
             mutate=("sampling.py",),
             tests=tuple(f"packages/cascade/tests/{name}.py" for name in (
-                "test_sampling", "test_sampling_parts", "test_refine", "test_schedules", "test_input_checks",
-                "test_reference_defaults", "test_errors", "test_device", "test_bf16", "test_readme_examples",
-                "test_crops", "cascade_testing")),
+                "test_sampling", "test_sampling_parts", "test_sampling_wiring", "test_refine", "test_schedules",
+                "test_input_checks", "test_reference_defaults", "test_errors", "test_device", "test_bf16",
+                "test_readme_examples", "test_crops", "cascade_testing")),
         ),
         Target(
             "container", "cascade",

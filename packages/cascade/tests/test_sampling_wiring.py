@@ -1,0 +1,163 @@
+"""What ``sample()`` hands each stage's U-Net and sampler: the texts and the guidance batch, the
+compiled and autocast networks, the thresholding, the schedule, the callback and the documented
+defaults. Sampling tests that compare one sample with another cannot see these (a wiring mistake
+changes both sides); these look at the calls themselves (the gaps mutation testing found)."""
+
+import inspect
+
+import pytest
+import torch
+from cascade_testing import randomize_cascade_, tiny_unet
+
+from imagen.cascade import ElucidatedImagen, Imagen
+from imagen.cascade.sampling import compile_options_of
+from imagen.diffusion import dynamic_thresholding, static_clipping
+from imagen.unets import NullUnet
+
+
+def text_imagen(cls=Imagen, **settings):
+    settings = {"image_sizes": (8, 16), "text_embed_dim": 16, "cond_drop_prob": 0.2, **settings}
+    settings.setdefault("timesteps" if cls is Imagen else "num_sample_steps", 3)
+    return randomize_cascade_(cls(unets=(tiny_unet(), tiny_unet()), **settings), seed=1).eval()
+
+
+def record_calls(imagen):
+    """Every U-Net call during sampling, as (unet number, x, keywords, autocast dtype or None)."""
+    calls = []
+    for number, unet in enumerate(imagen.unets, start=1):
+        def hook(module, args, kwargs, number=number):
+            autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+            calls.append((number, args[0], kwargs, autocast))
+        unet.register_forward_pre_hook(hook, with_kwargs=True)
+    return calls
+
+
+EMBEDS = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
+MASKS = torch.tensor([[True] * 5, [True, True, True, False, False]])
+
+
+@pytest.mark.parametrize("cls", [Imagen, ElucidatedImagen])
+def test_every_stage_gets_the_texts_and_guidance_one_batch_with_the_null_half_dropped(cls):
+    imagen = text_imagen(cls)
+    calls = record_calls(imagen)
+    imagen.sample(text_embeds=EMBEDS, text_masks=MASKS, cond_scale=3.0, generator=0, use_tqdm=False)
+    assert sorted({number for number, *_ in calls}) == [1, 2]
+    for number, x, kwargs, _ in calls:
+        assert x.shape[0] == 4  # [conditional; null] in one forward
+        assert kwargs["cond_drop_mask"].dtype == torch.bool
+        assert kwargs["cond_drop_mask"].tolist() == [False, False, True, True]
+        assert torch.equal(kwargs["text_embeds"], torch.cat((EMBEDS, EMBEDS)))
+        assert torch.equal(kwargs["text_mask"], torch.cat((MASKS, MASKS)))
+        assert ("lowres_cond_img" in kwargs) == (number == 2)
+    calls.clear()
+    imagen.sample(text_embeds=EMBEDS, text_masks=MASKS, cond_scale=1.0, generator=0, use_tqdm=False)
+    for _, x, kwargs, _ in calls:  # no guidance: the conditional batch alone
+        assert x.shape[0] == 2 and kwargs["cond_drop_mask"].tolist() == [False, False]
+        assert torch.equal(kwargs["text_embeds"], EMBEDS)
+
+
+def test_guidance_keywords_reach_the_guidance():
+    imagen = text_imagen()
+    removed = imagen.sample(text_embeds=EMBEDS, cond_scale=3.0, generator=0, use_tqdm=False)
+    kept = imagen.sample(text_embeds=EMBEDS, cond_scale=3.0, cfg_remove_parallel_component=False,
+                         generator=0, use_tqdm=False)
+    half = imagen.sample(text_embeds=EMBEDS, cond_scale=3.0, cfg_keep_parallel_frac=0.5, generator=0, use_tqdm=False)
+    assert not torch.equal(removed, kept) and not torch.equal(removed, half) and not torch.equal(kept, half)
+
+
+def test_sample_dtype_runs_the_unets_under_autocast_and_none_runs_them_in_fp32():
+    imagen = text_imagen()
+    calls = record_calls(imagen)
+    imagen.sample(text_embeds=EMBEDS, cond_scale=3.0, dtype=torch.bfloat16, generator=0, use_tqdm=False)
+    assert calls and all(autocast == torch.bfloat16 for *_, autocast in calls)
+    calls.clear()
+    imagen.sample(text_embeds=EMBEDS, cond_scale=3.0, generator=0, use_tqdm=False)
+    assert calls and all(autocast is None for *_, autocast in calls)
+
+
+def test_sample_compile_compiles_each_stage_once_with_the_given_options(monkeypatch):
+    compiled = []
+
+    def fake_compile(module, **options):  # records the call; runs the module as it is
+        compiled.append((module, options))
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    imagen = text_imagen()
+    imagen.sample(text_embeds=EMBEDS, generator=0, use_tqdm=False)
+    assert compiled == []
+    imagen.sample(text_embeds=EMBEDS, compile=True, generator=0, use_tqdm=False)
+    assert compiled == [(imagen.unets[0], {}), (imagen.unets[1], {})]
+    imagen.sample(text_embeds=EMBEDS, compile=True, generator=0, use_tqdm=False)  # kept, not compiled again
+    imagen.sample(text_embeds=EMBEDS, compile={"mode": "max-autotune"}, generator=0, use_tqdm=False)
+    assert compiled[2:] == [(imagen.unets[0], {"mode": "max-autotune"}), (imagen.unets[1], {"mode": "max-autotune"})]
+    assert "_compiled_unets" not in str(imagen.state_dict().keys())
+
+
+def test_compile_options_of_every_accepted_form_and_the_error():
+    assert compile_options_of(False) is None and compile_options_of(None) is None
+    assert compile_options_of(True) == {}
+    options = {"mode": "reduce-overhead"}
+    assert compile_options_of(options) == options and compile_options_of(options) is not options
+    for bad in ("yes", 1, {1: "x"}):
+        with pytest.raises(TypeError, match=r"^compile must be a bool or a dict of torch.compile keywords "
+                                            r"\(e.g. \{'backend': 'inductor'\}\), got "):
+            compile_options_of(bad)
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_the_stage_x0_model_is_guidance_then_x0_then_the_configured_thresholding(dynamic):
+    imagen = text_imagen(dynamic_thresholding=dynamic, dynamic_thresholding_percentile=0.8)
+    with torch.no_grad():
+        imagen.unets[0].final_conv.weight.mul_(40)  # x0 estimates far outside [-1, 1]
+    plan = imagen.sampling_plan(cond_scale=3.0, schedule="karras")[0]
+    guidance = dict(remove_parallel_component=True, keep_parallel_frac=0.0)
+    x, sigma = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3)), torch.tensor([2.0, 0.5])
+    cond = dict(text_embeds=EMBEDS, text_mask=MASKS, cond_drop_mask=torch.zeros(2, dtype=torch.bool))
+    stage = imagen.stages[0]
+    from imagen.diffusion import classifier_free_guidance
+
+    guided = classifier_free_guidance(imagen.unets[0], 3.0, {"cond_drop_mask": torch.ones(2, dtype=torch.bool)},
+                                      **guidance)
+    raw = stage.x0_model(guided, plan.sampler, plan.schedule)
+    expected = dynamic_thresholding(raw, 0.8) if dynamic else static_clipping(raw)
+    with torch.no_grad():
+        got = imagen._x0_model(plan, 2, guidance)(x, sigma, **cond)
+        assert torch.equal(got, expected(x, sigma, **cond))
+        assert got.abs().max() <= 1 and raw(x, sigma, **cond).abs().max() > 1
+
+
+def test_a_self_conditioned_unet_gets_the_previous_estimate():
+    imagen = randomize_cascade_(Imagen(unets=tiny_unet(self_cond=True), image_sizes=8, text_embed_dim=16,
+                                       timesteps=3), seed=1).eval()
+    calls = record_calls(imagen)
+    imagen.sample(text_embeds=EMBEDS, generator=0, use_tqdm=False)
+    assert len(calls) == 3
+    assert calls[0][2].get("self_cond") is None
+    assert all(kwargs["self_cond"] is not None for _, _, kwargs, _ in calls[1:])
+
+
+def test_the_schedule_and_the_callback_reach_the_sampler():
+    imagen = text_imagen()
+    steps = []
+    time_grid = imagen.sample(text_embeds=EMBEDS, generator=0, use_tqdm=False, callback=steps.append)
+    assert len(steps) == 6 and {"x", "denoised"} <= set(steps[0])  # 3 steps per stage
+    karras = imagen.sample(text_embeds=EMBEDS, schedule="karras", generator=0, use_tqdm=False)
+    assert not torch.equal(time_grid, karras)
+
+
+def test_a_null_unet_stage_refuses_to_sample_naming_the_way_round_it():
+    imagen = Imagen(unets=(NullUnet(), tiny_unet()), image_sizes=(8, 16), text_embed_dim=16, timesteps=2)
+    with pytest.raises(ValueError, match=r"^unet 1 is a NullUnet placeholder and cannot sample; "
+                                         r"start_at_unet_number=2 with start_image_or_video gives the low-res input "
+                                         r"instead$"):
+        imagen.sample(text_embeds=EMBEDS, use_tqdm=False)
+
+
+def test_sample_keeps_the_reference_defaults():
+    defaults = {name: p.default for name, p in inspect.signature(Imagen.sample).parameters.items()}
+    assert {k: defaults[k] for k in ("inpaint_resample_times", "batch_size", "cond_scale",
+                                     "cfg_remove_parallel_component", "cfg_keep_parallel_frac", "use_tqdm",
+                                     "use_one_unet_in_gpu", "start_at_unet_number")} == {
+        "inpaint_resample_times": 5, "batch_size": 1, "cond_scale": 1.0, "cfg_remove_parallel_component": True,
+        "cfg_keep_parallel_frac": 0.0, "use_tqdm": True, "use_one_unet_in_gpu": True, "start_at_unet_number": 1}
