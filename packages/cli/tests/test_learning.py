@@ -46,15 +46,15 @@ def test_benchmark_rows_and_curve(tmp_path):
 @pytest.mark.skipif(os.environ.get("IMAGEN_LEARNING") != "1",
                     reason="opt-in (several CPU-minutes, over the CI budget): nox -s learning, or IMAGEN_LEARNING=1")
 def test_reduced_benchmark_recipe_beats_chance_on_held_out_prompts():
-    # 15 held-out prompts, one sample each, 16 px. Colour must be read back in at least 60% (chance
-    # 1/6). Position: the known regression of the reference-architecture U-Nets (bench/learning.md,
-    # bench/cli_demo_tune.md) - below 40% it is reported as an expected failure, as in test_demo.
+    # 15 held-out prompts, one sample each, 16 px. Chance: colour 1/6, position 1/5, all three 1/90.
+    # The bars are far above chance and below what the recipe reads at these steps (bench/learning.md:
+    # 450 steps at 16 px read colour 0.93, position 0.97, all 0.47 with 2 samples per prompt).
     summary = _learning().run(_args())
     held = summary["held_out"]
     assert summary["steps"] == REDUCED_STEPS
     assert held["colour"] >= 0.6, summary
-    if held["position"] < 0.4:
-        pytest.xfail(f"position {held['position']:.0%} < 40% (known regression, see bench/learning.md): {held}")
+    assert held["position"] >= 0.5, summary
+    assert held["all"] >= 0.15, summary
 
 
 REDUCED_STEPS = 450
