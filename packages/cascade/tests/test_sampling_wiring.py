@@ -36,11 +36,11 @@ EMBEDS = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
 MASKS = torch.tensor([[True] * 5, [True, True, True, False, False]])
 
 
-@pytest.mark.parametrize("cls", [Imagen, ElucidatedImagen])
-def test_every_stage_gets_the_texts_and_guidance_one_batch_with_the_null_half_dropped(cls):
+@pytest.mark.parametrize("cls,scale", [(Imagen, 3.0), (ElucidatedImagen, 3.0), (Imagen, 2.0)])
+def test_every_stage_gets_the_texts_and_guidance_one_batch_with_the_null_half_dropped(cls, scale):
     imagen = text_imagen(cls)
     calls = record_calls(imagen)
-    imagen.sample(text_embeds=EMBEDS, text_masks=MASKS, cond_scale=3.0, generator=0, use_tqdm=False)
+    imagen.sample(text_embeds=EMBEDS, text_masks=MASKS, cond_scale=scale, generator=0, use_tqdm=False)
     assert sorted({number for number, *_ in calls}) == [1, 2]
     for number, x, kwargs, _ in calls:
         assert x.shape[0] == 4  # [conditional; null] in one forward
@@ -65,14 +65,13 @@ def test_guidance_keywords_reach_the_guidance():
     assert not torch.equal(removed, kept) and not torch.equal(removed, half) and not torch.equal(kept, half)
 
 
-def test_sample_dtype_runs_the_unets_under_autocast_and_none_runs_them_in_fp32():
+@pytest.mark.parametrize("dtype,autocast", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
+                                             (torch.float32, None), (None, None)])
+def test_sample_dtype_runs_the_unets_under_autocast_in_that_dtype_and_fp32_without(dtype, autocast):
     imagen = text_imagen()
     calls = record_calls(imagen)
-    imagen.sample(text_embeds=EMBEDS, cond_scale=3.0, dtype=torch.bfloat16, generator=0, use_tqdm=False)
-    assert calls and all(autocast == torch.bfloat16 for *_, autocast in calls)
-    calls.clear()
-    imagen.sample(text_embeds=EMBEDS, cond_scale=3.0, generator=0, use_tqdm=False)
-    assert calls and all(autocast is None for *_, autocast in calls)
+    imagen.sample(text_embeds=EMBEDS, cond_scale=3.0, dtype=dtype, generator=0, use_tqdm=False)
+    assert calls and all(seen == autocast for *_, seen in calls)
 
 
 def test_sample_compile_compiles_each_stage_once_with_the_given_options(monkeypatch):
@@ -161,3 +160,28 @@ def test_sample_keeps_the_reference_defaults():
                                      "use_one_unet_in_gpu", "start_at_unet_number")} == {
         "inpaint_resample_times": 5, "batch_size": 1, "cond_scale": 1.0, "cfg_remove_parallel_component": True,
         "cfg_keep_parallel_frac": 0.0, "use_tqdm": True, "use_one_unet_in_gpu": True, "start_at_unet_number": 1}
+
+
+def test_the_defaults_act_as_the_reference_documents_them(capsys):
+    unconditional = randomize_cascade_(Imagen(unets=tiny_unet(), image_sizes=8, condition_on_text=False,
+                                              text_embed_dim=None, cond_drop_prob=0.0, timesteps=2), seed=1).eval()
+    assert unconditional.sample(generator=0).shape == (1, 3, 8, 8)  # batch_size=1
+    bar = capsys.readouterr().err
+    assert "it/s" in bar or "s/it" in bar  # use_tqdm=True: a progress bar
+    imagen = text_imagen()
+    plain = imagen.sample(text_embeds=EMBEDS, cond_scale=3.0, generator=0, use_tqdm=False)
+    assert torch.equal(plain, imagen.sample(text_embeds=EMBEDS, cond_scale=3.0, cfg_remove_parallel_component=True,
+                                            cfg_keep_parallel_frac=0.0, generator=0, use_tqdm=False))
+    calls = record_calls(imagen)
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    masks[:, :, :8] = True
+    imagen.sample(text_embeds=EMBEDS, inpaint_images=torch.rand(2, 3, 16, 16), inpaint_masks=masks, generator=0,
+                  use_tqdm=False)
+    assert len(calls) == 2 * 3 * 5  # two stages x 3 steps x inpaint_resample_times=5 tries
+
+
+def test_a_bad_batch_size_is_refused_naming_it():
+    unconditional = Imagen(unets=tiny_unet(), image_sizes=8, condition_on_text=False, text_embed_dim=None,
+                           cond_drop_prob=0.0, timesteps=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        unconditional.sample(batch_size=0, use_tqdm=False)
