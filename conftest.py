@@ -29,10 +29,6 @@ def device():
 
 
 def pytest_collection_modifyitems(config, items):
-    # Longest first: the files that hold slow-marked tests are collected first, so pytest-xdist
-    # (--dist loadfile, which hands out files in collection order) starts them at once and packs the
-    # short files around them instead of starting a long one last.
-    items.sort(key=lambda item: "slow" not in item.keywords)
     if TEST_DEVICE == "cpu":
         return
     skip = pytest.mark.skip(reason=f"CPU only by nature (IMAGEN_TEST_DEVICE={TEST_DEVICE})")
