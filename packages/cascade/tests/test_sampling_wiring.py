@@ -185,3 +185,42 @@ def test_a_bad_batch_size_is_refused_naming_it():
                            cond_drop_prob=0.0, timesteps=2)
     with pytest.raises(ValueError, match="batch_size"):
         unconditional.sample(batch_size=0, use_tqdm=False)
+
+
+@pytest.mark.parametrize("keywords,name", [
+    (dict(generator="seven"), "generator"),
+    (dict(stop_at_unet_number=3), "stop_at_unet_number"),
+    (dict(text_embeds=torch.randn(2, 5, 7)), "text_embeds"),
+    (dict(inpaint_images=torch.rand(3, 3, 16, 16), inpaint_masks=torch.ones(3, 16, 16, dtype=torch.bool)),
+     "inpaint_images"),
+    (dict(lowres_sample_noise_level=-1.0), "lowres_sample_noise_level"),
+])
+def test_sample_checks_each_keyword_at_the_boundary_naming_it(keywords, name):
+    imagen = text_imagen()
+    with pytest.raises((ValueError, TypeError), match=name):
+        imagen.sample(**{"text_embeds": EMBEDS, **keywords}, use_tqdm=False)
+
+
+def test_the_sampling_noise_level_of_the_low_resolution_input_reaches_the_sr_stage():
+    imagen = text_imagen()
+    calls = record_calls(imagen)
+    seen = {}
+    for level in (0.1, 0.5):
+        calls.clear()
+        imagen.sample(text_embeds=EMBEDS, lowres_sample_noise_level=level, generator=0, use_tqdm=False, device="cpu")
+        seen[level] = [kwargs["lowres_noise_times"] for number, _, kwargs, _ in calls if number == 2]
+    assert seen[0.1] and not torch.equal(seen[0.1][0], seen[0.5][0])
+    assert all(torch.equal(times, seen[0.1][0]) for times in seen[0.1])  # one level for every step
+
+
+def test_texts_on_a_text_free_cascade_are_ignored_with_one_warning_naming_them(monkeypatch):
+    from imagen.cascade import sampling
+
+    monkeypatch.setattr(sampling, "_WARNED", set())
+    unconditional = randomize_cascade_(Imagen(unets=tiny_unet(), image_sizes=8, condition_on_text=False,
+                                              text_embed_dim=None, cond_drop_prob=0.0, timesteps=2), seed=1).eval()
+    plain = unconditional.sample(batch_size=2, generator=0, use_tqdm=False)
+    with pytest.warns(UserWarning, match=r"^texts are ignored: this cascade has condition_on_text=False "
+                                         r"\(as in the reference\)$"):
+        ignored = unconditional.sample(texts=["a", "b"], batch_size=2, generator=0, use_tqdm=False)
+    assert torch.equal(plain, ignored)
