@@ -224,3 +224,47 @@ def test_texts_on_a_text_free_cascade_are_ignored_with_one_warning_naming_them(m
                                          r"\(as in the reference\)$"):
         ignored = unconditional.sample(texts=["a", "b"], batch_size=2, generator=0, use_tqdm=False)
     assert torch.equal(plain, ignored)
+
+
+def test_conditioning_images_reach_every_stage_at_its_size():
+    imagen = randomize_cascade_(Imagen(unets=(tiny_unet(cond_images_channels=3), tiny_unet(cond_images_channels=3)),
+                                       image_sizes=(8, 16), text_embed_dim=16, timesteps=2), seed=1).eval()
+    calls = record_calls(imagen)
+    pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    imagen.sample(text_embeds=EMBEDS, cond_images=pixels, generator=0, use_tqdm=False)
+    assert sorted({number for number, *_ in calls}) == [1, 2]
+    for number, _, kwargs, _ in calls:  # in the model's range [-1, 1], at the stage's size
+        given = kwargs["cond_images"]
+        assert given.shape == (2, 3, 8 * number, 8 * number)
+        if number == 2:
+            torch.testing.assert_close(given, pixels * 2 - 1, rtol=0, atol=1e-6)
+
+
+def test_sigma_min_and_max_reach_the_sampler_of_an_edm_stage():
+    imagen = text_imagen(ElucidatedImagen)
+    calls = record_calls(imagen)
+    first_noise = {}
+    for sigma_max in (40.0, 10.0):
+        calls.clear()
+        imagen.sample(text_embeds=EMBEDS, sigma_max=sigma_max, sigma_min=0.05, generator=0, use_tqdm=False)
+        first_noise[sigma_max] = calls[0][2].get("time", calls[0][1])  # the first call's input
+    assert not torch.equal(first_noise[40.0], first_noise[10.0])
+    calls.clear()
+    low = imagen.sample(text_embeds=EMBEDS, sigma_min=0.5, generator=0, use_tqdm=False)
+    assert not torch.equal(low, imagen.sample(text_embeds=EMBEDS, sigma_min=0.002, generator=0, use_tqdm=False))
+
+
+def test_start_image_or_video_becomes_the_sr_stages_low_resolution_input():
+    imagen = text_imagen(lowres_sample_noise_level=0.0)
+    calls = record_calls(imagen)
+    start = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    out = imagen.sample(text_embeds=EMBEDS, start_at_unet_number=2, start_image_or_video=start, generator=0,
+                        use_tqdm=False)
+    assert out.shape == (2, 3, 16, 16) and {number for number, *_ in calls} == {2}
+    other = imagen.sample(text_embeds=EMBEDS, start_at_unet_number=2, start_image_or_video=1 - start, generator=0,
+                          use_tqdm=False)
+    assert not torch.equal(out, other)
+    with pytest.raises(ValueError, match="start_image_or_video"):
+        imagen.sample(text_embeds=EMBEDS, start_at_unet_number=2, start_image_or_video=start[:1], use_tqdm=False)
+    with pytest.raises(ValueError, match=r"^start_at_unet_number=2 needs start_image_or_video"):
+        imagen.sample(text_embeds=EMBEDS, start_at_unet_number=2, use_tqdm=False)
