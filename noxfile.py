@@ -13,6 +13,7 @@ requirements go into each environment as usual).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -32,16 +33,53 @@ CONSTRAINTS = "constraints.txt"
 PARALLEL = ("-n", "auto", "--dist", "loadfile", "--durations", "10")
 
 
+TOOLS = ["pytest-xdist", "ruff", "pytest", "hypothesis", "hatchling"]
+BUILD = Path(__file__).parent / "build"
+
+
 def install_pinned(session: nox.Session, *args: str) -> None:
-    """pip install under the constraints, without byte-compiling what it installs: a test run imports
-    a small part of transformers, pyarrow or tensorboard, and compiling all of them was about 40% of
-    a session's set-up (the cli session's install: 83 s -> 49 s)."""
-    session.install("--no-compile", "-c", CONSTRAINTS, *args)
+    """pip install under the constraints from the wheelhouse (never the index), building our local
+    packages without an isolated build environment and without byte-compiling what it installs (a
+    test run imports a small part of transformers, pyarrow or tensorboard)."""
+    house = wheelhouse(session)
+    options = ["--no-compile", "--no-index", "--find-links", str(house), "-c", CONSTRAINTS]
+    if any(arg.startswith("./packages/") for arg in args):
+        session.install(*options, "hatchling")
+        options.append("--no-build-isolation")
+    session.install(*options, *args)
+
+
+def wheelhouse(session: nox.Session) -> Path:
+    """Every third-party wheel a session installs, fetched once into ``build/wheelhouse-<key>`` (the key
+    hashes the constraints and every package's requirements). Resolving against the registry's index
+    took most of a session's set-up (index pages of thousands of files, 9 sessions); resolving against
+    this folder takes seconds. torch is left out: ``install_torch`` shares one unpacked copy."""
+    spec = [CONSTRAINTS, *(f"packages/{name}/pyproject.toml" for name in PACKAGES)]
+    digest = hashlib.sha256(repr((TOOLS, REFERENCE_PACKAGES)).encode())
+    for path in spec:
+        digest.update(Path(path).read_bytes())
+    house = BUILD / f"wheelhouse-{digest.hexdigest()[:16]}"
+    if (house / ".complete").exists():
+        return house
+    partial = house.with_name(house.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    fetch = ["python", "-m", "pip", "wheel", "--quiet", "-c", CONSTRAINTS, "--wheel-dir", str(partial)]
+    session.run("python", "-m", "pip", "install", "--quiet", "-c", CONSTRAINTS, "hatchling")
+    session.run(*fetch, "--no-build-isolation", *(f"./packages/{name}[test]" for name in PACKAGES), *TOOLS)
+    session.run(*fetch, "--no-deps", *REFERENCE_PACKAGES)
+    for wheel in [*partial.glob("imagen_*.whl"), *partial.glob("torch-*.whl")]:
+        wheel.unlink()  # our packages are built from their folders in each session; torch is shared
+    (partial / ".complete").touch()
+    for stale in BUILD.glob("wheelhouse-*"):
+        if stale != partial:
+            shutil.rmtree(stale)
+    partial.rename(house)
+    return house
 
 
 TORCH = "torch==2.13.0"
 PYTHON = f"py{sys.version_info[0]}{sys.version_info[1]}"
-SHARED_TORCH = Path(__file__).parent / "build" / f"nox-{TORCH.replace('==', '-')}-{PYTHON}"
+SHARED_TORCH = BUILD / f"nox-{TORCH.replace('==', '-')}-{PYTHON}"
 
 
 def install_torch(session: nox.Session) -> None:
@@ -124,7 +162,8 @@ def mutation(session: nox.Session) -> None:
     sampling and the checkpoint container: prints the kill rate per file and per target and the
     mutants not caught (faults/mutation.py; posargs e.g. --target diffusion --max-children 1)."""
     install_torch(session)
-    install_pinned(session, *[f"./packages/{name}[test]" for name in PACKAGES], "mutmut")
+    install_pinned(session, *[f"./packages/{name}[test]" for name in PACKAGES])
+    session.install("--no-compile", "-c", CONSTRAINTS, "mutmut")  # from the index: not in the wheelhouse
     session.env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
     session.run("python", "faults/mutation.py", *session.posargs)
 
