@@ -268,3 +268,49 @@ def test_start_image_or_video_becomes_the_sr_stages_low_resolution_input():
         imagen.sample(text_embeds=EMBEDS, start_at_unet_number=2, start_image_or_video=start[:1], use_tqdm=False)
     with pytest.raises(ValueError, match=r"^start_at_unet_number=2 needs start_image_or_video"):
         imagen.sample(text_embeds=EMBEDS, start_at_unet_number=2, use_tqdm=False)
+
+
+def test_inpainting_runs_inside_the_sampler_not_only_as_the_final_paste():
+    """The unknown region follows the known one: it differs from a plain sample of the same seed (a
+    sampler that never saw the known region, its output pasted over at the end, would equal it there; one
+    stage, as a super-resolution stage would see the pasted region in its low-resolution input anyway)."""
+    imagen = randomize_cascade_(Imagen(unets=tiny_unet(), image_sizes=16, text_embed_dim=16, timesteps=3),
+                                seed=1).eval()
+    known = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    masks[:, :, :8] = True
+    plain = imagen.sample(text_embeds=EMBEDS, generator=0, use_tqdm=False)
+    inpainted = imagen.sample(text_embeds=EMBEDS, inpaint_images=known, inpaint_masks=masks, inpaint_resample_times=1,
+                              generator=0, use_tqdm=False)
+    assert torch.equal(inpainted[..., :8], known[..., :8])
+    assert not torch.allclose(inpainted[..., 8:], plain[..., 8:], atol=1e-3)
+
+
+@pytest.mark.parametrize("use_tqdm", [True, False])
+def test_use_tqdm_gives_one_bar_per_stage_or_none(capsys, use_tqdm):
+    text_imagen().sample(text_embeds=EMBEDS, generator=0, use_tqdm=use_tqdm)
+    started = capsys.readouterr().err.count("0/3 [")  # each bar's first state: 3 steps of a stage
+    assert started == (2 if use_tqdm else 0)
+
+
+def test_conditioning_images_of_another_batch_are_refused_naming_them():
+    imagen = randomize_cascade_(Imagen(unets=(tiny_unet(cond_images_channels=3), tiny_unet(cond_images_channels=3)),
+                                       image_sizes=(8, 16), text_embed_dim=16, timesteps=2), seed=1).eval()
+    with pytest.raises(ValueError, match="cond_images"):
+        imagen.sample(text_embeds=EMBEDS, cond_images=torch.rand(3, 3, 16, 16), generator=0, use_tqdm=False)
+
+
+@pytest.mark.parametrize("steps,expected", [(1, ("sech", 0.05)), (10, ("sech", 0.05)), (11, ("sech", None)),
+                                            (20, ("sech", None)), (21, ("karras", None)), (250, ("karras", None))])
+def test_a_non_default_sampler_gets_the_schedule_tuned_for_its_step_count(steps, expected):
+    from types import SimpleNamespace
+
+    from imagen.cascade.sampling import resolve_schedule
+
+    stage = SimpleNamespace(default_sampler="ddpm", reference_schedule="time")
+    assert resolve_schedule(stage, "dpmpp_2m", steps, None) == expected
+    assert resolve_schedule(stage, "dpmpp_2m", steps, "default") == expected
+    assert resolve_schedule(stage, "ddpm", steps, None) == ("time", None)  # the reference's grid
+    assert resolve_schedule(stage, "ddpm", steps, "karras") == ("karras", None)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        resolve_schedule(stage, "ddpm", steps, "cosine")
