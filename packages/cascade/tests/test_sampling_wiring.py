@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 import torch
-from cascade_testing import randomize_cascade_, tiny_unet
+from cascade_testing import randomize_cascade_, tiny_unet, tiny_unet3d
 
 from imagen.cascade import ElucidatedImagen, Imagen
 from imagen.cascade.sampling import compile_options_of
@@ -314,3 +314,44 @@ def test_a_non_default_sampler_gets_the_schedule_tuned_for_its_step_count(steps,
     assert resolve_schedule(stage, "ddpm", steps, "karras") == ("karras", None)
     with pytest.raises(ValueError, match="schedule must be one of"):
         resolve_schedule(stage, "ddpm", steps, "cosine")
+
+
+@pytest.mark.parametrize("scale", [-0.5, float("inf"), float("nan"), True, "2"])
+def test_a_cond_scale_outside_zero_to_infinity_is_refused_naming_it(scale):
+    imagen = text_imagen()
+    for given in (scale, (1.0, scale)):  # one for every stage, or one per stage
+        with pytest.raises(ValueError, match=r"^cond_scale(\[1\])? must be a finite number >= 0, got "):
+            imagen.sample(text_embeds=EMBEDS, cond_scale=given, use_tqdm=False)
+        with pytest.raises(ValueError, match=r"^cond_scale must be a finite number >= 0 \(or one per unet\), got "):
+            imagen.sampling_plan(cond_scale=given)  # public too: the CLI plans before it samples
+
+
+@pytest.mark.parametrize("scale", [0, 0.5])
+def test_cond_scales_from_zero_up_are_accepted(scale):
+    imagen = text_imagen()
+    for given in (scale, (scale, scale)):
+        assert [plan.cond_scale for plan in imagen.sampling_plan(cond_scale=given)] == [scale, scale]
+        assert torch.isfinite(imagen.sample(text_embeds=EMBEDS, cond_scale=given, generator=0, use_tqdm=False)).all()
+
+
+def test_guidance_on_a_text_free_cascade_is_ignored_with_one_warning(monkeypatch):
+    from imagen.cascade import sampling
+
+    monkeypatch.setattr(sampling, "_WARNED", set())
+    unconditional = randomize_cascade_(Imagen(unets=tiny_unet(), image_sizes=8, condition_on_text=False,
+                                              text_embed_dim=None, cond_drop_prob=0.1, timesteps=2), seed=1).eval()
+    plain = unconditional.sample(batch_size=2, generator=0, use_tqdm=False)
+    with pytest.warns(UserWarning, match=r"^cond_scale != 1 on a cascade with condition_on_text=False is ignored "
+                                         r"\(as in the reference, guidance without text changes nothing\)$"):
+        guided = unconditional.sample(batch_size=2, cond_scale=3.0, generator=0, use_tqdm=False)
+    assert torch.equal(plain, guided)
+
+
+def test_inpaint_masks_alone_and_pil_images_of_videos_are_refused_naming_them():
+    with pytest.raises(ValueError, match=r"^inpaint_masks need inpaint_images \(or inpaint_videos\)$"):
+        text_imagen().sample(text_embeds=EMBEDS, inpaint_masks=torch.ones(2, 16, 16, dtype=torch.bool),
+                             use_tqdm=False)
+    video = Imagen(unets=tiny_unet3d(), image_sizes=8, condition_on_text=False, text_embed_dim=None, timesteps=2)
+    with pytest.raises(ValueError, match=r"^return_pil_images is for image cascades; a video cascade returns "
+                                         r"tensors$"):
+        video.sample(batch_size=1, video_frames=2, return_pil_images=True, use_tqdm=False)
