@@ -25,6 +25,10 @@ sys.path.insert(0, str(Path(__file__).parent / "tools"))
 from layout import PACKAGES, internal_closure
 
 nox.options.sessions = ["layout", "lint", "tests", "reference"]
+# Installs skip byte-compiling (most installed modules are never imported); the modules a session does
+# import write their bytecode once. Where PYTHONDONTWRITEBYTECODE=1 is set, every process compiled them
+# from source again: the suites that start Python (and torch) dozens of times ran up to twice as long.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 nox.options.default_venv_backend = "venv"
 
 CONSTRAINTS = "constraints.txt"
@@ -67,7 +71,8 @@ def wheelhouse(session: nox.Session) -> Path:
     session.run("python", "-m", "pip", "install", "--quiet", "-c", CONSTRAINTS, "hatchling")
     session.run(*fetch, "--no-build-isolation", *(f"./packages/{name}[test]" for name in PACKAGES), *TOOLS)
     session.run(*fetch, "--no-deps", *REFERENCE_PACKAGES)
-    for wheel in [*partial.glob("imagen_*.whl"), *partial.glob("torch-*.whl")]:
+    ours = [wheel for name in PACKAGES for wheel in partial.glob(f"imagen_{name}-*.whl")]
+    for wheel in [*ours, *partial.glob("torch-*.whl")]:
         wheel.unlink()  # our packages are built from their folders in each session; torch is shared
     (partial / ".complete").touch()
     for stale in BUILD.glob("wheelhouse-*"):
