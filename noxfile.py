@@ -55,11 +55,11 @@ def install_pinned(session: nox.Session, *args: str) -> None:
 
 def wheelhouse(session: nox.Session) -> Path:
     """Every third-party wheel a session installs, fetched once into ``build/wheelhouse-<key>`` (the key
-    hashes the constraints and every package's requirements). Resolving against the registry's index
+    hashes the Python version, the constraints and every package's requirements). Resolving against the registry's index
     took most of a session's set-up (index pages of thousands of files, 9 sessions); resolving against
     this folder takes seconds. torch is left out: ``install_torch`` shares one unpacked copy."""
     spec = [CONSTRAINTS, *(f"packages/{name}/pyproject.toml" for name in PACKAGES)]
-    digest = hashlib.sha256(repr((TOOLS, REFERENCE_PACKAGES)).encode())
+    digest = hashlib.sha256(repr((sys.version_info[:2], TOOLS, REFERENCE_PACKAGES)).encode())  # wheels are per Python
     for path in spec:
         digest.update(Path(path).read_bytes())
     house = BUILD / f"wheelhouse-{digest.hexdigest()[:16]}"
