@@ -183,7 +183,7 @@ def test_the_defaults_act_as_the_reference_documents_them(capsys):
 def test_a_bad_batch_size_is_refused_naming_it():
     unconditional = Imagen(unets=tiny_unet(), image_sizes=8, condition_on_text=False, text_embed_dim=None,
                            cond_drop_prob=0.0, timesteps=2)
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ValueError, match=r"^batch_size must be an integer in \[1, "):
         unconditional.sample(batch_size=0, use_tqdm=False)
 
 
@@ -193,11 +193,19 @@ def test_a_bad_batch_size_is_refused_naming_it():
     (dict(text_embeds=torch.randn(2, 5, 7)), "text_embeds"),
     (dict(inpaint_images=torch.rand(3, 3, 16, 16), inpaint_masks=torch.ones(3, 16, 16, dtype=torch.bool)),
      "inpaint_images"),
+    (dict(inpaint_images=torch.rand(2, 3, 8, 8), inpaint_masks=torch.ones(2, 8, 8, dtype=torch.bool)),
+     "inpaint_images"),  # smaller than the last stage's 16 px
     (dict(lowres_sample_noise_level=-1.0), "lowres_sample_noise_level"),
+    (dict(video_frames=0), "video_frames"),
+    (dict(generator=2**70), "generator"),
+    (dict(text_embeds=EMBEDS.clone().index_fill_(1, torch.tensor([2]), float("nan"))), "text_embeds"),
+    (dict(cond_video_frames=torch.full((2, 3, 2, 16, 16), float("nan"))), "cond_video_frames"),
+    (dict(post_cond_video_frames=torch.full((2, 3, 2, 16, 16), float("nan"))), "post_cond_video_frames"),
+    (dict(start_at_unet_number=2, start_image_or_video=torch.rand(3, 3, 8, 8)), "start_image_or_video"),
 ])
 def test_sample_checks_each_keyword_at_the_boundary_naming_it(keywords, name):
     imagen = text_imagen()
-    with pytest.raises((ValueError, TypeError), match=name):
+    with pytest.raises((ValueError, TypeError), match=rf"^{name}\b"):
         imagen.sample(**{"text_embeds": EMBEDS, **keywords}, use_tqdm=False)
 
 
@@ -251,9 +259,9 @@ def test_start_image_or_video_becomes_the_sr_stages_low_resolution_input():
     other = imagen.sample(text_embeds=EMBEDS, start_at_unet_number=2, start_image_or_video=1 - start, generator=0,
                           use_tqdm=False)
     assert not torch.equal(out, other)
-    with pytest.raises(ValueError, match="start_image_or_video"):
+    with pytest.raises(ValueError, match=r"^start_image_or_video has batch size 1, but the batch has 2 samples$"):
         imagen.sample(text_embeds=EMBEDS, start_at_unet_number=2, start_image_or_video=start[:1], use_tqdm=False)
-    with pytest.raises(ValueError, match=r"^start_at_unet_number=2 needs start_image_or_video"):
+    with pytest.raises(ValueError, match=r"^start_at_unet_number=2 needs start_image_or_video \(the low-res input\)$"):
         imagen.sample(text_embeds=EMBEDS, start_at_unet_number=2, use_tqdm=False)
 
 
@@ -283,7 +291,7 @@ def test_use_tqdm_gives_one_bar_per_stage_or_none(capsys, use_tqdm):
 def test_conditioning_images_of_another_batch_are_refused_naming_them():
     imagen = randomize_cascade_(Imagen(unets=(tiny_unet(cond_images_channels=3), tiny_unet(cond_images_channels=3)),
                                        image_sizes=(8, 16), text_embed_dim=16, timesteps=2), seed=1).eval()
-    with pytest.raises(ValueError, match="cond_images"):
+    with pytest.raises(ValueError, match=r"^cond_images has batch size 3, but the batch has 2 samples$"):
         imagen.sample(text_embeds=EMBEDS, cond_images=torch.rand(3, 3, 16, 16), generator=0, use_tqdm=False)
 
 
@@ -346,3 +354,19 @@ def test_inpaint_masks_alone_and_pil_images_of_videos_are_refused_naming_them():
     with pytest.raises(ValueError, match=r"^return_pil_images is for image cascades; a video cascade returns "
                                          r"tensors$"):
         video.sample(batch_size=1, video_frames=2, return_pil_images=True, use_tqdm=False)
+
+
+def test_inpainting_without_texts_takes_its_batch_from_the_images_or_batch_size():
+    unconditional = randomize_cascade_(Imagen(unets=tiny_unet(), image_sizes=8, condition_on_text=False,
+                                              text_embed_dim=None, timesteps=2), seed=1).eval()
+    known, mask = torch.rand(2, 3, 8, 8), torch.ones(2, 8, 8, dtype=torch.bool)
+    # batch_size left at 1: the images give the batch; a batch_size other than 1 must agree with them
+    assert unconditional.sample(inpaint_images=known, inpaint_masks=mask, generator=0, use_tqdm=False).shape[0] == 2
+    assert unconditional.sample(inpaint_images=known, inpaint_masks=mask, batch_size=2, generator=0,
+                                use_tqdm=False).shape[0] == 2
+    for batch_size in (2, 3):
+        with pytest.raises(ValueError, match=rf"^inpaint_images has batch size {5 - batch_size}, but the batch has "
+                                             rf"{batch_size} samples$"):
+            unconditional.sample(inpaint_images=torch.rand(5 - batch_size, 3, 8, 8),
+                                 inpaint_masks=torch.ones(5 - batch_size, 8, 8, dtype=torch.bool),
+                                 batch_size=batch_size, use_tqdm=False)
