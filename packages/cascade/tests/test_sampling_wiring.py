@@ -141,8 +141,13 @@ def test_the_schedule_and_the_callback_reach_the_sampler():
     steps = []
     time_grid = imagen.sample(text_embeds=EMBEDS, generator=0, use_tqdm=False, callback=steps.append)
     assert len(steps) == 6 and {"x", "denoised"} <= set(steps[0])  # 3 steps per stage
-    karras = imagen.sample(text_embeds=EMBEDS, schedule="karras", generator=0, use_tqdm=False)
+    karras_steps = []
+    karras = imagen.sample(text_embeds=EMBEDS, schedule="karras", generator=0, use_tqdm=False,
+                           callback=karras_steps.append)
     assert not torch.equal(time_grid, karras)
+    # the ddpm sampler on Karras sigmas walks sigmas (from sigma_max 80), not the reference's time grid
+    assert "t" in steps[0] and all("sigma" in step and "t" not in step for step in karras_steps)
+    assert [float(karras_steps[i]["sigma"]) for i in (0, 3)] == [pytest.approx(80.0)] * 2
 
 
 def test_a_null_unet_stage_refuses_to_sample_naming_the_way_round_it():
@@ -341,9 +346,10 @@ def test_texts_or_guidance_on_a_text_free_cascade_are_ignored_with_one_warning(m
     unconditional = randomize_cascade_(Imagen(unets=tiny_unet(), image_sizes=8, condition_on_text=False,
                                               text_embed_dim=None, cond_drop_prob=0.1, timesteps=2), seed=1).eval()
     plain = unconditional.sample(batch_size=2, generator=0, use_tqdm=False)
-    with pytest.warns(UserWarning, match=message):
+    with pytest.warns(UserWarning, match=message) as seen:
         ignored = unconditional.sample(**keywords, batch_size=2, generator=0, use_tqdm=False)
     assert torch.equal(plain, ignored)
+    assert [w.filename for w in seen] == [__file__]  # the warning points at the caller's line
 
 
 def test_inpaint_masks_alone_and_pil_images_of_videos_are_refused_naming_them():
@@ -370,3 +376,48 @@ def test_inpainting_without_texts_takes_its_batch_from_the_images_or_batch_size(
             unconditional.sample(inpaint_images=torch.rand(5 - batch_size, 3, 8, 8),
                                  inpaint_masks=torch.ones(5 - batch_size, 8, 8, dtype=torch.bool),
                                  batch_size=batch_size, use_tqdm=False)
+
+
+def test_a_start_image_is_first_brought_to_the_size_of_the_stage_it_replaces():
+    imagen = text_imagen(lowres_sample_noise_level=0.0)
+    start = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    at_its_size = imagen._resize(start, 0, None)  # 8 px, as the low-res stage would have sampled it
+    outputs = [imagen.sample(text_embeds=EMBEDS, start_at_unet_number=2, start_image_or_video=given, generator=0,
+                             use_tqdm=False) for given in (start, at_its_size)]
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-6)
+
+
+def video_imagen():
+    return randomize_cascade_(Imagen(unets=(tiny_unet3d(), tiny_unet3d()), image_sizes=(8, 16), text_embed_dim=16,
+                                     temporal_downsample_factor=(2, 1), timesteps=2), seed=1).eval()
+
+
+def test_video_conditioning_frames_reach_every_stage_at_its_size_and_frame_rate():
+    imagen = video_imagen()
+    calls = record_calls(imagen)
+    before, after = torch.rand(2, 3, 2, 16, 16), torch.rand(2, 3, 4, 16, 16)
+    imagen.sample(text_embeds=EMBEDS, video_frames=4, cond_video_frames=before, post_cond_video_frames=after,
+                  generator=0, use_tqdm=False)
+    assert sorted({number for number, *_ in calls}) == [1, 2]
+    for number, x, kwargs, _ in calls:  # stage 1 sees half the frames (temporal_downsample_factor 2)
+        assert x.shape[2:] == ((2, 8, 8) if number == 1 else (4, 16, 16))
+        assert kwargs["cond_video_frames"].shape == ((2, 3, 1, 8, 8) if number == 1 else (2, 3, 2, 16, 16))
+        assert kwargs["post_cond_video_frames"].shape == ((2, 3, 2, 8, 8) if number == 1 else (2, 3, 4, 16, 16))
+        if number == 2:
+            torch.testing.assert_close(kwargs["cond_video_frames"], before * 2 - 1, rtol=0, atol=1e-6)
+            torch.testing.assert_close(kwargs["post_cond_video_frames"], after * 2 - 1, rtol=0, atol=1e-6)
+
+
+def test_a_start_video_is_first_brought_to_the_frames_of_the_stage_it_replaces():
+    imagen = video_imagen()
+    calls = record_calls(imagen)
+    start = torch.rand(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    halved = imagen._resize(start, 0, 2)  # the low-res stage's 2 frames, as it would have sampled them
+    seen = []
+    for given in (start, halved):
+        calls.clear()
+        imagen.sample(text_embeds=EMBEDS, video_frames=4, start_at_unet_number=2, start_image_or_video=given,
+                      lowres_sample_noise_level=0.0, generator=0, use_tqdm=False)
+        seen.append(calls[0][2]["lowres_cond_img"])
+    assert seen[0].shape == (2, 3, 4, 16, 16) and not torch.equal(start, imagen._resize(halved, 0, 4))
+    torch.testing.assert_close(seen[0], seen[1], rtol=0, atol=1e-6)

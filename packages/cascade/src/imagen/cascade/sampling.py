@@ -9,8 +9,10 @@ settings) and adds ``sampling_plan`` and ``sample``.
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import attrs
 import torch
@@ -488,10 +490,19 @@ _SAMPLE_ONLY_KEYWORDS = {
 _WARNED: set[str] = set()
 
 
+_INTERNAL_DIRS = (str(Path(__file__).parent), str(Path(torch.__file__).parent))
+
+
 def _warn_once(message: str) -> None:
-    if message not in _WARNED:
-        _WARNED.add(message)
-        warnings.warn(message, UserWarning, stacklevel=3)
+    """A UserWarning, once per message, attributed to the user's line that called into the cascade
+    (not to this package, nor to torch's ``no_grad`` wrapper)."""
+    if message in _WARNED:
+        return
+    _WARNED.add(message)
+    frame, stacklevel = sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
+        frame, stacklevel = frame.f_back, stacklevel + 1
+    warnings.warn(message, UserWarning, stacklevel=stacklevel)
 
 
 def compile_options_of(compile) -> dict | None:
