@@ -421,3 +421,43 @@ def test_a_start_video_is_first_brought_to_the_frames_of_the_stage_it_replaces()
         seen.append(calls[0][2]["lowres_cond_img"])
     assert seen[0].shape == (2, 3, 4, 16, 16) and not torch.equal(start, imagen._resize(halved, 0, 4))
     torch.testing.assert_close(seen[0], seen[1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls,name", [(Imagen, name) for name in (
+    "cond_scale", "init_images", "skip_steps", "refine_from_step", "sampler", "steps", "schedule")] + [
+    (ElucidatedImagen, "sigma_min"), (ElucidatedImagen, "sigma_max")])
+def test_a_per_unet_keyword_of_another_length_is_refused_naming_it(cls, name):
+    with pytest.raises(ValueError, match=rf"^{name} has 3 entries \(None, None, None\), but the cascade has 2 unets$"):
+        text_imagen(cls).sampling_plan(**{name: (None, None, None)})
+
+
+@pytest.mark.parametrize("keywords,message", [
+    (dict(start_at_unet_number=2, stop_at_unet_number=1),
+     r"^stop_at_unet_number 1 comes before start_at_unet_number 2$"),
+    (dict(sigma_max=10.0), r"^sigma_min / sigma_max are ElucidatedImagen sample keywords; Imagen stages sample on "
+                           r"their time grid$"),
+    (dict(skip_steps=True), r"^skip_steps for unet 1 must be an int in \[0, 3\), got True$"),
+])
+def test_sampling_plan_refuses_inconsistent_keywords_with_the_exact_reason(keywords, message):
+    with pytest.raises(ValueError, match=message):
+        text_imagen().sampling_plan(**keywords)
+
+
+def test_a_video_cascade_needs_video_frames_and_plans_keep_the_sigma_bounds():
+    with pytest.raises(ValueError, match=r"^a video cascade needs video_frames \(the number of frames to sample\)$"):
+        video_imagen().sampling_plan()
+    first, second = text_imagen(ElucidatedImagen).sampling_plan(sigma_min=0.01, sigma_max=(40.0, 20.0))
+    assert [(plan.sigma_min, plan.sigma_max) for plan in (first, second)] == [(0.01, 40.0), (0.01, 20.0)]
+    assert first.sampler_options["churn_steps"] == first.steps == 3  # the Heun churn spread over the stage's steps
+
+
+def test_video_init_refine_and_inpainting_follow_each_stages_frame_rate():
+    imagen = video_imagen()  # stage 1 samples 2 of the 4 frames
+    videos = torch.rand(2, 3, 4, 16, 16, generator=torch.Generator().manual_seed(7))
+    masks = torch.zeros(2, 4, 16, 16, dtype=torch.bool)
+    masks[..., :8] = True
+    runs = [dict(init_images=(videos, None), skip_steps=(1, 0)), dict(refine_from_step=(None, 1)),
+            dict(inpaint_videos=videos, inpaint_masks=masks)]
+    for keywords in runs:
+        out = imagen.sample(text_embeds=EMBEDS, video_frames=4, generator=0, use_tqdm=False, **keywords)
+        assert out.shape == (2, 3, 4, 16, 16) and torch.isfinite(out).all(), keywords
