@@ -198,6 +198,14 @@ def stage(target: Target, files: tuple[str, ...]) -> Path:
     return folder
 
 
+def stale_files(target: Target, folder: Path, files: tuple[str, ...]) -> list[str]:
+    """The mutated files whose staged copy no longer matches the tree's source."""
+    source = ROOT / f"packages/{target.package}/src/imagen/{target.package}"
+    staged = folder / "src" / "imagen" / target.package
+    return [name for name in files
+            if (staged / name).read_text() != move_wrapping_decorators((source / name).read_text())]
+
+
 def stage_tests(target: Target, folder: Path) -> None:
     """Copy ``target``'s tests and conftests (fresh) into the staged ``folder``."""
     tests = folder / "tests"
@@ -343,6 +351,10 @@ def main() -> None:
         folder = STAGES / name
         again: list[str] = []
         if args.rerun_uncaught and (folder / "mutants").exists():
+            stale = stale_files(target, folder, files)
+            if stale:
+                parser.error(f"the staged copy of {stale} differs from the tree: --rerun-uncaught would judge "
+                             "the current tests against the old source; run the target afresh (no --rerun-uncaught)")
             again = collect(target, folder).names
             stage_tests(target, folder)
             (folder / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # new tests: map them again
