@@ -9,6 +9,7 @@ settings) and adds ``sampling_plan`` and ``sample``.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -490,7 +491,7 @@ _SAMPLE_ONLY_KEYWORDS = {
 _WARNED: set[str] = set()
 
 
-_INTERNAL_DIRS = (str(Path(__file__).parent), str(Path(torch.__file__).parent))
+_INTERNAL_DIRS = tuple(f"{Path(module).parent}{os.sep}" for module in (__file__, torch.__file__))
 
 
 def _warn_once(message: str) -> None:
