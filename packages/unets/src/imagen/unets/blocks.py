@@ -50,13 +50,13 @@ class Block(nn.Module):
 
         ``conv_kwargs`` go to the projection (``ignore_time`` of a space-time convolution).
         """
-        if scale_shift is None:
-            x = self.norm(x)
-        elif not isinstance(self.norm, nn.Identity):  # the norm applies the FiLM in its own passes
-            x = self.norm(x, scale=scale_shift[0] + 1, shift=scale_shift[1])
+        if isinstance(self.norm, nn.Identity):
+            x = x if scale_shift is None else x * (scale_shift[0] + 1) + scale_shift[1]
+            x = self.activation(x)
+        elif scale_shift is None:  # the norm applies the FiLM and the SiLU in its own passes
+            x = self.norm(x, silu=True)
         else:
-            x = self.norm(x) * (scale_shift[0] + 1) + scale_shift[1]
-        x = self.activation(x)
+            x = self.norm(x, scale=scale_shift[0] + 1, shift=scale_shift[1], silu=True)
         if self.dropout is not None:
             x = self.dropout(x)
         return self.project(x, **conv_kwargs)

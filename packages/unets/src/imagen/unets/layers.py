@@ -88,11 +88,12 @@ class ChanRMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim, *((1,) * spatial_dims)))
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
-                shift: torch.Tensor | None = None) -> torch.Tensor:
+                shift: torch.Tensor | None = None, *, silu: bool = False) -> torch.Tensor:
         """x: (b, c, *spatial) -> same shape; ``scale``, ``shift`` (b, c, 1, ...): ``norm(x) * scale + shift``
-        in the same two full-size passes (the resnet blocks' time conditioning)."""
+        in the same two full-size passes (the resnet blocks' time conditioning); ``silu``: then SiLU,
+        without keeping its input for the backward (recomputed there from ``x``)."""
         gain = self.gamma * self.scale if scale is None else self.gamma * self.scale * scale
-        return _rms_film(x, gain.expand(x.shape[0], *gain.shape[-x.ndim + 1:]), shift)
+        return _rms_film(x, gain.expand(x.shape[0], *gain.shape[-x.ndim + 1:]), shift, silu)
 
 
 class ChanGroupNorm(nn.Module):
@@ -109,10 +110,11 @@ class ChanGroupNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim, *((1,) * spatial_dims)))
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
-                shift: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (b, c, *spatial) -> same shape, ``* scale + shift`` when given (as ChanRMSNorm)."""
+                shift: torch.Tensor | None = None, *, silu: bool = False) -> torch.Tensor:
+        """x: (b, c, *spatial) -> same shape, ``* scale + shift`` when given, then SiLU if ``silu`` (as ChanRMSNorm)."""
         y = F.group_norm(x, self.groups) * (self.gamma if scale is None else self.gamma * scale)
-        return y if shift is None else y + shift
+        y = y if shift is None else y + shift
+        return F.silu(y) if silu else y
 
 
 BLOCK_NORMS = {"rms": ChanRMSNorm, "group": ChanGroupNorm}
@@ -127,39 +129,49 @@ def block_norm(name: str) -> type[nn.Module]:
 
 
 class _RMSFiLM(torch.autograd.Function):
-    """``x * rsqrt(max(sum_c x^2, 1e-24)) * gain [+ shift]`` saving only ``x``, the per-pixel rsqrt and ``gain``.
+    """``x * rsqrt(max(sum_c x^2, 1e-24)) * gain [+ shift]``, then SiLU if ``silu``, saving only ``x``, the
+    per-pixel rsqrt, ``gain`` and ``shift``.
 
     x: (b, c, *spatial); gain: (b, c, 1, ...); shift: (b, c, 1, ...) or None. Autograd through the plain
-    expression would also keep the normalised map (one more full-size tensor per block).
+    expression would also keep the normalised map and the SiLU's input (two more full-size tensors per
+    block); the backward recomputes the SiLU's input from ``x`` instead.
     """
 
     @staticmethod
-    def forward(ctx, x, gain, shift):
+    def forward(ctx, x, gain, shift, silu):
         inv = x.square().sum(dim=1, keepdim=True).clamp_min(1e-24).rsqrt()
-        ctx.save_for_backward(x, inv, gain)
-        ctx.has_shift = shift is not None
-        unit = x * inv
-        return unit * gain if shift is None else torch.addcmul(shift, unit, gain)
+        ctx.save_for_backward(x, inv, gain, shift)
+        ctx.silu = silu
+        return _film(x * inv, gain, shift, silu)
 
     @staticmethod
     def backward(ctx, grad):
-        x, inv, gain = ctx.saved_tensors
+        x, inv, gain, shift = ctx.saved_tensors
+        unit = x * inv
+        if ctx.silu:  # through the SiLU: grad * s (1 + y (1 - s)), s = sigmoid(y), y its recomputed input
+            y = _film(unit, gain, shift, False)
+            s = torch.sigmoid(y)
+            grad = grad * s * (1 + y * (1 - s))
         spatial = tuple(range(2, x.ndim))
-        grad_gain = (grad * x * inv).sum(dim=spatial, keepdim=True) if ctx.needs_input_grad[1] else None
-        grad_shift = grad.sum(dim=spatial, keepdim=True) if ctx.has_shift and ctx.needs_input_grad[2] else None
+        grad_gain = (grad * unit).sum(dim=spatial, keepdim=True) if ctx.needs_input_grad[1] else None
+        grad_shift = grad.sum(dim=spatial, keepdim=True) if shift is not None and ctx.needs_input_grad[2] else None
         grad_x = None
         if ctx.needs_input_grad[0]:
             g = grad * gain  # d/d(unit)
             # d unit / dx = inv (I - unit unit^T) per pixel (zero slope where the norm floor acts: ignored)
-            grad_x = (g - x * (inv * inv) * (g * x).sum(dim=1, keepdim=True)) * inv
-        return grad_x, grad_gain, grad_shift
+            grad_x = (g - unit * (g * unit).sum(dim=1, keepdim=True)) * inv
+        return grad_x, grad_gain, grad_shift, None
 
 
-def _rms_film(x: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+def _film(unit: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor | None, silu: bool) -> torch.Tensor:
+    y = unit * gain if shift is None else torch.addcmul(shift, unit, gain)
+    return F.silu(y) if silu else y
+
+
+def _rms_film(x: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor | None, silu: bool = False) -> torch.Tensor:
     if torch.is_grad_enabled() and (x.requires_grad or gain.requires_grad):
-        return _RMSFiLM.apply(x, gain, shift)
-    unit = x * x.square().sum(dim=1, keepdim=True).clamp_min(1e-24).rsqrt()
-    return unit * gain if shift is None else torch.addcmul(shift, unit, gain)
+        return _RMSFiLM.apply(x, gain, shift, silu)
+    return _film(x * x.square().sum(dim=1, keepdim=True).clamp_min(1e-24).rsqrt(), gain, shift, silu)
 
 
 class Parallel(nn.Module):
