@@ -23,7 +23,7 @@ def _learning():
 
 def _args(**changes) -> argparse.Namespace:
     args = dict(system="recipe", size=16, steps=REDUCED_STEPS, minutes=None, eval_at=None, ablate=None, seed=0,
-                dataset_size=1000, batch_size=None, samples_per_prompt=1, prompts=None, threads=1,
+                dataset_size=1000, batch_size=None, samples_per_prompt=1, prompts=None, threads=1, clock="cpu",
                 cosine_decay=False)
     return argparse.Namespace(**{**args, **changes})
 
