@@ -168,19 +168,25 @@ def _diffusers_measures(name: str, args):
     return unet, (train_step, None if compiled else forward, guided_step)
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+"""What a measure's seconds count: wall-clock time, or the process's CPU time (all its threads: with one
+thread the same as wall-clock on an idle machine, and nearly unchanged by other jobs on a loaded one)."""
+
+
 def child(name: str, args) -> dict:
     """Build one system, warm up, time each measure ``--reps`` times; the result as JSON-able dict."""
     import torch
 
+    clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     unet, fns = _diffusers_measures(name, args) if name.startswith("diffusers") else _imagen_measures(name, args)
     params = sum(p.numel() for p in unet.parameters())
     first = {}
     measures = [(measure, fn) for measure, fn in zip(MEASURES, fns) if fn is not None]
     for measure, fn in measures:  # warm-up: allocates Adam's state, builds compiled graphs
-        start = time.perf_counter()
+        start = clock()
         fn()
-        first[measure] = time.perf_counter() - start
+        first[measure] = clock() - start
         print(f"{name}: first {measure} {first[measure]:.1f} s", file=sys.stderr, flush=True)
     _reset_peak_rss()
     before = _rss_bytes()
@@ -188,9 +194,9 @@ def child(name: str, args) -> dict:
     for measure, fn in measures:
         runs = []
         for _ in range(args.reps):
-            start = time.perf_counter()
+            start = clock()
             fn()
-            runs.append(time.perf_counter() - start)
+            runs.append(clock() - start)
         seconds[measure] = min(runs)
     peak = _peak_rss_bytes()
     compile_seconds = sum(first[m] - seconds[m] for m in seconds) if name.endswith("compiled") else 0.0
@@ -206,7 +212,8 @@ def run(args) -> dict[str, list[dict]]:
         order = args.systems[r % len(args.systems):] + args.systems[:r % len(args.systems)]
         for name in order:
             cmd = [sys.executable, __file__, "--child", name, "--batch", str(args.batch), "--size", str(args.size),
-                   "--text-len", str(args.text_len), "--threads", str(args.threads), "--reps", str(args.reps)]
+                   "--text-len", str(args.text_len), "--threads", str(args.threads), "--reps", str(args.reps),
+                   "--clock", args.clock]
             out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
             result = json.loads(out.strip().splitlines()[-1])
             results[name].append(result)
@@ -232,7 +239,9 @@ def table(results: dict[str, list[dict]], args) -> str:
         "",
         f"Batch {args.batch}, {args.size} px, {args.text_len} text tokens (half masked), fp32, {args.threads} "
         f"thread(s); each (system, round) in its own process, {args.rounds} interleaved rounds (order rotating), "
-        f"best of {args.reps} repetitions per round, medians over rounds. Peak memory: the process's peak RSS "
+        f"best of {args.reps} repetitions per round, medians over rounds; seconds of "
+        f"{'the process CPU time' if args.clock == 'cpu' else 'wall-clock time'} (`--clock {args.clock}`). "
+        "Peak memory: the process's peak RSS "
         "during the measures minus its RSS just before them (after the warm-up calls, the allocator trimmed and "
         "the peak mark reset: the steps' working memory). Compile: the first calls' extra time per round, cold "
         f"only while inductor's on-disk cache is empty ({compile_rounds}). Systems and sizing: the docstring of "
@@ -260,6 +269,14 @@ def table(results: dict[str, list[dict]], args) -> str:
         if ours in med and peer in med:
             cells = " | ".join(_cell(med[peer][m] / med[ours][m], ".2f", "x") for m in MEASURES)
             lines.append(f"| {ours} vs {peer} | {cells} | {mem[ours] / mem[peer]:.2f} |")
+    lines += ["", "Per-round ratios (peer time / our time in the same round):", "",
+              "| ours vs peer | training step, each round | guided step, each round |", "| --- | --- | --- |"]
+    for ours, peer in pairs:
+        if ours in results and peer in results:
+            cells = " | ".join(" / ".join(f"{p['seconds'][m] / o['seconds'][m]:.2f}"
+                                          for o, p in zip(results[ours], results[peer]))
+                               for m in ("training step", "guided sampling step"))
+            lines.append(f"| {ours} vs {peer} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
@@ -271,6 +288,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall-clock seconds, or the process's CPU seconds (one thread on a shared machine)")
     parser.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help="write the Markdown table here (default: print it)")
