@@ -301,9 +301,13 @@ def ablation_table(results: list[dict]) -> str:
     def mean(runs, key):
         return sum(r["held_out"][key] for r in runs) / len(runs)
 
+    def settings(run):  # what the run trained and sampled with, whatever it was called and wherever its T5 lay
+        setup = {k: v for k, v in run.get("setup", {}).items() if k not in ("recipe", "ablate")}
+        return {**setup, "config": {k: v for k, v in setup.get("config", {}).items() if k != "text_encoder_name"}}
+
     base = {key: mean(groups[""], key) for key in keys}
     lines = ["| choice switched back | px | steps | seeds | held-out colour | shape | position | all | "
-             "steps/s | load (1 min) |", "| --- | ---: | ---: | --- | --- | --- | --- | --- | ---: | --- |"]
+             "steps/s (clock) | load (1 min) |", "| --- | ---: | ---: | --- | --- | --- | --- | --- | ---: | --- |"]
     for choice in ["", *sorted(k for k in groups if k)]:
         runs = sorted(groups[choice], key=lambda r: r["seed"])
         cells = []
@@ -313,9 +317,14 @@ def ablation_table(results: list[dict]) -> str:
             cells.append(f"{mean(runs, key):.2f}{change} [{each}]")
         loads = [r["load"][0] for r in runs]
         steps = "/".join(str(r["steps"]) for r in runs)
-        lines.append(f"| {choice or 'none (the recipe)'} | {runs[0]['size']} | {steps} "
+        name = choice or "none (the recipe)"
+        if choice and all(settings(r) == settings(groups[""][0]) for r in runs):
+            name += f" (the recipe's own settings at {runs[0]['size']} px: no change to measure)"
+        clocks = "/".join(sorted({r.get("clock", "wall") for r in runs}))
+        lines.append(f"| {name} | {runs[0]['size']} | {steps} "
                      f"| {','.join(str(r['seed']) for r in runs)} | {' | '.join(cells)} | "
-                     f"{sum(r['steps_per_s'] for r in runs) / len(runs):.2f} | {min(loads):.1f}-{max(loads):.1f} |")
+                     f"{sum(r['steps_per_s'] for r in runs) / len(runs):.2f} ({clocks}) | "
+                     f"{min(loads):.1f}-{max(loads):.1f} |")
     return "\n".join(lines) + "\n"
 
 

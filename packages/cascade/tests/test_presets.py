@@ -56,9 +56,10 @@ def test_max_text_len_reaches_every_unet_and_the_text_padding_ablation_restores_
     assert "max_text_len" not in small_fast(32).config.unets[0]  # default: the U-Net's own
 
 
-@pytest.mark.parametrize("choice", sorted(small_fast(32).reference))
-def test_each_ablation_changes_only_its_choice(choice):
-    recipe = small_fast(32, text_embed_dim=8, total_steps=100)
+@pytest.mark.parametrize(("size", "choice"), [(size, choice) for size in (16, 32)
+                                              for choice in sorted(small_fast(size).reference)])
+def test_each_ablation_changes_only_its_choice(size, choice):
+    recipe = small_fast(size, text_embed_dim=8, total_steps=100)
     ablated = recipe.with_reference(choice)
     differs = {
         "config": ablated.config != recipe.config, "trainer": ablated.trainer_options != recipe.trainer_options,
@@ -67,6 +68,13 @@ def test_each_ablation_changes_only_its_choice(choice):
     expected = {"lr": "trainer", "warmup": "trainer", "ema": "trainer", "guidance": "sample"}.get(choice, "config")
     assert differs == {k: k == expected for k in differs}
     ablated.config.create(seed=0)  # still a valid cascade
+
+
+def test_the_choices_made_only_above_16_px_are_not_offered_at_16_px():
+    assert {"coordinates", "noise_levels"} <= set(small_fast(32).reference)
+    assert {"coordinates", "noise_levels"}.isdisjoint(small_fast(16).reference)
+    with pytest.raises(ValueError, match="unknown choice 'coordinates'"):
+        small_fast(16).with_reference("coordinates")
 
 
 def test_ablations_put_back_the_reference_settings():

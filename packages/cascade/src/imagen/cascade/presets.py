@@ -34,7 +34,8 @@ class Recipe:
     ``trainer_options``: ``ImagenTrainer`` keywords (lr, warm-up, decay, EMA, clipping);
     ``batch_size``: per training step; ``sample_options``: ``sample`` keywords (guidance);
     the sampler and its step count live in ``config``. ``reference`` holds, for each choice, the
-    changes that put the reference's setting back (see :meth:`with_reference`).
+    changes that put the reference's setting back (see :meth:`with_reference`): only the choices
+    where the recipe differs from the reference (at 16 px, say, it adds no coordinate channels).
     """
 
     name: str
@@ -168,6 +169,8 @@ def small_fast(image_sizes: int | tuple[int, ...] = 32, *, text_embed_dim: int |
         "sampler": {"config": {"sampler": None, "num_sample_steps": 32}},
         "guidance": {"sample": {"cond_scale": 1.0}},
     }
+    if base <= 16:  # the choices the recipe makes only above 16 px: nothing to switch back here
+        del reference["coordinates"], reference["noise_levels"]
     return Recipe(name="small-fast", config=config, trainer_options=trainer, batch_size=32,
                   sample_options=dict(cond_scale=4.0), reference=reference)
 
