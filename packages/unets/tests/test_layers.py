@@ -75,3 +75,17 @@ def test_block_norm_group_keeps_the_parameters_and_changes_the_output(video):
     assert not torch.allclose(rms(x, t), group(x, t))
     with pytest.raises(ValueError, match="block_norm must be one of"):
         cls(**keywords, block_norm="batch")
+
+
+def test_unit_scaled_queries_and_keys_are_the_plain_expression_with_exact_gradients():
+    """The cosine-sim attention's q / |q| * q_scale: its hand-written backward against gradcheck (float64)."""
+    from imagen.unets.attention import _unit_scaled
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    gain = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(_unit_scaled(x, gain), F.normalize(x, dim=-1) * gain)
+    with torch.no_grad():
+        torch.testing.assert_close(_unit_scaled(x, gain), F.normalize(x, dim=-1) * gain)
+    assert torch.autograd.gradcheck(_unit_scaled, (x, gain))
+    assert torch.autograd.gradcheck(lambda x: _unit_scaled(x, gain.detach()), (x,))

@@ -45,7 +45,31 @@ def cosine_sim_attention(
 
 def _unit_scaled(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     """``F.normalize(x, dim=-1) * gain`` as one reduction and two products (no division, cheaper backward)."""
+    if torch.is_grad_enabled() and (x.requires_grad or gain.requires_grad):
+        return _UnitScaled.apply(x, gain)
     return x * x.square().sum(dim=-1, keepdim=True).clamp_min(1e-24).rsqrt() * gain
+
+
+class _UnitScaled(torch.autograd.Function):
+    """:func:`_unit_scaled` saving only ``x``, its per-vector rsqrt and ``gain``: autograd through the plain
+    expression would also keep the unit vectors, one more copy of every query and key."""
+
+    @staticmethod
+    def forward(ctx, x, gain):
+        inv = x.square().sum(dim=-1, keepdim=True).clamp_min(1e-24).rsqrt()
+        ctx.save_for_backward(x, inv, gain)
+        return x * inv * gain
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, inv, gain = ctx.saved_tensors
+        unit = x * inv
+        grad_gain = (grad * unit).sum_to_size(gain.shape) if ctx.needs_input_grad[1] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            g = grad * gain  # d/d(unit); d unit / dx = inv (I - unit unit^T) (the floor's zero slope ignored)
+            grad_x = (g - unit * (g * unit).sum(dim=-1, keepdim=True)) * inv
+        return grad_x, grad_gain
 
 
 def _key_mask(mask: torch.Tensor | None, front: int = 0, back: int = 0) -> torch.Tensor | None:
