@@ -68,7 +68,7 @@ class _UnitScaled(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[0]:
             g = grad * gain  # d/d(unit); d unit / dx = inv (I - unit unit^T) (the floor's zero slope ignored)
-            grad_x = (g - unit * (g * unit).sum(dim=-1, keepdim=True)) * inv
+            grad_x = torch.addcmul(g, unit, (g * unit).sum(dim=-1, keepdim=True), value=-1) * inv
         return grad_x, grad_gain
 
 

@@ -148,10 +148,8 @@ class _RMSFiLM(torch.autograd.Function):
     def backward(ctx, grad):
         x, inv, gain, shift = ctx.saved_tensors
         unit = x * inv
-        if ctx.silu:  # through the SiLU: grad * s (1 + y (1 - s)), s = sigmoid(y), y its recomputed input
-            y = _film(unit, gain, shift, False)
-            s = torch.sigmoid(y)
-            grad = grad * s * (1 + y * (1 - s))
+        if ctx.silu:  # through the SiLU (ATen's own backward kernel, one pass) at its recomputed input
+            grad = torch.ops.aten.silu_backward(grad, _film(unit, gain, shift, False))
         spatial = tuple(range(2, x.ndim))
         grad_gain = (grad * unit).sum(dim=spatial, keepdim=True) if ctx.needs_input_grad[1] else None
         grad_shift = grad.sum(dim=spatial, keepdim=True) if shift is not None and ctx.needs_input_grad[2] else None
@@ -159,7 +157,7 @@ class _RMSFiLM(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             g = grad * gain  # d/d(unit)
             # d unit / dx = inv (I - unit unit^T) per pixel (zero slope where the norm floor acts: ignored)
-            grad_x = (g - unit * (g * unit).sum(dim=1, keepdim=True)) * inv
+            grad_x = torch.addcmul(g, unit, (g * unit).sum(dim=1, keepdim=True), value=-1) * inv
         return grad_x, grad_gain, grad_shift, None
 
 
