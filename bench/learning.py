@@ -277,7 +277,8 @@ def plot(results: list[dict], path: Path, x_key: str) -> None:
             for x, y in points:
                 pen.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
     for j, result in enumerate(results):
-        label = result["system"] + (f" -{result['ablate']}" if result["ablate"] else "") + f" seed {result['seed']}"
+        ablated = f" -{result['ablate']}" if result["ablate"] else ""
+        label = f"{result['system']}{ablated} {result['size']} px seed {result['seed']}"
         pen.text((margin, ph + 2 * margin + 20 * j - 10), label, fill=PALETTE[j % len(PALETTE)])
     tmp = path.with_suffix(".tmp.png")
     picture.save(tmp)
