@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import ChanLayerNorm, ConvFactory, LayerNorm, conv2d
+from .layers import ChanLayerNorm, ConvFactory, LayerNorm, _inv_norm, _unit_backward, conv2d
 
 __all__ = [
     "Attention", "ChanFeedForward", "CrossAttention", "FeedForward", "LinearAttention", "LinearCrossAttention",
@@ -47,7 +47,7 @@ def _unit_scaled(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     """``F.normalize(x, dim=-1) * gain`` as one reduction and two products (no division, cheaper backward)."""
     if torch.is_grad_enabled() and (x.requires_grad or gain.requires_grad):
         return _UnitScaled.apply(x, gain)
-    return x * x.square().sum(dim=-1, keepdim=True).clamp_min(1e-24).rsqrt() * gain
+    return x * _inv_norm(x, -1) * gain
 
 
 class _UnitScaled(torch.autograd.Function):
@@ -56,7 +56,7 @@ class _UnitScaled(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gain):
-        inv = x.square().sum(dim=-1, keepdim=True).clamp_min(1e-24).rsqrt()
+        inv = _inv_norm(x, -1)
         ctx.save_for_backward(x, inv, gain)
         return x * inv * gain
 
@@ -67,8 +67,7 @@ class _UnitScaled(torch.autograd.Function):
         grad_gain = (grad * unit).sum_to_size(gain.shape) if ctx.needs_input_grad[1] else None
         grad_x = None
         if ctx.needs_input_grad[0]:
-            g = grad * gain  # d/d(unit); d unit / dx = inv (I - unit unit^T) (the floor's zero slope ignored)
-            grad_x = torch.addcmul(g, unit, (g * unit).sum(dim=-1, keepdim=True), value=-1) * inv
+            grad_x = _unit_backward(grad * gain, unit, inv, -1)
         return grad_x, grad_gain
 
 

@@ -128,6 +128,17 @@ def block_norm(name: str) -> type[nn.Module]:
     return BLOCK_NORMS[name]
 
 
+def _inv_norm(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``rsqrt(max(sum(x^2, dim), 1e-24))`` (keepdim): ``F.normalize``'s 1e-12 floor on the norm."""
+    return x.square().sum(dim=dim, keepdim=True).clamp_min(1e-24).rsqrt()
+
+
+def _unit_backward(g: torch.Tensor, unit: torch.Tensor, inv: torch.Tensor, dim: int) -> torch.Tensor:
+    """The gradient through ``unit = x * inv`` given ``g`` = d/d(unit): ``inv (g - unit <g, unit>)`` along
+    ``dim`` (the zero slope where the norm floor acts is ignored)."""
+    return torch.addcmul(g, unit, (g * unit).sum(dim=dim, keepdim=True), value=-1) * inv
+
+
 class _RMSFiLM(torch.autograd.Function):
     """``x * rsqrt(max(sum_c x^2, 1e-24)) * gain [+ shift]``, then SiLU if ``silu``, saving only ``x``, the
     per-pixel rsqrt, ``gain`` and ``shift``.
@@ -139,7 +150,7 @@ class _RMSFiLM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gain, shift, silu):
-        inv = x.square().sum(dim=1, keepdim=True).clamp_min(1e-24).rsqrt()
+        inv = _inv_norm(x, 1)
         ctx.save_for_backward(x, inv, gain, shift)
         ctx.silu = silu
         return _film(x * inv, gain, shift, silu)
@@ -155,9 +166,7 @@ class _RMSFiLM(torch.autograd.Function):
         grad_shift = grad.sum(dim=spatial, keepdim=True) if shift is not None and ctx.needs_input_grad[2] else None
         grad_x = None
         if ctx.needs_input_grad[0]:
-            g = grad * gain  # d/d(unit)
-            # d unit / dx = inv (I - unit unit^T) per pixel (zero slope where the norm floor acts: ignored)
-            grad_x = torch.addcmul(g, unit, (g * unit).sum(dim=1, keepdim=True), value=-1) * inv
+            grad_x = _unit_backward(grad * gain, unit, inv, 1)
         return grad_x, grad_gain, grad_shift, None
 
 
@@ -169,7 +178,7 @@ def _film(unit: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor | None, si
 def _rms_film(x: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor | None, silu: bool = False) -> torch.Tensor:
     if torch.is_grad_enabled() and (x.requires_grad or gain.requires_grad):
         return _RMSFiLM.apply(x, gain, shift, silu)
-    return _film(x * x.square().sum(dim=1, keepdim=True).clamp_min(1e-24).rsqrt(), gain, shift, silu)
+    return _film(x * _inv_norm(x, 1), gain, shift, silu)
 
 
 class Parallel(nn.Module):
