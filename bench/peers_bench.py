@@ -28,7 +28,10 @@ after the warm-up calls (Adam's state allocated, compiled systems built) the all
 is returned to the system (``malloc_trim``) and the kernel's peak-RSS mark reset
 (``/proc/self/clear_refs``); ``peak memory`` is the peak RSS during the measures minus the RSS
 just before them, i.e. the working memory of the steps themselves (activations, gradients, the
-guided step's doubled batch), without the compiler's own.
+guided step's doubled batch), without the compiler's own. ``tensor peak`` is the most tensor memory
+live at once during one more call of each measure, above what was live before it (torch's CPU
+allocation events, recorded by the profiler: the CPU analogue of CUDA's ``max_memory_allocated``,
+free of the C library's heap fragmentation, which the RSS figure includes).
 Rounds interleave the systems (the order rotates each round) so that every system sees the same
 machine load; the table gives medians over rounds and the speed-ups of ours over each peer.
 
@@ -83,6 +86,24 @@ def _peak_rss_bytes() -> int:
     with open("/proc/self/status") as f:
         line = next(line for line in f if line.startswith("VmHWM:"))
     return int(line.split()[1]) * 1024
+
+
+def _tensor_peak_bytes(fns) -> int:
+    """The most CPU tensor bytes live at once during one call of each of ``fns``, above those live before it."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
+
+    peak = 0
+    for fn in fns:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                     with_stack=True) as prof:  # the memory timeline needs all three
+            fn()
+        live = 0
+        for _, action, (key, _), size in prof._memory_profile().timeline:
+            if key.device.type == "cpu" and action in (Action.CREATE, Action.DESTROY):
+                live += size if action == Action.CREATE else -size
+                peak = max(peak, live)
+    return peak
 
 
 class _Compiled:
@@ -199,9 +220,10 @@ def child(name: str, args) -> dict:
             runs.append(clock() - start)
         seconds[measure] = min(runs)
     peak = _peak_rss_bytes()
+    tensor_peak = _tensor_peak_bytes([fn for _, fn in measures])
     compile_seconds = sum(first[m] - seconds[m] for m in seconds) if name.endswith("compiled") else 0.0
     return dict(system=name, params=params, seconds=seconds, compile_seconds=compile_seconds,
-                peak_delta=peak - before, peak=peak,
+                peak_delta=peak - before, peak=peak, tensor_peak=tensor_peak,
                 peak_lifetime=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
@@ -230,6 +252,8 @@ def table(results: dict[str, list[dict]], args) -> str:
     med = {name: {m: statistics.median(r["seconds"][m] for r in rs) if m in rs[0]["seconds"] else math.nan
                   for m in MEASURES} for name, rs in results.items()}
     mem = {name: statistics.median(r["peak_delta"] for r in rs) / 2**20 for name, rs in results.items()}
+    tensor_mem = {name: statistics.median(r.get("tensor_peak", math.nan) for r in rs) / 2**20
+                  for name, rs in results.items()}
     params = {name: rs[0]["params"] for name, rs in results.items()}
     compile_rounds = "; ".join(
         f"{name} " + " / ".join(f"{r['compile_seconds']:.0f}" for r in rs)
@@ -243,32 +267,36 @@ def table(results: dict[str, list[dict]], args) -> str:
         f"{'the process CPU time' if args.clock == 'cpu' else 'wall-clock time'} (`--clock {args.clock}`). "
         "Peak memory: the process's peak RSS "
         "during the measures minus its RSS just before them (after the warm-up calls, the allocator trimmed and "
-        "the peak mark reset: the steps' working memory). Compile: the first calls' extra time per round, cold "
+        "the peak mark reset: the steps' working memory); tensor peak: the most tensor memory live at once "
+        "during one more call of each measure, above what was live before (the profiler's allocation events; "
+        "CUDA's `max_memory_allocated` on a GPU). Compile: the first calls' extra time per round, cold "
         f"only while inductor's on-disk cache is empty ({compile_rounds}). Systems and sizing: the docstring of "
         "bench/peers_bench.py.",
         f"Written by `OMP_NUM_THREADS={args.threads} python bench/peers_bench.py {' '.join(args.command)}` on a "
         "2-core machine shared with other jobs: read the ratios, not the seconds.",
         "",
         "| system | parameters | training step (s) | training images/s | forward (s) | guided step (s) "
-        "| peak memory (MiB) | compile (s) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| peak memory (MiB) | tensor peak (MiB) | compile (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in results:
         s = med[name]
         built = results[name][0].get("compile_seconds") if name.endswith("compiled") else None
         built = "-" if built is None else f"{built:.0f}"
         lines.append(f"| {name} | {params[name]:,} | {s['training step']:.4f} | {args.batch / s['training step']:.2f} "
-                     f"| {_cell(s['forward'], '.4f')} | {s['guided sampling step']:.4f} | {mem[name]:.0f} | {built} |")
+                     f"| {_cell(s['forward'], '.4f')} | {s['guided sampling step']:.4f} | {mem[name]:.0f} "
+                     f"| {_cell(tensor_mem[name], '.0f')} | {built} |")
     pairs = [("ours-base", "reference-base"), ("ours-base", "diffusers-base"), ("ours-sr", "reference-sr"),
              ("ours-base-compiled", "reference-base"), ("ours-base-compiled", "diffusers-base"),
              ("ours-base-compiled", "diffusers-base-compiled"), ("ours-sr-compiled", "reference-sr")]
     lines += ["", "Speed-ups of ours (peer time / our time; memory: our peak / the peer's):", "",
-              "| ours vs peer | training step | forward | guided step | peak memory ratio |",
-              "| --- | --- | --- | --- | --- |"]
+              "| ours vs peer | training step | forward | guided step | peak memory ratio | tensor peak ratio |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for ours, peer in pairs:
         if ours in med and peer in med:
             cells = " | ".join(_cell(med[peer][m] / med[ours][m], ".2f", "x") for m in MEASURES)
-            lines.append(f"| {ours} vs {peer} | {cells} | {mem[ours] / mem[peer]:.2f} |")
+            memory = f"{mem[ours] / mem[peer]:.2f} | {_cell(tensor_mem[ours] / tensor_mem[peer], '.2f')}"
+            lines.append(f"| {ours} vs {peer} | {cells} | {memory} |")
     lines += ["", "Per-round ratios (peer time / our time in the same round):", "",
               "| ours vs peer | training step, each round | guided step, each round |", "| --- | --- | --- |"]
     for ours, peer in pairs:
