@@ -130,9 +130,21 @@ def test_activation_moves_one_stage_with_its_adam_state_and_ema(ema_device):
         assert {s["step"].device.type for s in state} == {"cpu"}  # non-capturable Adam keeps step on the CPU
         ema_home = "meta" if i == 1 and ema_device is None else "cpu"
         assert _devices(stage.ema.ema_model) == {ema_home}
+        assert {stage.ema.step.device.type, stage.ema.initted.device.type} == {"cpu"}  # read with .item()
+    if ema_device is None:  # an update of the copy on the device reads its counters without a sync
+        stages[1].ema.update()  # (a meta tensor's .item() would raise)
+        assert stages[1].ema.step.item() == 1
     assert placement.active == 1
     placement.activate(unets, stages, 1)  # the same stage again: nothing moves
     assert [_devices(unet) for unet in unets] == [{"cpu"}, {"meta"}, {"cpu"}]
+
+
+def test_a_new_ema_copy_goes_to_the_device_without_its_counters():
+    unet = torch.nn.Linear(4, 4)
+    ema = EMA(unet, include_online_model=False)
+    StagePlacement(torch.device("meta")).place_ema(ema, 0)
+    assert _devices(ema.ema_model) == {"meta"}
+    assert {ema.step.device.type, ema.initted.device.type} == {"cpu"}
 
 
 def test_the_cascade_goes_to_the_device_without_its_unets(unet_factory):

@@ -5,6 +5,7 @@ as ``sample(compile=)`` is.) :class:`StagePlacement` implements
 the stage that trains or samples is on the accelerator, with its optimizer state and EMA copy; every
 other U-Net, its Adam moments and its EMA copy wait on the CPU. ``ema_device="cpu"`` keeps every EMA
 copy on the CPU for good (ema-pytorch then copies the online weights over at each EMA update).
+Wherever an EMA copy's weights go, its counters stay on the CPU (:func:`move_ema`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import torch
 from torch import nn
 
-__all__ = ["StagePlacement", "check_device", "move_optimizer_state", "move_stage_unet"]
+__all__ = ["StagePlacement", "check_device", "move_ema", "move_optimizer_state", "move_stage_unet"]
 
 CPU = torch.device("cpu")
 
@@ -27,6 +28,12 @@ def check_device(value, name: str) -> torch.device | None:
         return torch.device(value)
     except (TypeError, RuntimeError) as error:
         raise ValueError(f"{name} must be None or a device such as 'cpu', got {value!r} ({error})") from None
+
+
+def move_ema(ema: nn.Module, device: torch.device) -> None:
+    """An ``ema_pytorch.EMA``'s averaged weights to ``device``; its ``step`` and ``initted`` counters stay on
+    the CPU, where the ``.item()`` reads of every ``update()`` cost no device-to-host sync."""
+    ema.ema_model.to(device)
 
 
 def _device_of(module: nn.Module) -> torch.device | None:
@@ -119,7 +126,7 @@ class StagePlacement:
 
     def place_ema(self, ema: nn.Module, index: int) -> None:
         """A new EMA copy of stage ``index`` where it belongs now."""
-        ema.to(self.ema_home(index, self.active))
+        move_ema(ema, self.ema_home(index, self.active))
 
     def activate(self, unets, stages: dict, index: int | None) -> None:
         """Stage ``index`` (0-based; None: none) becomes the one on the device: every U-Net, its
@@ -136,7 +143,7 @@ class StagePlacement:
             if _device_of(unet) not in (None, home):
                 move_stage_unet(unet, home, stage.optimizer if stage is not None else None)
             if stage is not None and stage.ema is not None and self.ema_device is None:
-                stage.ema.to(self.ema_home(i, index))
+                move_ema(stage.ema, self.ema_home(i, index))
         self.active = index
 
     @contextlib.contextmanager
