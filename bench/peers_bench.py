@@ -89,7 +89,10 @@ def _peak_rss_bytes() -> int:
 
 
 def _tensor_peak_bytes(fns) -> int:
-    """The most CPU tensor bytes live at once during one call of each of ``fns``, above those live before it."""
+    """The most CPU tensor bytes live at once during one call of each of ``fns``, above those live before it.
+
+    Reads the profiler's memory timeline (``prof._memory_profile()``, private: what the deprecated
+    ``export_memory_timeline`` is built on; CPU allocations have no public counter like CUDA's)."""
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import Action
 
