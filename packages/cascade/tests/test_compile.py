@@ -30,7 +30,7 @@ def _stage_call(cascade, index, sampler):
         cond.update(lowres_cond_img=torch.randn(batch, 3, size, size, generator=g),
                     lowres_noise_times=torch.full((batch,), 0.2))
     guidance = dict(remove_parallel_component=True, keep_parallel_frac=0.0)
-    x0_model = cascade._x0_model(plan, batch, guidance)
+    x0_model = cascade._x0_model(plan, cond, guidance)
     x = torch.randn(batch, 3, size, size, generator=g)
     level = torch.tensor([-2.0, 1.5]) if sampler == "ddpm" else torch.tensor([0.3, 7.0])  # log-SNR or sigma
     return x0_model, (x, level), cond

@@ -42,18 +42,56 @@ def test_every_stage_gets_the_texts_and_guidance_one_batch_with_the_null_half_dr
     calls = record_calls(imagen)
     imagen.sample(text_embeds=EMBEDS, text_masks=MASKS, cond_scale=scale, generator=0, use_tqdm=False)
     assert sorted({number for number, *_ in calls}) == [1, 2]
+    with torch.no_grad():
+        texts = [unet.text_conditioning(EMBEDS, MASKS) for unet in imagen.unets]
+        nulls = [unet.null_text_conditioning(text) for unet, text in zip(imagen.unets, texts)]
     for number, x, kwargs, _ in calls:
         assert x.shape[0] == 4  # [conditional; null] in one forward
-        assert kwargs["cond_drop_mask"].dtype == torch.bool
-        assert kwargs["cond_drop_mask"].tolist() == [False, False, True, True]
-        assert torch.equal(kwargs["text_embeds"], torch.cat((EMBEDS, EMBEDS)))
-        assert torch.equal(kwargs["text_mask"], torch.cat((MASKS, MASKS)))
+        text, null = texts[number - 1], nulls[number - 1]
+        for got, conditional, dropped in zip(kwargs["text_conditioning"], text, null):
+            assert (got is None) == (conditional is None)
+            if got is not None:
+                assert torch.equal(got, torch.cat((conditional, dropped.expand_as(conditional))))
         assert ("lowres_cond_img" in kwargs) == (number == 2)
     calls.clear()
     imagen.sample(text_embeds=EMBEDS, text_masks=MASKS, cond_scale=1.0, generator=0, use_tqdm=False)
-    for _, x, kwargs, _ in calls:  # no guidance: the conditional batch alone
-        assert x.shape[0] == 2 and kwargs["cond_drop_mask"].tolist() == [False, False]
-        assert torch.equal(kwargs["text_embeds"], EMBEDS)
+    for number, x, kwargs, _ in calls:  # no guidance: the conditional batch alone
+        assert x.shape[0] == 2
+        assert all(torch.equal(a, b) for a, b in zip(kwargs["text_conditioning"][:2], texts[number - 1][:2]))
+
+
+def test_each_stage_computes_its_text_conditioning_once_per_sample_call(monkeypatch):
+    imagen = text_imagen()
+    counts = []
+    for number, unet in enumerate(imagen.unets, start=1):
+        original = unet.text_conditioning
+
+        def counted(*args, number=number, original=original, **kwargs):
+            counts.append(number)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(unet, "text_conditioning", counted)
+    calls = record_calls(imagen)
+    imagen.sample(text_embeds=EMBEDS, text_masks=MASKS, cond_scale=3.0, generator=0, use_tqdm=False)
+    assert counts == [1, 2] and len(calls) >= 2 * 3  # 3 steps per stage, the text prepared once
+
+
+def test_a_unet_without_text_conditioning_gets_the_text_keywords_at_every_step():
+    """U-Nets that cannot prepare their text (a user's own class) keep the text keywords and the drop mask."""
+    imagen = text_imagen()
+    expected = imagen.sample(text_embeds=EMBEDS, text_masks=MASKS, cond_scale=3.0, generator=0, use_tqdm=False)
+    for unet in imagen.unets:  # the same unets, their class without text_conditioning
+        unet.__class__ = type("PlainUnet", (type(unet),), {"text_conditioning": property(_missing)})
+    calls = record_calls(imagen)
+    got = imagen.sample(text_embeds=EMBEDS, text_masks=MASKS, cond_scale=3.0, generator=0, use_tqdm=False)
+    for _, _, kwargs, _ in calls:
+        assert kwargs["cond_drop_mask"].tolist() == [False, False, True, True]
+        assert torch.equal(kwargs["text_embeds"], torch.cat((EMBEDS, EMBEDS)))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def _missing(self):
+    raise AttributeError("text_conditioning")  # so that hasattr(unet, "text_conditioning") is False
 
 
 def test_guidance_keywords_reach_the_guidance():
@@ -121,7 +159,7 @@ def test_the_stage_x0_model_is_guidance_then_x0_then_the_configured_thresholding
     raw = stage.x0_model(guided, plan.sampler, plan.schedule)
     expected = dynamic_thresholding(raw, 0.8) if dynamic else static_clipping(raw)
     with torch.no_grad():
-        got = imagen._x0_model(plan, 2, guidance)(x, sigma, **cond)
+        got = imagen._x0_model(plan, cond, guidance)(x, sigma, **cond)
         assert torch.equal(got, expected(x, sigma, **cond))
         assert got.abs().max() <= 1 and raw(x, sigma, **cond).abs().max() > 1
 

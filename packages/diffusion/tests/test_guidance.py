@@ -1,3 +1,5 @@
+from typing import NamedTuple
+
 import pytest
 import torch
 from hypothesis import given
@@ -66,3 +68,27 @@ def test_dynamic_thresholding_follows_the_imagen_rule():
     assert out[0].abs().max() == 1.0
     torch.testing.assert_close(out[1], x0[1])  # s clamps to 1: inside [-1, 1] nothing changes
     torch.testing.assert_close(static_clipping(lambda x, sigma: x, 1.0)(x0, torch.ones(2)), x0.clamp(-1, 1))
+
+
+class Text(NamedTuple):
+    tokens: torch.Tensor
+    mask: torch.Tensor | None
+
+
+def test_a_named_tuple_condition_pairs_field_by_field_with_its_null():
+    seen = []
+
+    def denoiser(x, sigma, *, text):
+        seen.append(text)
+        return x + text.tokens.mean(-1)[:, :, None, None]
+
+    tokens, null = torch.randn(2, 3, 4), torch.zeros(1, 3, 4)
+    x, sigma = torch.randn(2, 3, 5, 5), torch.ones(2)
+    out = classifier_free_guidance(denoiser, 2.0, {"text": Text(null, None)})(x, sigma, text=Text(tokens, None))
+    (both,) = seen
+    assert type(both) is Text and both.mask is None
+    assert torch.equal(both.tokens, torch.cat((tokens, null.expand_as(tokens))))
+    cond = x + tokens.mean(-1)[:, :, None, None]
+    torch.testing.assert_close(out, cond + (cond - x))
+    with pytest.raises(TypeError, match=r"^null_cond\['text'\] must be a Text like cond\['text'\], got tuple"):
+        classifier_free_guidance(denoiser, 2.0, {"text": (null, None)})(x, sigma, text=Text(tokens, None))

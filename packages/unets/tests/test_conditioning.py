@@ -156,3 +156,53 @@ def test_forward_with_cond_scale_is_the_guided_combination(unet, h):
     unit = cond.flatten(1) / cond.flatten(1).norm(dim=1, keepdim=True)
     update = update - (update * unit).sum(1, keepdim=True) * unit
     torch.testing.assert_close(orthogonal, cond + 2 * update.view_as(cond), rtol=1e-10, atol=1e-10)
+
+
+def test_a_prepared_text_conditioning_gives_the_text_keywords_output(unet, h):
+    """forward(text_conditioning=text_conditioning(...)) is forward(text_embeds=...), bit for bit."""
+    x, t, text = _inputs(h)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False], [True] + [False] * 4])
+    drop = torch.tensor([False, True, False])
+    with torch.no_grad():
+        for keywords in (dict(), dict(text_mask=mask), dict(text_mask=mask, cond_drop_mask=drop)):
+            prepared = unet.text_conditioning(text, keywords.get("text_mask"),
+                                              cond_drop_mask=keywords.get("cond_drop_mask"))
+            assert torch.equal(unet(x, t, text_conditioning=prepared), unet(x, t, text_embeds=text, **keywords))
+        assert unet.text_conditioning(None) is None
+
+
+def test_the_null_text_conditioning_is_every_sample_dropped(unet, h):
+    """One null sample, broadcast, conditions like text_conditioning(cond_drop_mask=all True) (float64)."""
+    unet = copy.deepcopy(unet).double()
+    _, _, text = (v.double() for v in _inputs(h))
+    mask = torch.tensor([[True, True, False, False, False]] * 3)
+    with torch.no_grad():
+        dropped = unet.text_conditioning(text, mask, cond_drop_mask=torch.ones(3, dtype=torch.bool))
+        null = unet.null_text_conditioning(dropped)
+    assert null.tokens.shape[0] == 1 and (null.mask is None) == (dropped.mask is None)
+    for got, expected in zip(null, dropped):
+        if expected is not None:
+            torch.testing.assert_close(got.expand_as(expected), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_guidance_takes_a_prepared_text_conditioning(unet, h):
+    x, t, text = _inputs(h)
+    mask = torch.tensor([[True, True, True, False, False]] * 3)
+    with torch.no_grad():
+        prepared = unet.text_conditioning(text, mask)
+        expected = unet.forward_with_cond_scale(x, t, text_embeds=text, text_mask=mask, cond_scale=3.0)
+        assert torch.equal(unet.forward_with_cond_scale(x, t, text_conditioning=prepared, cond_scale=3.0), expected)
+
+
+def test_a_text_conditioning_with_text_keywords_or_of_another_batch_is_refused(unet, h):
+    x, t, text = _inputs(h)
+    with torch.no_grad():
+        prepared = unet.text_conditioning(text)
+        for extra in (dict(text_embeds=text), dict(cond_drop_prob=0.5), dict(cond_drop_mask=torch.ones(3, dtype=bool))):
+            with pytest.raises(ValueError, match=r"^give text_conditioning or text_embeds"):
+                unet(x, t, text_conditioning=prepared, **extra)
+        with pytest.raises(ValueError, match=r"^text_conditioning must be a TextConditioning of batch 2 .*got "
+                                             r"torch.Size\(\[3, "):
+            unet(x[:2], t[:2], text_conditioning=prepared)
+        with pytest.raises(ValueError, match=r"^text_conditioning must be a TextConditioning of batch 3 .*got tuple"):
+            unet(x, t, text_conditioning=tuple(prepared))

@@ -281,3 +281,12 @@ def test_video_linear_attention_is_the_image_layer_on_every_frame(h):
         out = video(x, context, mask.bool())
         for f in range(3):
             torch.testing.assert_close(out[:, :, f], image(x[:, :, f], context, mask.bool()), rtol=1e-5, atol=1e-5)
+
+
+def test_a_prepared_text_conditioning_gives_the_text_keywords_output(h):
+    unet = h.make(Unet3D, **h.tiny())
+    x, t = h.randn(2, 3, 2, 8, 8), torch.rand(2, generator=torch.Generator().manual_seed(1))
+    text, mask = h.randn(2, 4, 12, seed=2), torch.tensor([[True] * 4, [True, False, False, False]])
+    with torch.no_grad():
+        prepared = unet.text_conditioning(text, mask)
+        assert torch.equal(unet(x, t, text_conditioning=prepared), unet(x, t, text_embeds=text, text_mask=mask))

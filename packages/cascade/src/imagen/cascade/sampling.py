@@ -372,9 +372,10 @@ class CascadeSampling:
         outputs = []
         for plan in plans:
             index = plan.unet_number - 1
-            cond = self._stage_cond(index, batch, text_embeds, text_masks, cond_images=cond_images,
-                                    cond_video_frames=cond_video_frames, post_cond_video_frames=post_cond_video_frames)
             with self._one_unet_on(index, enabled=use_one_unet_in_gpu):
+                cond = self._stage_cond(index, batch, text_embeds, text_masks, cond_images=cond_images,
+                                        cond_video_frames=cond_video_frames,
+                                        post_cond_video_frames=post_cond_video_frames)
                 previous = self._sample_stage(plan, batch=batch, previous=previous, cond=cond, guidance=guidance,
                                               inpaint=(inpaint, inpaint_masks, inpaint_resample_times),
                                               generators=generators, callback=callback, progress=use_tqdm)
@@ -413,17 +414,27 @@ class CascadeSampling:
         return compiled[key]
 
     def _stage_cond(self, index, batch, text_embeds, text_masks, **pixels) -> dict:
+        """Unet ``index``'s conditioning keywords for every sampling step. The text part is computed
+        here once (``text_conditioning``) where the unet can (ours), not at every step."""
         cond = {}
         if self.condition_on_text:
-            cond.update(
-                text_embeds=text_embeds,
-                text_mask=text_masks,
-                cond_drop_mask=torch.zeros(batch, dtype=torch.bool, device=self.device),
-            )
+            unet = self.unets[index]
+            if hasattr(unet, "text_conditioning"):
+                cond.update(text_conditioning=unet.text_conditioning(text_embeds, text_masks))
+            else:
+                cond.update(text_embeds=text_embeds, text_mask=text_masks,
+                            cond_drop_mask=torch.zeros(batch, dtype=torch.bool, device=self.device))
         cond.update(self._pixel_conditions(index, batch, **pixels))
         return cond
 
-    def _x0_model(self, plan: StagePlan, batch: int, guidance: dict) -> Callable:
+    def _null_cond(self, index: int, cond: dict) -> dict:
+        """The keywords that turn ``cond`` into its null version (classifier-free guidance's null half)."""
+        text = cond.get("text_conditioning")
+        if text is not None:
+            return {"text_conditioning": self.unets[index].null_text_conditioning(text)}
+        return {"cond_drop_mask": True}
+
+    def _x0_model(self, plan: StagePlan, cond: dict, guidance: dict) -> Callable:
         """Stage ``plan``'s x0 estimate: guidance on the network output (one batched forward),
         conversion to x0, thresholding, self-conditioning."""
         index = plan.unet_number - 1
@@ -434,8 +445,7 @@ class CascadeSampling:
         net = unet if compile_options is None else self._compiled_unet(index, compile_options)
         net = net if autocast_dtype is None else Autocast(net, autocast_dtype, self.device.type)
         if plan.cond_scale != 1:
-            null = {"cond_drop_mask": torch.ones(batch, dtype=torch.bool, device=self.device)}
-            net = classifier_free_guidance(net, plan.cond_scale, null, **guidance)
+            net = classifier_free_guidance(net, plan.cond_scale, self._null_cond(index, cond), **guidance)
         x0_model = stage.x0_model(net, plan.sampler, plan.schedule)
         if plan.dynamic_threshold:
             x0_model = dynamic_thresholding(x0_model, self._config.dynamic_thresholding_percentile)
@@ -472,7 +482,7 @@ class CascadeSampling:
             region = Inpainting(known=self._resize(self._to_model_range(known), index, frames),
                                 mask=resize_mask(masks, size, frames, self._setting("resize_mode", 0)),
                                 resample_times=resample_times)
-        x = stage.sample(self._x0_model(plan, batch, guidance), shape, sampler=plan.sampler,
+        x = stage.sample(self._x0_model(plan, cond, guidance), shape, sampler=plan.sampler,
                          options=plan.sampler_options, levels=plan.levels, skip=plan.skip_steps, init=init,
                          inpaint=region, cond=cond, generator=generators, callback=callback, progress=progress,
                          schedule=plan.schedule, refine=plan.refine)

@@ -15,7 +15,14 @@ __all__ = ["classifier_free_guidance", "dynamic_thresholding", "quantile", "spli
 
 
 def _pair_with_null(key: str, value: Any, null: Any, batch: int) -> Any:
-    """cond value (B, ...) stacked on its null version -> (2B, ...)."""
+    """cond value (B, ...) stacked on its null version -> (2B, ...); a tuple of tensors (a NamedTuple,
+    None fields allowed) is paired field by field with a null tuple of the same type."""
+    if isinstance(value, tuple):
+        if type(null) is not type(value):
+            raise TypeError(f"null_cond[{key!r}] must be a {type(value).__name__} like cond[{key!r}], got "
+                            f"{type(null).__name__}")
+        return type(value)(*(None if v is None else _pair_with_null(f"{key}[{i}]", v, n, batch)
+                             for i, (v, n) in enumerate(zip(value, null))))
     if not isinstance(value, Tensor):
         raise TypeError(f"cond[{key!r}] has a null value but is a {type(value).__name__}, not a tensor")
     null = torch.as_tensor(null, device=value.device, dtype=value.dtype)
@@ -54,7 +61,8 @@ def classifier_free_guidance(
 
     One batched forward over [conditional; null] inputs: x, sigma and every batched tensor in cond
     (first dim B) are concatenated with their null versions; ``null_cond`` maps a keyword to its
-    null value (broadcast to the conditional value's shape); batched tensors whose keyword is not in
+    null value (broadcast to the conditional value's shape; a NamedTuple of tensors pairs field by
+    field with a null NamedTuple of its type); batched tensors whose keyword is not in
     it are repeated unchanged, anything else is passed as is. Keys of ``null_cond`` absent from a
     call's cond are ignored. ``cond_scale == 1`` returns the conditional output exactly, with no null
     half; ``cond_scale < 0`` raises ValueError.

@@ -6,9 +6,12 @@ is rebuilt with :func:`unet_from_config` and changed with ``.recast(**changes)``
 """
 
 from .config import unet_from_config
+from .core import TextConditioning
 from .null import NullUnet
 from .presets import BaseUnet64, SRUnet256, SRUnet1024
 from .unet import Unet
 from .unet3d import Unet3D
 
-__all__ = ["BaseUnet64", "NullUnet", "SRUnet256", "SRUnet1024", "Unet", "Unet3D", "unet_from_config"]
+__all__ = [
+    "BaseUnet64", "NullUnet", "SRUnet256", "SRUnet1024", "TextConditioning", "Unet", "Unet3D", "unet_from_config",
+]

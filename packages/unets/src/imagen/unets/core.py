@@ -1,6 +1,10 @@
 """What the 2D and 3D U-Nets share: the conditioning (noise levels, text, null text), input checks,
 the conditioning-dropout draw and classifier-free guidance in one batched forward.
 
+The text conditioning does not depend on the noise level: :meth:`UnetBase.text_conditioning`
+computes it once (a :class:`TextConditioning`) and ``forward(..., text_conditioning=...)`` reuses
+it, so a sampling loop pays for the text projection and the perceiver pooling once, not per step.
+
 The conditioning modules sit directly on the U-Net under the reference's names
 (``to_time_hiddens``, ``to_time_cond``, ``to_time_tokens``, ``to_lowres_time_*``, ``norm_cond``,
 ``text_to_cond``, ``attn_pool``, ``null_text_embed``, ``null_text_hidden``,
@@ -9,7 +13,7 @@ The conditioning modules sit directly on the U-Net under the reference's names
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +23,21 @@ from . import _checks as chk
 from .config import ConfigurableMixin
 from .embeddings import LearnedSinusoidalPosEmb, PerceiverResampler
 
-__all__ = ["UnetBase", "draw_keep_mask", "project"]
+__all__ = ["TextConditioning", "UnetBase", "draw_keep_mask", "project"]
+
+
+class TextConditioning(NamedTuple):
+    """A U-Net's conditioning on a batch of texts, independent of the noise level.
+
+    tokens: (b, n, cond_dim), the text tokens the attention layers read (null text embedding at
+    masked positions and for dropped samples; the perceiver's latents with ``attn_pool_text``);
+    hidden: (b, time_cond_dim), the pooled text added to the time conditioning; mask: (b, n) bool,
+    True = attend, or None (every token visible).
+    """
+
+    tokens: torch.Tensor
+    hidden: torch.Tensor
+    mask: torch.Tensor | None
 
 
 def draw_keep_mask(batch: int, device, cond_drop_prob: float, cond_drop_mask: torch.Tensor | None,
@@ -45,6 +63,13 @@ def draw_keep_mask(batch: int, device, cond_drop_prob: float, cond_drop_mask: to
         return torch.zeros(batch, dtype=torch.bool, device=device)
     gen_device = generator.device if generator is not None else device
     return (torch.rand(batch, generator=generator, device=gen_device) < 1 - cond_drop_prob).to(device)
+
+
+def pair_with_null(text: TextConditioning, null: TextConditioning) -> TextConditioning:
+    """``text`` (b samples) followed by ``null`` (one sample, repeated b times): guidance's doubled batch."""
+    def cat(value, null_value):
+        return None if value is None else torch.cat((value, null_value.expand_as(value)))
+    return TextConditioning(*map(cat, text, null))
 
 
 def project(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,15 +126,10 @@ class UnetBase(ConfigurableMixin, nn.Module):
         """(b, time_cond_dim) -> (b, num_time_tokens, cond_dim)."""
         return to_tokens(hiddens).unflatten(-1, (self.num_time_tokens, self.cond_dim))
 
-    def _condition(self, time: torch.Tensor, lowres_noise_times: torch.Tensor | None, text_embeds, text_mask,
-                   keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The conditioning vector t (b, time_cond_dim), tokens c (b, m, cond_dim) and their mask (b, m) or None.
-
-        Text positions where ``text_mask`` is False and every position of a sample not in ``keep``
-        hold the learned null text embedding (``null_text_embed``); a dropped sample's pooled text
-        is ``null_text_hidden``. With ``mask_text_padding`` the masked positions are also hidden
-        from every attention (dropped samples see their null tokens).
-        """
+    def _condition(self, time: torch.Tensor, lowres_noise_times: torch.Tensor | None,
+                   text: TextConditioning | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The conditioning vector t (b, time_cond_dim), tokens c (b, m, cond_dim) and their mask (b, m) or None:
+        the noise levels' embeddings joined with the text's."""
         hiddens = self.to_time_hiddens(time)
         tokens = self._time_tokens(hiddens, self.to_time_tokens)
         t = self.to_time_cond(hiddens)
@@ -118,25 +138,75 @@ class UnetBase(ConfigurableMixin, nn.Module):
             t = t + self.to_lowres_time_cond(lowres_hiddens)
             tokens = torch.cat((tokens, self._time_tokens(lowres_hiddens, self.to_lowres_time_tokens)), dim=1)
         c_mask = None
-        if text_embeds is not None and self.cond_on_text:
-            text_tokens, text_mask = self._fit_text(self.text_to_cond(text_embeds), text_mask)
-            keep_embed = keep[:, None, None] if text_mask is None else keep[:, None, None] & text_mask[..., None]
-            text_tokens = torch.where(keep_embed, text_tokens, self.null_text_embed.to(text_tokens.dtype))
-            visible = None
-            if self.mask_text_padding and text_mask is not None:
-                visible = text_mask | ~keep[:, None]  # (b, n): dropped samples attend to their null tokens
-            if self.attn_pool is not None:
-                text_tokens, visible = self.attn_pool(text_tokens, mask=visible), None
-            if visible is None:
-                pooled = text_tokens.mean(dim=-2)
-            else:
-                weights = visible[..., None].to(text_tokens.dtype)
-                pooled = (text_tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-5)
-                c_mask = F.pad(visible, (tokens.shape[1], 0), value=True)
-            text_hiddens = self.to_text_non_attn_cond(pooled)
-            t = t + torch.where(keep[:, None], text_hiddens, self.null_text_hidden.to(t.dtype))
-            tokens = torch.cat((tokens, text_tokens), dim=1)
+        if text is not None:
+            t = t + text.hidden
+            if text.mask is not None:
+                c_mask = F.pad(text.mask, (tokens.shape[1], 0), value=True)
+            tokens = torch.cat((tokens, text.tokens.to(tokens.dtype)), dim=1)
         return t, self.norm_cond(tokens), c_mask
+
+    def text_conditioning(self, text_embeds: torch.Tensor | None, text_mask: torch.Tensor | None = None, *,
+                          cond_drop_prob: float = 0.0, cond_drop_mask: torch.Tensor | None = None,
+                          generator: torch.Generator | None = None) -> TextConditioning | None:
+        """The text conditioning of ``forward``'s keywords of the same names, for reuse across calls.
+
+        ``forward(x, time, text_conditioning=unet.text_conditioning(text_embeds, text_mask))``
+        equals ``forward(x, time, text_embeds=text_embeds, text_mask=text_mask)``. None for no text
+        (``text_embeds`` None, or a U-Net with ``cond_on_text=False``, which ignores text).
+        """
+        batch = text_embeds.shape[0] if isinstance(text_embeds, torch.Tensor) and text_embeds.ndim else 0
+        text_embeds, text_mask = self._check_text(text_embeds, text_mask, batch)
+        if text_embeds is None:
+            return None
+        keep = draw_keep_mask(batch, text_embeds.device, cond_drop_prob, cond_drop_mask, generator)
+        return self._text(text_embeds, text_mask, keep)
+
+    def null_text_conditioning(self, like: TextConditioning) -> TextConditioning:
+        """The conditioning of a dropped text (classifier-free guidance's null half), batch 1, shaped like ``like``:
+        every position holds the null text embedding, the pooled text is ``null_text_hidden``."""
+        tokens = self.null_text_embed.to(like.tokens.dtype)
+        mask = None if like.mask is None else torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        if self.attn_pool is not None:
+            tokens = self.attn_pool(tokens)
+        return TextConditioning(tokens, self.null_text_hidden.to(like.hidden.dtype), mask)
+
+    def _text(self, text_embeds: torch.Tensor, text_mask: torch.Tensor | None, keep: torch.Tensor) -> TextConditioning:
+        """Text positions where ``text_mask`` is False and every position of a sample not in ``keep``
+        hold the learned null text embedding (``null_text_embed``); a dropped sample's pooled text
+        is ``null_text_hidden``. With ``mask_text_padding`` the masked positions are also hidden
+        from every attention (dropped samples see their null tokens)."""
+        text_tokens, text_mask = self._fit_text(self.text_to_cond(text_embeds), text_mask)
+        keep_embed = keep[:, None, None] if text_mask is None else keep[:, None, None] & text_mask[..., None]
+        text_tokens = torch.where(keep_embed, text_tokens, self.null_text_embed.to(text_tokens.dtype))
+        visible = None
+        if self.mask_text_padding and text_mask is not None:
+            visible = text_mask | ~keep[:, None]  # (b, n): dropped samples attend to their null tokens
+        if self.attn_pool is not None:
+            text_tokens, visible = self.attn_pool(text_tokens, mask=visible), None
+        if visible is None:
+            pooled = text_tokens.mean(dim=-2)
+        else:
+            weights = visible[..., None].to(text_tokens.dtype)
+            pooled = (text_tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-5)
+        text_hiddens = self.to_text_non_attn_cond(pooled)
+        hidden = torch.where(keep[:, None], text_hiddens, self.null_text_hidden.to(text_hiddens.dtype))
+        return TextConditioning(text_tokens, hidden, visible)
+
+    def _forward_text(self, text_embeds, text_mask, text_conditioning: TextConditioning | None, batch: int, device,
+                      cond_drop_prob: float, cond_drop_mask, generator) -> TextConditioning | None:
+        """``forward``'s text conditioning: the one given, or computed from the embeddings."""
+        if text_conditioning is None:
+            text_embeds, text_mask = self._check_text(text_embeds, text_mask, batch)
+            keep = draw_keep_mask(batch, device, cond_drop_prob, cond_drop_mask, generator)
+            return None if text_embeds is None else self._text(text_embeds, text_mask, keep)
+        if text_embeds is not None or text_mask is not None or cond_drop_mask is not None or cond_drop_prob:
+            raise ValueError("give text_conditioning or text_embeds / text_mask / cond_drop_prob / cond_drop_mask, "
+                             "not both: text_conditioning() already applied them")
+        if not isinstance(text_conditioning, TextConditioning) or text_conditioning.tokens.shape[0] != batch:
+            got = getattr(getattr(text_conditioning, "tokens", None), "shape", type(text_conditioning).__name__)
+            raise ValueError(f"text_conditioning must be a TextConditioning of batch {batch} (from "
+                             f"unet.text_conditioning), got {got}")
+        return text_conditioning if self.cond_on_text else None
 
     def _fit_text(self, tokens: torch.Tensor, mask: torch.Tensor | None):
         """Truncate or zero-pad (b, L, cond_dim) tokens and their (b, L) mask (pad False) to max_text_len."""
@@ -158,23 +228,27 @@ class UnetBase(ConfigurableMixin, nn.Module):
         ``logits + update * (cond_scale - 1)`` with ``update = cond - null``; with
         ``remove_parallel_component`` (the reference's default) the part of ``update`` parallel to
         ``logits`` is kept only at ``keep_parallel_frac``. Takes ``forward``'s arguments; the null
-        half drops the text (``cond_drop_mask`` all True).
+        half drops the text (its conditioning computed once, for one sample).
         """
         if cond_scale == 1:
             return self.forward(x, time, *args, **kwargs)
         b = x.shape[0]
         time = torch.as_tensor(time, device=x.device)
         time = time.expand(b) if time.ndim == 0 else time
-        keep = draw_keep_mask(b, x.device, kwargs.pop("cond_drop_prob", 0.0), kwargs.pop("cond_drop_mask", None),
-                              kwargs.pop("generator", None))
-        drop = torch.cat((~keep, torch.ones_like(keep)))
+        text = kwargs.pop("text_conditioning", None)
+        if text is None:
+            text = self.text_conditioning(*(kwargs.pop(k, None) for k in ("text_embeds", "text_mask")),
+                                          **{k: kwargs.pop(k) for k in ("cond_drop_prob", "cond_drop_mask", "generator")
+                                             if k in kwargs})
+        if text is not None:
+            text = pair_with_null(text, self.null_text_conditioning(text))
 
         def doubled(value):
             if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == b:
                 return torch.cat((value, value))
             return value
 
-        out = self.forward(doubled(x), doubled(time), *map(doubled, args), cond_drop_mask=drop,
+        out = self.forward(doubled(x), doubled(time), *map(doubled, args), text_conditioning=text,
                            **{k: doubled(v) for k, v in kwargs.items()})
         logits, null_logits = out[:b], out[b:]
         update = logits - null_logits

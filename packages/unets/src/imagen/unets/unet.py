@@ -20,7 +20,7 @@ from .blocks import (
     nearest_upsample,
 )
 from .config import register_unet
-from .core import UnetBase, _resize_to, _same_shape, draw_keep_mask, pixel_coordinates
+from .core import TextConditioning, UnetBase, _resize_to, _same_shape, pixel_coordinates
 from .layers import Parallel
 from .stages import DownStage, UpStage, call
 
@@ -188,6 +188,7 @@ class Unet(UnetBase):
         lowres_cond_img: torch.Tensor | None = None, lowres_noise_times: torch.Tensor | None = None,
         self_cond: torch.Tensor | None = None, cond_drop_prob: float = 0.0, cond_drop_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        text_conditioning: TextConditioning | None = None,
     ) -> torch.Tensor:
         """Predict from a noisy image batch.
 
@@ -197,7 +198,8 @@ class Unet(UnetBase):
         lowres_cond_img: (b, channels, h, w) and lowres_noise_times: (b,), required iff
         lowres_cond; self_cond: (b, channels, h, w) previous x0 estimate (zeros when omitted);
         cond_drop_prob: probability of dropping the text per sample (drawn with ``generator``);
-        cond_drop_mask: (b,) bool, True = drop, overrides cond_drop_prob.
+        cond_drop_mask: (b,) bool, True = drop, overrides cond_drop_prob; text_conditioning: the
+        text part computed once by :meth:`text_conditioning` (instead of the text keywords above).
         Returns (b, channels_out, h, w).
         """
         chk.check_tensor("x", x, 4, "(batch, channels, height, width)")
@@ -206,10 +208,10 @@ class Unet(UnetBase):
         time = self._check_time("time", time, b, x.device)
         if self.lowres_cond:
             lowres_noise_times = self._check_time("lowres_noise_times", lowres_noise_times, b, x.device)
-        text_embeds, text_mask = self._check_text(text_embeds, text_mask, b)
-        keep = draw_keep_mask(b, x.device, cond_drop_prob, cond_drop_mask, generator)
+        text = self._forward_text(text_embeds, text_mask, text_conditioning, b, x.device, cond_drop_prob,
+                                  cond_drop_mask, generator)
         inputs = self._inputs(x, self_cond, lowres_cond_img, cond_images)
-        t, c, c_mask = self._condition(time, lowres_noise_times, text_embeds, text_mask, keep)
+        t, c, c_mask = self._condition(time, lowres_noise_times, text)
         return self._body(inputs, t, c, c_mask, lowres_cond_img if self.lowres_cond else None)
 
     def _body(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, c_mask: torch.Tensor | None,

@@ -18,7 +18,7 @@ from torch import nn
 
 from . import _checks as chk
 from .config import register_unet
-from .core import UnetBase, draw_keep_mask, pixel_coordinates
+from .core import TextConditioning, UnetBase, pixel_coordinates
 from .layers import Parallel
 from .stages import call
 from .video import (
@@ -321,11 +321,12 @@ class Unet3D(UnetBase):
         self_cond: torch.Tensor | None = None, cond_drop_prob: float = 0.0, cond_drop_mask: torch.Tensor | None = None,
         ignore_time: bool = False, cond_video_frames: torch.Tensor | None = None,
         post_cond_video_frames: torch.Tensor | None = None, generator: torch.Generator | None = None,
+        text_conditioning: TextConditioning | None = None,
     ) -> torch.Tensor:
         """Predict from a noisy video batch.
 
         x: (b, channels, f, h, w) (an image batch goes in as f = 1 with ``ignore_time=True``);
-        time, text_embeds, text_mask, cond_drop_prob, cond_drop_mask, generator as in
+        time, text_embeds, text_mask, cond_drop_prob, cond_drop_mask, generator, text_conditioning as in
         :meth:`Unet.forward`; lowres_cond_img and self_cond: (b, channels, f, h, w);
         lowres_noise_times: (b,); cond_images: (b, cond_images_channels, h', w'), resized and shared
         by every frame; cond_video_frames / post_cond_video_frames: (b, channels, f', h', w') clean
@@ -347,9 +348,9 @@ class Unet3D(UnetBase):
         time = self._check_time("time", time, b, x.device)
         if self.lowres_cond:
             lowres_noise_times = self._check_time("lowres_noise_times", lowres_noise_times, b, x.device)
-        text_embeds, text_mask = self._check_text(text_embeds, text_mask, b)
-        keep = draw_keep_mask(b, x.device, cond_drop_prob, cond_drop_mask, generator)
-        t, c, c_mask = self._condition(time, lowres_noise_times, text_embeds, text_mask, keep)
+        text = self._forward_text(text_embeds, text_mask, text_conditioning, b, x.device, cond_drop_prob,
+                                  cond_drop_mask, generator)
+        t, c, c_mask = self._condition(time, lowres_noise_times, text)
         lowres_all = inputs[:, -self.channels:] if self.lowres_cond else None
         out = self._body(inputs, t, c, c_mask, lowres_all, ignore_time)
         start = 0 if pre is None else pre.shape[2]
