@@ -19,8 +19,10 @@ and reference/test_unet.py proves ours computes the reference's numbers with the
 
 Measures, on a batch of ``--batch`` ``--size`` px images with ``--text-len`` text tokens (half
 masked), fp32, ``--threads`` threads: a training step (forward, MSE loss, backward, Adam), a
-forward without gradients, one guided sampling step at cond_scale 5 (ours and the reference:
-``forward_with_cond_scale``; diffusers: the usual classifier-free guidance, one forward of the
+forward without gradients, one guided sampling step at cond_scale 5 as each system's sampler runs
+it (ours and the reference: ``forward_with_cond_scale``, ours with its text conditioning prepared
+once per ``sample`` call as ``Imagen.sample`` does, bench/reference_bench.py's ``sampling_step_cond``;
+the reference's sampler recomputes it every step; diffusers: the usual classifier-free guidance, one forward of the
 doubled batch with the null half's text zeroed, then ``null + 5 (cond - null)``).
 
 Every (system, round) runs in its own subprocess, so that the peak memory is the process's own:

@@ -2,7 +2,8 @@
 
 Three measures per system, interleaved over ``--rounds`` rounds so that both see the same machine
 load: a training step (forward, backward, Adam), a forward without gradients, and one guided
-sampling step (``forward_with_cond_scale`` at cond_scale 5: conditional and null predictions).
+sampling step (``forward_with_cond_scale`` at cond_scale 5: conditional and null predictions) as
+each one's sampler runs it (:func:`sampling_step_cond`: ours with its text conditioning prepared).
 Both U-Nets carry the same weights. The table reports medians and our speed-up (reference time /
 our time). Run in the reference environment (``nox -s reference`` runs it, or any venv with
 imagen-pytorch installed as noxfile.py does):
@@ -44,6 +45,18 @@ def build(size: int, batch: int, text_len: int):
     return {"ours": ours, "reference": reference}, x, cond
 
 
+def sampling_step_cond(unet, cond: dict) -> dict:
+    """``cond`` as each U-Net's sampler feeds a step: ours with the text conditioning prepared once per
+    ``sample`` call (``Unet.text_conditioning``, what ``Imagen.sample`` does), the reference's with the raw
+    text (its sampler recomputes the text conditioning at every step)."""
+    prepare = getattr(getattr(unet, "unet", unet), "text_conditioning", None)  # unet: maybe peers_bench's _Compiled
+    if prepare is None:
+        return cond
+    rest = {k: v for k, v in cond.items() if k not in ("text_embeds", "text_mask")}
+    with torch.no_grad():
+        return dict(rest, text_conditioning=prepare(cond["text_embeds"], cond["text_mask"]))
+
+
 def measures(unet, x, cond):
     optimizer = torch.optim.Adam(unet.parameters(), lr=1e-4)
     times = torch.rand(x.shape[0])
@@ -58,9 +71,11 @@ def measures(unet, x, cond):
     def forward():
         unet(x, times, **cond)
 
+    step_cond = sampling_step_cond(unet, cond)
+
     @torch.no_grad()
     def guided_step():
-        unet.forward_with_cond_scale(x, times, cond_scale=5.0, **cond)
+        unet.forward_with_cond_scale(x, times, cond_scale=5.0, **step_cond)
 
     return {"training step": train_step, "forward": forward, "guided sampling step": guided_step}
 
