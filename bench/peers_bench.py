@@ -65,7 +65,7 @@ DIFFUSERS = dict(in_channels=3, out_channels=3, block_out_channels=(32, 64, 128)
 EAGER_SYSTEMS = ("ours-base", "reference-base", "diffusers-base", "ours-sr", "reference-sr")
 COMPILED_SYSTEMS = ("ours-base-compiled", "diffusers-base-compiled", "ours-sr-compiled")
 SYSTEMS = EAGER_SYSTEMS + COMPILED_SYSTEMS
-DEFAULT_SYSTEMS = (*EAGER_SYSTEMS, "ours-base-compiled", "ours-sr-compiled")  # diffusers compiled: --systems
+DEFAULT_SYSTEMS = SYSTEMS
 MEASURES = ("training step", "forward", "guided sampling step")
 COND_SCALE = 5.0
 
