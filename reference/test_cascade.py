@@ -193,10 +193,10 @@ def test_one_ancestral_step_equals_the_reference_p_sample(monkeypatch):
 
     def our_step():
         plan = mine.sampling_plan(cond_scale=3.0)[1]
-        x0_model = mine._x0_model(plan, BATCH, dict(remove_parallel_component=True, keep_parallel_frac=0.0))
         cond = mine._stage_cond(1, BATCH, embeds, masks)
         lowres_log_snr = get_noise_schedule("linear").log_snr(lowres_times)  # the lowres schedule's
         cond.update(lowres_cond_img=lowres, lowres_noise_times=lowres_log_snr)
+        x0_model = mine._x0_model(plan, cond, dict(remove_parallel_component=True, keep_parallel_frac=0.0))
         return sample_vp_ddpm(x0_model, z, torch.tensor([0.6, 0.4]), schedule=mine.stages[1].schedule, cond=cond)
 
     got, expected = run_both(0, monkeypatch, reference_step, our_step)
