@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imagen.unets.attention import Attention, CrossAttention, LinearAttention, LinearCrossAttention
+from imagen.unets.embeddings import PerceiverResampler
 
 
 def _oracle(q, k, v, keep, q_scale, k_scale, scale=8.0):
@@ -97,3 +98,25 @@ def test_linear_attention_matches_the_oracle():
             heads.append(qi.softmax(-1) * 3**-0.5 @ (ki.softmax(0).T @ vi))
         expected = attn.to_out(attn.nonlin(torch.cat(heads, dim=-1).T.reshape(1, 6, 2, 3)))
     torch.testing.assert_close(out, expected)
+
+
+@given(st.integers(1, 4), st.booleans())
+def test_perceiver_shared_rows_equal_the_concatenated_sequence(shared_len, masked):
+    """``shared`` rows (keys and values computed once) give the output and gradients of the full sequence."""
+    torch.manual_seed(shared_len)
+    pool = PerceiverResampler(dim=8, depth=2, dim_head=4, heads=2, num_latents=3, max_seq_len=8).double()
+    for attn, _ in pool.layers:
+        _randomise_scales(attn, shared_len)
+    x, shared = torch.randn(2, 3, 8).double(), torch.randn(1, shared_len, 8).double()
+    mask = torch.rand(2, 3 + shared_len) > 0.4 if masked else None
+
+    def run(with_shared):
+        xs, ss = x.clone().requires_grad_(), shared.clone().requires_grad_()
+        out = pool(xs, mask, shared=ss) if with_shared else pool(torch.cat((xs, ss.expand(2, -1, -1)), dim=1), mask)
+        grads = torch.autograd.grad(out.square().sum(), (xs, ss, *pool.parameters()))
+        return out, grads
+
+    (out, grads), (expected, expected_grads) = run(True), run(False)
+    torch.testing.assert_close(out, expected)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)

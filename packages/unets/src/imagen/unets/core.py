@@ -175,14 +175,14 @@ class UnetBase(ConfigurableMixin, nn.Module):
         hold the learned null text embedding (``null_text_embed``); a dropped sample's pooled text
         is ``null_text_hidden``. With ``mask_text_padding`` the masked positions are also hidden
         from every attention (dropped samples see their null tokens)."""
-        text_tokens, text_mask = self._fit_text(self.text_to_cond(text_embeds), text_mask)
-        keep_embed = keep[:, None, None] if text_mask is None else keep[:, None, None] & text_mask[..., None]
-        text_tokens = torch.where(keep_embed, text_tokens, self.null_text_embed.to(text_tokens.dtype))
+        text_tokens, text_mask, shared = self._fit_text(self.text_to_cond(text_embeds), text_mask, keep)
         visible = None
         if self.mask_text_padding and text_mask is not None:
             visible = text_mask | ~keep[:, None]  # (b, n): dropped samples attend to their null tokens
         if self.attn_pool is not None:
-            text_tokens, visible = self.attn_pool(text_tokens, mask=visible), None
+            text_tokens, visible = self.attn_pool(text_tokens, mask=visible, shared=shared), None
+        elif shared is not None:
+            text_tokens = torch.cat((text_tokens, shared.expand(text_tokens.shape[0], -1, -1)), dim=1)
         if visible is None:
             pooled = text_tokens.mean(dim=-2)
         else:
@@ -208,16 +208,26 @@ class UnetBase(ConfigurableMixin, nn.Module):
                              f"unet.text_conditioning), got {got}")
         return text_conditioning if self.cond_on_text else None
 
-    def _fit_text(self, tokens: torch.Tensor, mask: torch.Tensor | None):
-        """Truncate or zero-pad (b, L, cond_dim) tokens and their (b, L) mask (pad False) to max_text_len."""
+    def _fit_text(self, tokens: torch.Tensor, mask: torch.Tensor | None, keep: torch.Tensor):
+        """Text tokens (b, L, cond_dim) fitted to ``max_text_len`` positions as the reference does
+        (truncated, padded), with the null text embedding where the mask is False and in every
+        position of a sample not in ``keep``: (tokens, mask (b, max_text_len) or None, shared).
+
+        With a mask the padding holds the null embedding in every sample: it is returned once as
+        ``shared`` (1, max_text_len - L, cond_dim) (None without padding), after ``tokens`` (b, L).
+        Without a mask the reference pads with zeros, null only for dropped samples: tokens come padded.
+        """
         n = self.max_text_len
-        tokens = tokens[:, :n]
-        mask = None if mask is None else mask[:, :n].bool()
-        remainder = n - tokens.shape[1]
-        if remainder > 0:
+        tokens, null = tokens[:, :n], self.null_text_embed.to(tokens.dtype)
+        length = tokens.shape[1]
+        remainder = n - length
+        if mask is None:
             tokens = F.pad(tokens, (0, 0, 0, remainder))
-            mask = None if mask is None else F.pad(mask, (0, remainder), value=False)
-        return tokens, mask
+            return torch.where(keep[:, None, None], tokens, null), None, None
+        mask = mask[:, :n].bool()
+        tokens = torch.where(keep[:, None, None] & mask[..., None], tokens, null[:, :length])
+        shared = null[:, length:] if remainder else None
+        return tokens, F.pad(mask, (0, remainder), value=False), shared
 
     # ----------------------------------------------------------------------------- guidance
     def forward_with_cond_scale(self, x: torch.Tensor, time, *args, cond_scale: float = 1.0,

@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from .attention import FeedForward, cosine_sim_attention
+from .attention import FeedForward, _unit_scaled
 from .layers import LayerNorm
 
 __all__ = ["LearnedSinusoidalPosEmb", "PerceiverAttention", "PerceiverResampler"]
@@ -53,17 +54,30 @@ class PerceiverAttention(nn.Module):
         self.k_scale = nn.Parameter(torch.ones(dim_head))
         self.to_out = nn.Sequential(nn.Linear(inner, dim, bias=False), nn.LayerNorm(dim))
 
-    def forward(self, x: torch.Tensor, latents: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (b, n, dim); latents: (b, r, dim); mask: (b, n) bool over x (latents always visible) -> (b, r, dim)."""
-        x, latents = self.norm(x), self.norm_latents(latents)
-        q = self.to_q(latents)
-        k, v = self.to_kv(torch.cat((x, latents), dim=1)).chunk(2, dim=-1)
-        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
+    def forward(self, x: torch.Tensor, latents: torch.Tensor, mask: torch.Tensor | None = None, *,
+                shared: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (b, n, dim); latents: (b, r, dim); shared: (1, t, dim) rows after x in every sample, or None;
+        mask: (b, n + t) bool over x and shared (latents always visible) -> (b, r, dim)."""
+        (b, n), latents = x.shape[:2], self.norm_latents(latents)
+        q = self._heads(self.to_q(latents))
+        k, v = self._keys_values(torch.cat((self.norm(x), latents), dim=1))
+        if shared is not None:  # keys and values of the shared rows once, not per sample
+            sk, sv = (t.expand(b, -1, -1, -1) for t in self._keys_values(self.norm(shared)))
+            k, v = (torch.cat((t[:, :, :n], s, t[:, :, n:]), dim=2) for t, s in ((k, sk), (v, sv)))
         attn_mask = None
         if mask is not None:
-            attn_mask = rearrange(torch.nn.functional.pad(mask, (0, latents.shape[1]), value=True), "b j -> b 1 1 j")
-        out = cosine_sim_attention(q, k, v, self.q_scale, self.k_scale, self.scale, attn_mask)
+            attn_mask = rearrange(F.pad(mask, (0, latents.shape[1]), value=True), "b j -> b 1 1 j")
+        out = F.scaled_dot_product_attention(_unit_scaled(q, self.q_scale), k, v, attn_mask=attn_mask,
+                                             scale=self.scale)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        return rearrange(t, "b n (h d) -> b h n d", h=self.heads)
+
+    def _keys_values(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit-scaled keys and values (b, h, m, d) of normalised rows (b, m, dim)."""
+        k, v = (self._heads(t) for t in self.to_kv(normed).chunk(2, dim=-1))
+        return _unit_scaled(k, self.k_scale), v
 
 
 class PerceiverResampler(nn.Module):
@@ -92,15 +106,25 @@ class PerceiverResampler(nn.Module):
             for _ in range(depth)
         )
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (b, n, dim); mask: (b, n) bool (True = attend) or None -> (b, latents, dim)."""
-        x_with_pos = x + self.pos_emb(torch.arange(x.shape[1], device=x.device))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *,
+                shared: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (b, n, dim); mask: (b, n + t) bool (True = attend) or None -> (b, latents, dim).
+
+        ``shared`` (1, t, dim), when given, continues every sample's sequence after ``x`` (the null text
+        embedding at the padding positions): the result is ``forward(cat(x, shared.expand(b, -1, -1)))``,
+        with the shared rows' keys and values computed once instead of per sample.
+        """
+        n = x.shape[1]
+        pos = self.pos_emb(torch.arange(n + (0 if shared is None else shared.shape[1]), device=x.device))
+        x_with_pos = x + pos[:n]
+        shared_with_pos = None if shared is None else shared + pos[n:]
         latents = repeat(self.latents, "r d -> b r d", b=x.shape[0])
         if self.to_latents_from_mean_pooled_seq is not None:
-            pooled = self.to_latents_from_mean_pooled_seq(x.mean(dim=1))  # (b, r' * dim)
+            mean = x.mean(dim=1) if shared is None else (x.sum(dim=1) + shared.sum(dim=1)) / pos.shape[0]
+            pooled = self.to_latents_from_mean_pooled_seq(mean)  # (b, r' * dim)
             pooled = rearrange(pooled, "b (r d) -> b r d", r=self.num_latents_mean_pooled)
             latents = torch.cat((pooled, latents), dim=1)
         for attn, ff in self.layers:
-            latents = attn(x_with_pos, latents, mask=mask) + latents
+            latents = attn(x_with_pos, latents, mask=mask, shared=shared_with_pos) + latents
             latents = ff(latents) + latents
         return latents
