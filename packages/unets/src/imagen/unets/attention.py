@@ -38,9 +38,23 @@ def cosine_sim_attention(
     (b, h, n, m). Returns (b, h, n, d).
     """
     q, k = _unit_scaled(q, q_scale), _unit_scaled(k, k_scale)
-    heads = q.shape[1]
+    b, heads, n, d = q.shape
+    if k.shape[1] == 1 < heads:  # multi-query: every head's queries as one head's, a view (n h) of q
+        folded = q.transpose(1, 2).reshape(b, 1, n * heads, d)
+        out = F.scaled_dot_product_attention(folded, k, v, attn_mask=_fold_heads(attn_mask, heads, n), scale=scale)
+        return out.reshape(b, n, heads, d).transpose(1, 2)
     k, v = k.expand(-1, heads, -1, -1), v.expand(-1, heads, -1, -1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+
+
+def _fold_heads(mask: torch.Tensor | None, heads: int, n: int) -> torch.Tensor | None:
+    """An SDPA mask broadcastable to (b, heads, n, m) for the queries folded to (b, 1, n * heads)."""
+    if mask is None:
+        return None
+    mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
+    if mask.shape[1] == mask.shape[2] == 1:  # a key mask: the same for every query
+        return mask
+    return rearrange(mask.expand(-1, heads, n, -1), "b h n m -> b 1 (n h) m")
 
 
 def _unit_scaled(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
