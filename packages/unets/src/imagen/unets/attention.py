@@ -3,7 +3,8 @@
 Softmax attention is *cosine-similarity* attention: queries and keys are l2-normalised, multiplied
 by learned per-dimension scales (``q_scale``, ``k_scale``) and compared with a fixed ``scale``
 (8), all through :func:`torch.nn.functional.scaled_dot_product_attention`. Self-attention is
-*multi-query*: one key/value head shared by every query head (expanded, never copied). Layers that
+*multi-query*: one key/value head shared by every query head (the heads' queries attend as one
+head of ``n * heads`` queries, a view, never copied). Layers that
 read a context start their keys with one learned null key/value (``null_kv``), so a query always
 has something to attend to. Masks are boolean, ``True`` = attend; the reference never masks (its
 masked text positions hold the null text embedding instead), so ``None`` is the default everywhere.
