@@ -34,7 +34,7 @@ def cosine_sim_attention(
 ) -> torch.Tensor:
     """softmax(scale * <q / |q| * q_scale, k / |k| * k_scale>) v through SDPA.
 
-    q: (b, h, n, d); k, v: (b, h or 1, m, d) (one head is expanded to all h, multi-query);
+    q: (b, h, n, d); k, v: (b, h or 1, m, d) (one head serves all h, multi-query);
     q_scale, k_scale: (d,); attn_mask: bool (True = attend) or float bias, broadcastable to
     (b, h, n, m). Returns (b, h, n, d).
     """
