@@ -63,3 +63,24 @@ def test_sample_with_compiled_unets_equals_eager_and_keeps_them():
     assert not any("_orig_mod" in key for key in cascade.state_dict())
     with pytest.raises(TypeError, match="compile must be"):
         cascade.sample(compile="yes", **options)
+
+
+@pytest.mark.slow
+def test_frozen_inductor_sampling_follows_weight_updates():
+    """``compile={"options": {"freezing": True}}`` (inductor's inference freezing, the faster CPU sampling
+    of bench/peers.md) gives the eager samples, and still does after the weights change in place (a
+    compiled U-Net is kept across calls, e.g. between training steps): no stale constants."""
+    cascade = _cascade(Imagen)
+    embeds = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
+    options = dict(text_embeds=embeds, cond_scale=3.0, generator=1, use_tqdm=False, stop_at_unet_number=1)
+    frozen = {"options": {"freezing": True}}
+    torch.testing.assert_close(cascade.sample(compile=frozen, **options), cascade.sample(**options),
+                               atol=1e-5, rtol=0)
+    before = cascade.sample(**options)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for parameter in cascade.unets[0].parameters():
+            parameter.add_(0.02 * torch.randn(parameter.shape, generator=g))
+    after = cascade.sample(**options)
+    assert (after - before).abs().max() > 1e-2  # the update changes the samples
+    torch.testing.assert_close(cascade.sample(compile=frozen, **options), after, atol=1e-5, rtol=0)
