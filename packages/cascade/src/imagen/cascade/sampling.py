@@ -309,7 +309,8 @@ class CascadeSampling:
         upsampled output of the one before from step k, see ``sampling_plan``); ``dtype=torch.bfloat16`` (or
         float16) runs the U-Nets under autocast, the sampler state, guidance and thresholding in fp32;
         ``compile=True`` (or a dict of ``torch.compile`` keywords) runs each U-Net compiled, kept for
-        later calls (on a CPU ``{"options": {"freezing": True}}`` is about 1.1x faster); ``generator`` an int seed gives the same sample i whatever the batch size.
+        later calls (on a CPU ``{"options": {"freezing": True}}`` is about 1.1x faster); ``generator``
+        an int seed gives the same sample i whatever the batch size.
         """
         autocast_dtype = check_sampling_dtype(dtype)
         compile_options = compile_options_of(compile)
