@@ -135,6 +135,21 @@ def test_optimizer_keywords_go_to_adam_as_in_the_reference(toy_cascade):
         _trainer(toy_cascade(), amsgrad_typo=True)
 
 
+def test_fused_adam_passes_through_and_steps_as_torch(toy_cascade):
+    """``fused=True`` (the one-kernel Adam the README names as the faster CPU step) reaches Adam and
+    steps as torch's fused Adam on the same gradients."""
+    cascade = toy_cascade(noisy=False)
+    trainer = _trainer(cascade, lr=1e-2, fused=True)
+    assert trainer.optimizers[0].param_groups[0]["fused"] is True
+    twin = [p.detach().clone().requires_grad_() for p in cascade.unets[0].parameters()]
+    trainer(torch.rand(2, 3, 4, 4), unet_number=1)
+    for p, ours in zip(twin, cascade.unets[0].parameters()):
+        p.grad = ours.grad.clone()
+    trainer.update(1)
+    torch.optim.Adam(twin, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, fused=True).step()
+    for ours, expected in zip(cascade.unets[0].parameters(), twin):
+        torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+
 def test_nonfinite_loss_skips_the_step_and_stops_after_a_run(toy_cascade):
     cascade = toy_cascade()
     trainer = _trainer(cascade, max_consecutive_nonfinite=3)
