@@ -5,12 +5,14 @@ forward with gradients under ``torch.autograd.graph.saved_tensors_hooks`` sums t
 distinct storage saved for the backward (parameters excluded), grouped by the module that saved it;
 ``torch.utils.flop_counter`` counts the FLOPs of a training step (forward and backward) and of a
 guided sampling step (the doubled batch). Both are deterministic: no timing, any machine load.
-``--time`` adds an interleaved timing of the training steps of all systems in ONE process
-(process CPU time, one thread; the order alternates every round), the fairest speed comparison a
-shared machine allows.
+``--kernels`` splits each training step's profiled CPU time into the dense kernels (convolutions,
+matrix products, SDPA) and the rest. ``--time`` adds an interleaved timing of the training steps of
+all systems in ONE process (process CPU time, one thread; the order alternates every round), the
+fairest speed comparison a shared machine allows.
 
     python bench/activations.py                      # ours-base, ours-sr, diffusers-base, reference-base
     python bench/activations.py --systems ours-base diffusers-base --time 8 --top 12
+    python bench/activations.py --systems ours-base diffusers-base reference-base --kernels
 """
 
 from __future__ import annotations
@@ -118,8 +120,8 @@ def flops(fn) -> float:
     return counter.get_total_flops()
 
 
-def timed_rounds(systems: dict, rounds: int) -> dict[str, list[float]]:
-    """Training-step CPU seconds of every system, ``rounds`` rounds in one process, order alternating."""
+def training_steps(systems: dict) -> dict:
+    """A training step (forward, loss, backward, Adam) per system, Adam's state allocated."""
     steps = {}
     for name, (unet, forward, _) in systems.items():
         optimizer = torch.optim.Adam(unet.parameters(), lr=1e-4)
@@ -131,6 +133,11 @@ def timed_rounds(systems: dict, rounds: int) -> dict[str, list[float]]:
 
         step()  # warm-up: Adam's state
         steps[name] = step
+    return steps
+
+
+def timed_rounds(steps: dict, rounds: int) -> dict[str, list[float]]:
+    """Training-step CPU seconds of every system, ``rounds`` rounds in one process, order alternating."""
     seconds = {name: [] for name in steps}
     for r in range(rounds):
         for name in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
@@ -140,11 +147,35 @@ def timed_rounds(systems: dict, rounds: int) -> dict[str, list[float]]:
     return seconds
 
 
+DENSE_KERNELS = ("conv", "mm", "bmm", "scaled_dot_product", "linear", "matmul")  # in ATen op names
+
+
+def kernel_split(step, repeats: int = 3, top: int = 6) -> tuple[float, float, list[tuple[float, str]]]:
+    """(dense ms, other ms, the largest other ops [(ms, name)]) of one step's profiled self CPU time:
+    dense = convolutions, matrix products and SDPA (the same ATen / oneDNN kernels in every system)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            step()
+    dense, other = 0.0, []
+    for event in prof.key_averages():
+        ms = event.self_cpu_time_total / 1e3 / repeats
+        if any(kernel in event.key for kernel in DENSE_KERNELS):
+            dense += ms
+        elif ms > 0:
+            other.append((ms, event.key))
+    other.sort(reverse=True)
+    return dense, sum(ms for ms, _ in other), other[:top]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS[:4]))
     parser.add_argument("--top", type=int, default=6, help="modules listed per system")
     parser.add_argument("--time", type=int, default=0, metavar="ROUNDS", help="also time the training steps")
+    parser.add_argument("--kernels", action="store_true",
+                        help="also split each training step's profiled CPU time: dense kernels vs the rest")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if any(name.startswith("reference") for name in args.systems):  # before transformers is first imported
@@ -165,12 +196,20 @@ def main(argv=None) -> int:
         top = ", ".join(f"{k} {v / 2**20:.1f}" for k, v in by_module.most_common(args.top))
         print(f"| {name} | {sum(p.numel() for p in unet.parameters()):,} | {total / 2**20:.1f} | {train / 1e9:.2f} "
               f"| {sample / 1e9:.2f} | {top} |")
+    steps = training_steps(systems) if args.time or args.kernels else {}
     if args.time:
-        seconds = timed_rounds(systems, args.time)
+        seconds = timed_rounds(steps, args.time)
         print(f"\nTraining step, process CPU seconds over {args.time} interleaved rounds in one process "
               "(min / median):\n")
         for name, runs in seconds.items():
             print(f"- {name}: {min(runs):.3f} / {statistics.median(runs):.3f}")
+    if args.kernels:
+        print("\nTraining step, profiled self CPU time (ms, mean of 3 steps): convolutions, matrix products and "
+              "SDPA (dense) vs everything else (other), with the largest other ops:\n")
+        for name, step in steps.items():
+            dense, other, largest = kernel_split(step)
+            ops = ", ".join(f"{op.removeprefix('aten::')} {ms:.0f}" for ms, op in largest)
+            print(f"- {name}: dense {dense:.0f} + other {other:.0f} ({ops})")
     return 0
 
 
