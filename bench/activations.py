@@ -147,7 +147,7 @@ def timed_rounds(steps: dict, rounds: int) -> dict[str, list[float]]:
     return seconds
 
 
-DENSE_KERNELS = ("conv", "mm", "bmm", "scaled_dot_product", "linear", "matmul")  # in ATen op names
+DENSE_KERNELS = ("conv", "mm", "scaled_dot_product")  # parts of ATen op names (mm: mm, addmm, bmm)
 
 
 def kernel_split(step, repeats: int = 3, top: int = 6) -> tuple[float, float, list[tuple[float, str]]]:

@@ -117,20 +117,7 @@ def test_optimizer_keywords_go_to_adam_as_in_the_reference(toy_cascade):
     assert len(group["params"]) == len(list(trainer.imagen.unets[0].parameters()))
     decoupled = _trainer(toy_cascade(), weight_decay=0.1, decoupled_weight_decay=True)
     assert decoupled.optimizers[1].param_groups[0]["decoupled_weight_decay"] is True
-    # one step equals torch's Adam with the same keywords on the same gradients
-    cascade = toy_cascade(noisy=False)
-    trainer = _trainer(cascade, lr=1e-2, weight_decay=0.1, amsgrad=True)
-    twin = [p.detach().clone().requires_grad_() for p in cascade.unets[0].parameters()]
-    images = torch.rand(2, 3, 4, 4)
-    trainer(images, unet_number=1)
-    grads = [p.grad.clone() for p in cascade.unets[0].parameters()]
-    trainer.update(1)
-    adam = torch.optim.Adam(twin, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, amsgrad=True)
-    for p, g in zip(twin, grads):
-        p.grad = g
-    adam.step()
-    for ours, expected in zip(cascade.unets[0].parameters(), twin):
-        torch.testing.assert_close(ours, expected)
+    _assert_steps_as_torch_adam(toy_cascade, weight_decay=0.1, amsgrad=True)
     with pytest.raises(TypeError, match=r"torch\.optim\.Adam"):
         _trainer(toy_cascade(), amsgrad_typo=True)
 
@@ -138,17 +125,26 @@ def test_optimizer_keywords_go_to_adam_as_in_the_reference(toy_cascade):
 def test_fused_adam_passes_through_and_steps_as_torch(toy_cascade):
     """``fused=True`` (the one-kernel Adam the README names as the faster CPU step) reaches Adam and
     steps as torch's fused Adam on the same gradients."""
+    _assert_steps_as_torch_adam(toy_cascade, fused=True)
+
+
+def _assert_steps_as_torch_adam(toy_cascade, **adam_keywords):
+    """One trainer step with ``adam_keywords`` equals torch's Adam with the same keywords on the same gradients."""
     cascade = toy_cascade(noisy=False)
-    trainer = _trainer(cascade, lr=1e-2, fused=True)
-    assert trainer.optimizers[0].param_groups[0]["fused"] is True
-    twin = [p.detach().clone().requires_grad_() for p in cascade.unets[0].parameters()]
+    trainer = _trainer(cascade, lr=1e-2, **adam_keywords)
+    group = trainer.optimizers[0].param_groups[0]
+    assert all(group[key] == value for key, value in adam_keywords.items())
+    before = [p.detach().clone() for p in cascade.unets[0].parameters()]
+    twin = [p.clone().requires_grad_() for p in before]
     trainer(torch.rand(2, 3, 4, 4), unet_number=1)
     for p, ours in zip(twin, cascade.unets[0].parameters()):
         p.grad = ours.grad.clone()
     trainer.update(1)
-    torch.optim.Adam(twin, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, fused=True).step()
+    torch.optim.Adam(twin, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, **adam_keywords).step()
     for ours, expected in zip(cascade.unets[0].parameters(), twin):
         torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+    assert not all(torch.equal(p, old) for p, old in zip(twin, before))  # the step moved the weights
+
 
 def test_nonfinite_loss_skips_the_step_and_stops_after_a_run(toy_cascade):
     cascade = toy_cascade()
